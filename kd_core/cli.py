@@ -1,0 +1,312 @@
+"""The headless command line: `kd distill`, `kd eval`, `kd demo` (and `python -m kd_core`).
+
+Every KDConfig field is a flag of the same name in kebab-case (`--batch-size`); the seed's
+short forms stay (`--iters`). Precedence: defaults < kd.toml (`--config`, or ./kd.toml) <
+flags. Bad input exits with status 2 and one line naming the field; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from kd_core import blas as _blas  # noqa: F401  (fast BLAS before MLX)
+from kd_core.config import (
+    CONFIG_FIELDS,
+    ConfigError,
+    KDConfig,
+    RunSpec,
+    allowed_text,
+    coerce_value,
+    field_help,
+    load_toml,
+    save_toml,
+)
+from kd_core.events import (
+    CacheUsed,
+    CheckpointSaved,
+    DomainFinished,
+    Event,
+    Log,
+    Paused,
+    PhaseStarted,
+    Progress,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Step,
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+COMMANDS = ("distill", "eval", "demo")
+SHORT_FLAGS = {"num_iters": ["--iters"]}
+
+
+class UsageError(Exception):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class TextPrinter:
+    """Prints engine events for a person at a terminal."""
+
+    def __init__(self, stream: TextIO, report_every: int, quiet: bool = False) -> None:
+        self.out = stream
+        self.every = report_every
+        self.quiet = quiet
+
+    def __call__(self, e: Event) -> None:
+        line = self.format(e)
+        if line and not (self.quiet and isinstance(e, Step | Progress)):
+            print(line, file=self.out, flush=True)
+
+    def format(self, e: Event) -> str | None:
+        if isinstance(e, RunStarted):
+            return (f"kd: {e.teacher} -> {e.student} · domains {', '.join(e.domains)} · "
+                    f"{e.config['teacher_mode']} · T {e.config['temperature']:g} · "
+                    f"alpha {e.config['alpha']:g} · output {e.output}")
+        if isinstance(e, PhaseStarted) and e.phase == "teacher":
+            return f"teacher pass · {e.domain} · {e.total} prompts"
+        if isinstance(e, PhaseStarted) and e.phase == "student":
+            return f"student pass · {e.domain} · {e.total} steps"
+        if isinstance(e, Progress):
+            return (f"  {e.message} {e.done}/{e.total} · ETA {_fmt_time(e.eta_s)}")
+        if isinstance(e, CacheUsed):
+            how = "reused cache" if e.hit else "cached"
+            return (f"  {how}: {e.examples} responses, {e.response_tokens} tokens · {e.path}")
+        if isinstance(e, Step):
+            if e.step % self.every and e.step != e.total_steps and e.step != 1:
+                return None
+            return (f"  [{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · "
+                    f"ce {e.ce:.4f} · loss {e.combined:.4f} · lr {e.lr:.1e} · "
+                    f"{e.tokens_per_second:.0f} tok/s · {e.peak_memory_gb:.2f} GB · "
+                    f"ETA {_fmt_time(e.eta_s)}")
+        if isinstance(e, CheckpointSaved):
+            return f"  checkpoint saved · {e.path}"
+        if isinstance(e, DomainFinished):
+            r = e.result
+            return (f"done {e.domain}: kd {r['final_kd_loss']:.4f} · ce {r['final_ce_loss']:.4f}"
+                    f" · loss {r['final_combined_loss']:.4f} · "
+                    f"{r['training_time_seconds']:.1f} s · {r['adapter_path']}")
+        if isinstance(e, RunFinished):
+            word = "stopped (resume with --resume)" if e.stopped else "finished"
+            return f"run {word} · summary {e.summary_path}"
+        if isinstance(e, Paused):
+            return "paused" if e.paused else "resumed"
+        if isinstance(e, Log):
+            return f"{e.level}: {e.message}" if e.level != "info" else e.message
+        if isinstance(e, RunFailed):
+            return None  # main() prints the error once
+        return None
+
+
+class JsonLinesPrinter:
+    """One JSON object per event on stdout: the protocol a parent process (the TUI) reads."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.out = stream
+
+    def __call__(self, e: Event) -> None:
+        self.out.write(e.to_json() + "\n")
+        self.out.flush()
+
+
+# ---- argument parsing ---------------------------------------------------------------------
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hyper-parameters (KDConfig; override kd.toml)")
+    for name in CONFIG_FIELDS:
+        flags = ["--" + name.replace("_", "-")] + SHORT_FLAGS.get(name, [])
+        g.add_argument(*flags, dest=name, default=None, metavar="V",
+                       help=f"{field_help(name)} Allowed: {allowed_text(name)}.")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help="kd.toml to read (default: ./kd.toml if "
+                   "present)")
+    p.add_argument("--teacher", help="teacher: local model folder, Hugging Face id in the local "
+                   "cache, or demo-teacher (default)")
+    p.add_argument("--student", help="student: local model folder, Hugging Face id in the local "
+                   "cache, or demo-student (default)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="allow fetching a named hub model that is not in the local cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="kd", description="True knowledge distillation for LLMs on MLX.")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+
+    d = sub.add_parser("distill", help="distil the teacher into LoRA adapters of the student")
+    _add_run_flags(d)
+    d.add_argument("--domain", action="append", default=None,
+                   help="domain to distil (repeatable); built in: thinking, task, action, "
+                   "reflection, debug, memory, or the name of a --domain-file")
+    d.add_argument("--all", action="store_true", help="distil every built-in domain")
+    d.add_argument("--domain-file", action="append", default=None, metavar="PATH",
+                   help="custom domain: one prompt per line, or JSON lines with 'prompt'; the "
+                   "domain is named after the file")
+    d.add_argument("--resume", action="store_true",
+                   help="continue each domain from its latest checkpoint")
+    d.add_argument("--events", choices=("text", "jsonl"), default="text",
+                   help="text for people; jsonl streams the event protocol on stdout")
+    d.add_argument("--control-stdin", action="store_true",
+                   help="read pause/resume/stop lines on stdin (used by kd-tui)")
+    d.add_argument("--quiet", action="store_true", help="no per-step lines")
+    d.add_argument("--save-config", metavar="PATH",
+                   help="write the resulting settings to this kd.toml and exit")
+    _add_config_flags(d)
+
+    e = sub.add_parser("eval", help="measure a student (or student + adapter) against the "
+                       "teacher on held-out prompts")
+    _add_run_flags(e)
+    e.add_argument("--domain", action="append", default=None, help="domain (repeatable)")
+    e.add_argument("--adapter", metavar="PATH", help="adapter folder to evaluate")
+    e.add_argument("--compare", action="store_true",
+                   help="train a KD student and a CE-only student with the same steps and "
+                   "seed, and compare both with the base student")
+    e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    e.add_argument("--iters", type=int, default=None, help="training steps for --compare")
+    e.add_argument("--output", default=None, help="where --compare writes its adapters")
+
+    m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
+    m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """Defaults < kd.toml < flags, validated field by field."""
+    spec = RunSpec()
+    if args.config:
+        spec = load_toml(args.config)
+    elif Path("kd.toml").is_file():
+        spec = load_toml("kd.toml")
+    changes: dict[str, Any] = {}
+    for name in CONFIG_FIELDS:
+        raw = getattr(args, name, None)
+        if raw is not None:
+            changes[name] = coerce_value(name, raw)
+    spec.config = KDConfig(**{**spec.config.to_dict(), **changes})
+    if args.teacher:
+        spec.teacher = args.teacher
+    if args.student:
+        spec.student = args.student
+    if getattr(args, "domain_file", None):
+        spec.domain_files = list(spec.domain_files) + list(args.domain_file)
+    if getattr(args, "all", False):
+        from kd_core.domains import BUILTIN_DOMAINS
+
+        spec.domains = list(BUILTIN_DOMAINS)
+    elif getattr(args, "domain", None):
+        spec.domains = list(args.domain)
+    return spec
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    from kd_core.distiller import OutputError
+    from kd_core.domains import DomainError
+    from kd_core.models import ModelError
+    from kd_core.teacher import CacheError
+    from kd_core.vocab import VocabError
+
+    return (ConfigError, DomainError, ModelError, VocabError, OutputError, CacheError)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from kd_core.control import RunControl
+    from kd_core.distiller import TrueKnowledgeDistiller
+    from kd_core.domains import resolve_domains
+
+    spec = spec_from_args(args)
+    domains = resolve_domains(spec.domains, spec.domain_files)
+    if args.save_config:
+        save_toml(spec, args.save_config)
+        print(f"wrote {args.save_config}")
+        return 0
+    sink: Callable[[Event], None]
+    if args.events == "jsonl":
+        sink = JsonLinesPrinter(sys.stdout)
+    else:
+        sink = TextPrinter(sys.stdout, spec.config.steps_per_report, args.quiet)
+    control = RunControl()
+    if args.control_stdin:
+        control.follow_stdin()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # First Ctrl-C: stop after this step with a checkpoint; the second one kills.
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        print("stopping after this step (checkpoint will be saved)…", file=sys.stderr)
+        control.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    distiller = TrueKnowledgeDistiller(spec.teacher, spec.student, spec.config, on_event=sink,
+                                       control=control, allow_download=args.allow_download)
+    distiller.run(domains, resume=args.resume)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kd_core.demo import ensure_demo_pair
+
+    pair = ensure_demo_pair(rebuild=args.rebuild, progress=lambda msg: print(msg, flush=True))
+    print(f"teacher: {pair.teacher}\nstudent: {pair.student}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kd_core.evaluate import run_eval_command
+
+    return run_eval_command(args)
+
+
+def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if default_command and (not argv or argv[0] not in COMMANDS) and argv[:1] not in (
+            ["-h"], ["--help"]):
+        argv = [default_command, *argv]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        handler = {"distill": cmd_distill, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+        return handler(args)
+    except UsageError as e:
+        print(f"kd: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("kd: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        one = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        if isinstance(e, _input_errors()):
+            print(f"kd: error: {one}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"kd: failed: {one}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def entry() -> None:
+    """Console script `kd`."""
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""KDConfig: every hyper-parameter of a run, validated, read from and written to kd.toml.
+
+`kd.toml` holds KDConfig's fields by name at the top level plus the run's `teacher`,
+`student`, `domains` and `domain_files`. CLI flags use the same names in kebab-case.
+Every error is one line that names the field and what is allowed (ConfigError).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from kd_core.atomic_io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. The message is one line naming the field."""
+
+
+def _spec(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+          lo_open: bool = False, hi_open: bool = False, choices: tuple[str, ...] | None = None,
+          group: str = "training") -> Any:
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "choices": choices, "group": group}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class KDConfig:
+    """Hyper-parameters of a distillation run (the seed's fields plus what a real run needs)."""
+
+    # Knowledge distillation
+    temperature: float = _spec(
+        2.0, "Loss temperature T: softens both distributions before the KL. 1 = none, "
+        "2 = recommended, 5 = very soft (more dark knowledge, noisier), >10 degrades.",
+        lo=0.5, hi=10.0, group="kd")
+    alpha: float = _spec(
+        0.7, "Weight of the KD term: L = alpha*KD + (1-alpha)*CE. 1 = pure KD, 0.7 = "
+        "recommended, 0 = plain fine-tuning on the teacher's text.", lo=0.0, hi=1.0, group="kd")
+    teacher_temperature: float = _spec(
+        0.7, "Sampling temperature of the teacher when it writes responses (0 = greedy). "
+        "Independent of the loss temperature.", lo=0.0, hi=5.0, group="teacher")
+    max_tokens: int = _spec(128, "Longest teacher response, in tokens.", lo=1, hi=32768,
+                            group="teacher")
+    top_k: int = _spec(
+        32, "Teacher log-probabilities kept per position in the offline cache (the rest is "
+        "kept as one tail mass).", lo=1, hi=1024, group="teacher")
+    teacher_mode: str = _spec(
+        "offline", "offline: teacher pass first, cached top-k targets, teacher released "
+        "before training. online: teacher forward every step (full distribution).",
+        choices=("offline", "online"), group="teacher")
+    vocab_strategy: str = _spec(
+        "auto", "How teacher and student vocabularies are matched: auto picks from the "
+        "tokenizers; truncate needs identical token strings over the shared ids; project "
+        "maps ids through token strings.", choices=("auto", "truncate", "project"), group="kd")
+
+    # LoRA
+    lora_rank: int = _spec(16, "LoRA rank: 8 minimal, 16 recommended, 32 high capacity, "
+                           "64 diminishing returns.", lo=1, hi=1024, group="lora")
+    lora_scale: float = _spec(
+        2.0, "Multiplier of the LoRA update (mlx-lm's 'scale'); larger acts like a larger "
+        "learning rate for the adapter.", lo=0.0, hi=1000.0, lo_open=True, group="lora")
+    lora_dropout: float = _spec(0.0, "Dropout on the LoRA input.", lo=0.0, hi=1.0,
+                                hi_open=True, group="lora")
+    lora_layers: int = _spec(16, "Number of transformer blocks (from the top) that get LoRA; "
+                             "-1 = all.", lo=-1, hi=100000, group="lora")
+
+    # Training
+    learning_rate: float = _spec(1e-4, "Adam learning rate.", lo=0.0, hi=1.0, lo_open=True)
+    lr_schedule: str = _spec("constant", "Learning-rate schedule after warm-up.",
+                             choices=("constant", "cosine"))
+    warmup_steps: int = _spec(0, "Linear warm-up steps.", lo=0, hi=10**7)
+    batch_size: int = _spec(4, "Sequences per optimiser step.", lo=1, hi=4096)
+    grad_accumulation: int = _spec(1, "Micro-batches per optimiser step (loss normalised over "
+                                   "the valid tokens of the whole step).", lo=1, hi=1024)
+    num_iters: int = _spec(200, "Optimiser steps per domain.", lo=1, hi=10**7)
+    max_seq_length: int = _spec(512, "Longest prompt + response; longer ones are cut.",
+                                lo=8, hi=1 << 20)
+    seed: int = _spec(0, "Random seed (teacher sampling, data order, LoRA init).",
+                      lo=0, hi=2**32 - 1)
+
+    # Reporting and outputs
+    steps_per_report: int = _spec(10, "Steps between printed reports.", lo=1, hi=10**7,
+                                  group="output")
+    steps_per_save: int = _spec(100, "Steps between checkpoints.", lo=1, hi=10**7,
+                                group="output")
+    output: str = _spec("adapters_kd", "Output folder: <output>/<domain>/adapters.safetensors.",
+                        group="output")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> KDConfig:
+        for f in fields(self):
+            _check_value(f.name, getattr(self, f.name))
+        return self
+
+    def replace(self, **changes: Any) -> KDConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONFIG_FIELDS: dict[str, Any] = {f.name: f for f in fields(KDConfig)}
+RUN_KEYS = ("teacher", "student", "domains", "domain_files")
+"""Keys of kd.toml that are not KDConfig fields: what to distil."""
+
+
+def field_help(name: str) -> str:
+    return CONFIG_FIELDS[name].metadata["help"]
+
+
+def allowed_text(name: str) -> str:
+    """Human words for what a field accepts, e.g. 'a number from 0.5 to 10'."""
+    f = CONFIG_FIELDS[name]
+    m = f.metadata
+    if m["choices"]:
+        return "one of " + ", ".join(repr(c) for c in m["choices"])
+    kind = {"int": "a whole number", "float": "a number", "str": "text"}[_type_name(f)]
+    lo, hi = m["lo"], m["hi"]
+    if lo is None:
+        return kind
+    left = "above" if m["lo_open"] else "from"
+    right = "below" if m["hi_open"] else "to"
+    return f"{kind} {left} {_fmt(lo)} {right} {_fmt(hi)}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _type_name(f: Any) -> str:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    return t
+
+
+def _check_value(name: str, value: Any) -> None:
+    f = CONFIG_FIELDS[name]
+    m = f.metadata
+    t = _type_name(f)
+    allowed = allowed_text(name)
+    if t == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected {allowed}, got {value!r}")
+        if m["choices"] and value not in m["choices"]:
+            raise ConfigError(f"{name}: {value!r} is not allowed; use {allowed}")
+        if not m["choices"] and not value.strip():
+            raise ConfigError(f"{name}: must not be empty")
+        return
+    # bool is an int subclass in Python; `alpha = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: expected {allowed}, got {value!r}")
+    if t == "int" and not isinstance(value, int):
+        raise ConfigError(f"{name}: expected {allowed}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: expected {allowed}, got {value!r}")
+    lo, hi = m["lo"], m["hi"]
+    bad_lo = lo is not None and (value <= lo if m["lo_open"] else value < lo)
+    bad_hi = hi is not None and (value >= hi if m["hi_open"] else value > hi)
+    if bad_lo or bad_hi:
+        raise ConfigError(f"{name}: {value!r} is out of range; allowed {allowed}")
+
+
+def coerce_value(name: str, text: str) -> Any:
+    """Parse a CLI/TUI string for field `name` and validate it (ConfigError if bad)."""
+    if name not in CONFIG_FIELDS:
+        raise ConfigError(unknown_key_message(name))
+    t = _type_name(CONFIG_FIELDS[name])
+    raw = text.strip()
+    try:
+        value: Any = int(raw) if t == "int" else float(raw) if t == "float" else raw
+    except ValueError:
+        raise ConfigError(f"{name}: expected {allowed_text(name)}, got {text!r}") from None
+    _check_value(name, value)
+    return value
+
+
+def unknown_key_message(key: str) -> str:
+    known = list(CONFIG_FIELDS) + list(RUN_KEYS)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `kd distill --help` for the keys"
+    return f"{key}: unknown setting{hint}"
+
+
+@dataclass
+class RunSpec:
+    """What to distil: the pair, the domains, and the hyper-parameters."""
+
+    teacher: str | None = None
+    student: str | None = None
+    domains: list[str] = field(default_factory=list)
+    domain_files: list[str] = field(default_factory=list)
+    config: KDConfig = field(default_factory=KDConfig)
+
+
+def spec_from_mapping(data: dict[str, Any], base: RunSpec | None = None,
+                      where: str = "kd.toml") -> RunSpec:
+    """Build a RunSpec from a parsed kd.toml mapping, over `base` (defaults if None)."""
+    base = base or RunSpec()
+    changes: dict[str, Any] = {}
+    spec = RunSpec(base.teacher, base.student, list(base.domains), list(base.domain_files),
+                   base.config)
+    for key, value in data.items():
+        if key in CONFIG_FIELDS:
+            changes[key] = value
+        elif key in ("teacher", "student"):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{key}: expected a model folder or hub id (text), "
+                                  f"got {value!r}")
+            setattr(spec, key, value)
+        elif key in ("domains", "domain_files"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                                      for v in value):
+                raise ConfigError(f"{key}: expected a list of names, e.g. "
+                                  f"{key} = [\"thinking\", \"task\"], got {value!r}")
+            setattr(spec, key, list(value))
+        else:
+            raise ConfigError(unknown_key_message(key))
+    for name, value in changes.items():
+        _check_value(name, value)
+    spec.config = replace(base.config, **changes)
+    return spec
+
+
+def load_toml(path: str | os.PathLike[str], base: RunSpec | None = None) -> RunSpec:
+    """Read kd.toml. Errors are one-line ConfigErrors naming the file and the field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config: {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: cannot read {p} ({e.__class__.__name__})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {p} is not valid TOML ({e})") from None
+    try:
+        return spec_from_mapping(data, base, where=str(p))
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def spec_to_mapping(spec: RunSpec) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if spec.teacher:
+        data["teacher"] = spec.teacher
+    if spec.student:
+        data["student"] = spec.student
+    if spec.domains:
+        data["domains"] = list(spec.domains)
+    if spec.domain_files:
+        data["domain_files"] = list(spec.domain_files)
+    data.update(spec.config.to_dict())
+    return data
+
+
+def save_toml(spec: RunSpec, path: str | os.PathLike[str]) -> Path:
+    """Write kd.toml atomically (temp file + rename): a reader never sees half a file."""
+    p = Path(path)
+    text = tomli_w.dumps(spec_to_mapping(spec))
+    atomic_write_text(p, text)
+    return p
+
+
+def default_of(name: str) -> Any:
+    d = CONFIG_FIELDS[name].default
+    return None if d is MISSING else d

@@ -1,0 +1,61 @@
+"""Pause / resume / stop requests for a running distillation (thread-safe).
+
+The trainer checks these between optimiser steps. A stop saves a checkpoint first, so a
+later run with resume continues from it. In a child process (`kd distill --events jsonl`)
+the same requests arrive as lines on stdin ("pause", "resume", "stop") or as SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+
+class RunControl:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # a paused run must wake up to stop
+
+    def pause(self) -> None:
+        if not self._stop.is_set():
+            self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def wait_while_paused(self) -> None:
+        while not self._running.wait(timeout=0.2):
+            pass
+
+    def follow_stdin(self, stream=None) -> threading.Thread:
+        """Read control words from stdin in a daemon thread (child-process mode)."""
+        stream = stream or sys.stdin
+
+        def reader() -> None:
+            for line in stream:
+                word = line.strip().lower()
+                if word == "pause":
+                    self.pause()
+                elif word == "resume":
+                    self.resume()
+                elif word == "stop":
+                    self.request_stop()
+            # stdin closed: the parent went away; stop cleanly rather than run orphaned.
+            self.request_stop()
+
+        t = threading.Thread(target=reader, name="kd-control", daemon=True)
+        t.start()
+        return t

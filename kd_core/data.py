@@ -1,0 +1,127 @@
+"""Prompt formatting, training examples and deterministic batches.
+
+Sequence layout (student vocabulary): s = prompt tokens + response tokens (ending in EOS when
+the teacher stopped). The model reads s[:-1] and predicts s[1:]; the response token s[j]
+(j >= prompt_len) is predicted at input position j - 1. Only those positions are valid for CE
+and KD. Batches depend only on (seed, step), so a resumed run sees exactly the batches an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD_MULTIPLE = 32  # pad lengths to a multiple: fewer distinct shapes, fewer recompiles
+
+
+def format_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a user prompt ready for the assistant's answer (chat template if any)."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                            add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict):  # some transformers versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer.encode(prompt.rstrip() + "\n")]
+
+
+@dataclass
+class Example:
+    """One training sequence in the student's vocabulary, with its soft targets."""
+
+    tokens: np.ndarray  # [n] int32: prompt + response
+    prompt_len: int
+    topk_ids: np.ndarray | None = None  # [R, k] int32 student ids (offline mode)
+    topk_logprobs: np.ndarray | None = None  # [R, k] float32 log P_T (-inf = padding)
+    valid: np.ndarray | None = None  # [R] bool: response positions that can be trained on
+    teacher_tokens: np.ndarray | None = None  # [m] teacher ids (online mode)
+    teacher_prompt_len: int = 0
+
+    @property
+    def response_len(self) -> int:
+        return int(self.tokens.shape[0] - self.prompt_len)
+
+
+@dataclass
+class Batch:
+    inputs: np.ndarray  # [B, L] int32
+    targets: np.ndarray  # [B, L] int32
+    mask: np.ndarray  # [B, L] float32: 1 at valid response positions
+    topk_ids: np.ndarray | None = None  # [B, L, k]
+    topk_logprobs: np.ndarray | None = None  # [B, L, k]
+    teacher_inputs: np.ndarray | None = None  # [B, Lt] (online)
+    teacher_index: np.ndarray | None = None  # [B, L] teacher position of each student position
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class BatchPlan:
+    """Which examples make each micro-batch of each step; a pure function of (seed, step)."""
+
+    n_examples: int
+    batch_size: int
+    seed: int
+    _perms: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perms[epoch] = rng.permutation(self.n_examples)
+        return self._perms[epoch]
+
+    def indices(self, step: int, micro: int = 0, accumulation: int = 1) -> list[int]:
+        """Example indices for micro-batch `micro` of 1-based optimiser step `step`."""
+        start = ((step - 1) * accumulation + micro) * self.batch_size
+        out = []
+        for g in range(start, start + self.batch_size):
+            epoch, pos = divmod(g, self.n_examples)
+            out.append(int(self._perm(epoch)[pos]))
+        return out
+
+
+def _round_up(n: int, multiple: int, cap: int) -> int:
+    return min(cap, ((n + multiple - 1) // multiple) * multiple)
+
+
+def make_batch(examples: list[Example], max_seq_length: int, top_k: int | None) -> Batch:
+    """Pad a list of examples into arrays (response positions past max_seq_length are cut)."""
+    lengths = [min(len(e.tokens), max_seq_length) - 1 for e in examples]
+    L = _round_up(max(max(lengths), 1), PAD_MULTIPLE, max(max_seq_length - 1, 1))
+    B = len(examples)
+    inputs = np.zeros((B, L), np.int32)
+    targets = np.zeros((B, L), np.int32)
+    mask = np.zeros((B, L), np.float32)
+    ids = lp = None
+    if top_k is not None:
+        ids = np.zeros((B, L, top_k), np.int32)
+        lp = np.zeros((B, L, top_k), np.float32)
+    t_inputs = t_index = None
+    if examples[0].teacher_tokens is not None:
+        t_len = max(min(len(e.teacher_tokens), max_seq_length) - 1 for e in examples)
+        Lt = _round_up(max(t_len, 1), PAD_MULTIPLE, max(max_seq_length - 1, 1))
+        t_inputs = np.zeros((B, Lt), np.int32)
+        t_index = np.zeros((B, L), np.int32)
+    for b, (e, n) in enumerate(zip(examples, lengths, strict=True)):
+        inputs[b, :n] = e.tokens[:n]
+        targets[b, :n] = e.tokens[1 : n + 1]
+        p0 = e.prompt_len - 1  # input position that predicts the first response token
+        r = max(0, n - p0)  # response positions that fit
+        valid = np.ones(r, bool) if e.valid is None else e.valid[:r]
+        mask[b, p0 : p0 + r] = valid
+        if ids is not None and e.topk_ids is not None:
+            ids[b, p0 : p0 + r] = e.topk_ids[:r]
+            lp[b, p0 : p0 + r] = e.topk_logprobs[:r]
+        if t_inputs is not None:
+            m = min(len(e.teacher_tokens), max_seq_length) - 1
+            t_inputs[b, :m] = e.teacher_tokens[:m]
+            tp0 = e.teacher_prompt_len - 1
+            r_t = max(0, min(r, m - tp0))
+            t_index[b, p0 : p0 + r_t] = np.arange(tp0, tp0 + r_t)
+            mask[b, p0 + r_t : p0 + r] = 0.0
+    return Batch(inputs, targets, mask, ids, lp, t_inputs, t_index)

@@ -1,0 +1,126 @@
+"""Domains: named prompt sets. Six are built in; users add their own from files.
+
+`DOMAIN_PROMPTS["thinking"]["examples"]` are the training prompts (as in the seed);
+`["heldout"]` the evaluation prompts, never trained on; `["description"]` one sentence.
+A custom domain file holds one prompt per line, or JSON lines with a "prompt" field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+BUILTIN_DOMAINS: tuple[str, ...] = ("thinking", "task", "action", "reflection", "debug", "memory")
+_DATA = Path(__file__).parent / "data"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DomainError(ValueError):
+    """A bad domain name or prompts file (one-line message)."""
+
+
+def check_domain_name(name: str) -> str:
+    """Domain names become folder names: refuse separators, '..' and anything odd."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise DomainError(f"domain: {name!r} is not a valid name; use letters, digits, '_', "
+                          "'-' or '.', starting with a letter or digit (no '/' or '..')")
+    return name
+
+
+@cache
+def _builtin(name: str) -> dict[str, Any]:
+    data = json.loads((_DATA / f"{name}.json").read_text(encoding="utf-8"))
+    return {"description": data["description"], "examples": list(data["train"]),
+            "heldout": list(data["heldout"])}
+
+
+class _DomainPrompts(dict):
+    """dict of the built-in domains, loaded from the package's JSON files on first use."""
+
+    def __missing__(self, key: str) -> dict[str, Any]:
+        if key not in BUILTIN_DOMAINS:
+            raise KeyError(key)
+        value = _builtin(key)
+        self[key] = value
+        return value
+
+    def __iter__(self):
+        return iter(BUILTIN_DOMAINS)
+
+    def __len__(self) -> int:
+        return len(BUILTIN_DOMAINS)
+
+    def __contains__(self, key: object) -> bool:
+        return key in BUILTIN_DOMAINS
+
+    def keys(self):  # type: ignore[override]
+        return list(BUILTIN_DOMAINS)
+
+    def items(self):  # type: ignore[override]
+        return [(k, self[k]) for k in BUILTIN_DOMAINS]
+
+    def values(self):  # type: ignore[override]
+        return [self[k] for k in BUILTIN_DOMAINS]
+
+
+DOMAIN_PROMPTS: dict[str, dict[str, Any]] = _DomainPrompts()
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts from a file: one per line, or JSON lines with a 'prompt' field."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DomainError(f"domain_files: {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DomainError(f"domain_files: cannot read {p} ({e.__class__.__name__})") from None
+    prompts: list[str] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise DomainError(f"domain_files: {p} line {n} is not valid JSON") from None
+            prompt = obj.get("prompt") if isinstance(obj, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DomainError(f"domain_files: {p} line {n} has no text 'prompt' field")
+            prompts.append(prompt.strip())
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise DomainError(f"domain_files: {p} holds no prompts")
+    return prompts
+
+
+def domain_from_file(path: str | Path) -> tuple[str, list[str]]:
+    """A custom domain: its name is the file's stem."""
+    p = Path(path)
+    return check_domain_name(p.stem), read_prompts_file(p)
+
+
+def resolve_domains(names: list[str], domain_files: list[str] | None = None
+                    ) -> dict[str, list[str]]:
+    """Ordered {domain: training prompts} for the names asked (all built-ins if none)."""
+    custom = dict(domain_from_file(f) for f in (domain_files or []))
+    wanted = list(names) or (list(custom) if custom else list(BUILTIN_DOMAINS))
+    out: dict[str, list[str]] = {}
+    for name in wanted:
+        check_domain_name(name)
+        if name in custom:
+            out[name] = custom[name]
+        elif name in BUILTIN_DOMAINS:
+            out[name] = DOMAIN_PROMPTS[name]["examples"]
+        else:
+            known = ", ".join(list(BUILTIN_DOMAINS) + list(custom))
+            raise DomainError(f"domain: unknown domain {name!r}; known: {known} (or add one "
+                              "with --domain-file PATH)")
+        if not out[name]:
+            raise DomainError(f"domain: {name!r} has no prompts")
+    return out

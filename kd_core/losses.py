@@ -1,0 +1,139 @@
+"""The losses, exactly as DESIGN.md states them.
+
+    P_T = softmax(teacher_logits / T)      Q_T = softmax(student_logits / T)
+    KD  = T^2 * mean over valid positions of  sum_v P_T(v) (log P_T(v) - log Q_T(v))
+    CE  = mean over valid positions of  -log softmax(student_logits)[target]
+    L   = alpha * KD + (1 - alpha) * CE
+
+Valid positions are response tokens: prompt and padding are masked (mask == 0) and CE
+targets equal to `ignore_index` are ignored. The `*_sum` forms return (sum, count) so that a
+trainer normalises over the valid tokens of the whole optimiser step (all micro-batches,
+all ranks), not per micro-batch. The teacher never receives a gradient (stop_gradient).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+IGNORE_INDEX = -100
+_EPS = 1e-12
+
+
+def _valid_mask(shape: tuple[int, ...], mask: mx.array | None) -> mx.array:
+    if mask is None:
+        return mx.ones(shape, dtype=mx.float32)
+    return mask.astype(mx.float32)
+
+
+def log_softmax(x: mx.array, temperature: float = 1.0) -> mx.array:
+    x = x.astype(mx.float32)
+    if temperature != 1.0:
+        x = x / temperature
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
+
+
+def kd_loss_sum(teacher_logits: mx.array, student_logits: mx.array, temperature: float = 2.0,
+                mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    """T^2 * sum over valid positions of KL(P_T || Q_T), and the number of valid positions."""
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {teacher_logits.shape} and student logits "
+                         f"{student_logits.shape} differ; align the vocabularies first "
+                         "(align_vocab_sizes)")
+    log_p = log_softmax(mx.stop_gradient(teacher_logits), temperature)
+    log_q = log_softmax(student_logits, temperature)
+    kl = (mx.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    m = _valid_mask(kl.shape, mask)
+    return (temperature**2) * (kl * m).sum(), m.sum()
+
+
+def compute_kd_loss(teacher_logits: mx.array, student_logits: mx.array,
+                    temperature: float = 2.0, mask: mx.array | None = None) -> mx.array:
+    """KL(P_teacher || P_student) at temperature T on [batch, seq, vocab], scaled by T^2,
+    averaged over the valid positions (all positions when mask is None)."""
+    total, count = kd_loss_sum(teacher_logits, student_logits, temperature, mask)
+    return total / mx.maximum(count, 1.0)
+
+
+def ce_loss_sum(logits: mx.array, targets: mx.array, ignore_index: int = IGNORE_INDEX,
+                mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    """Sum of -log softmax(logits)[target] over valid positions, and their count."""
+    valid = targets != ignore_index
+    if mask is not None:
+        valid = mx.logical_and(valid, mask.astype(mx.bool_))
+    safe_targets = mx.where(valid, targets, 0)
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, safe_targets[..., None], axis=-1)[..., 0]
+    nll = mx.logsumexp(logits, axis=-1) - picked
+    v = valid.astype(mx.float32)
+    return (nll * v).sum(), v.sum()
+
+
+def compute_ce_loss(logits: mx.array, targets: mx.array, ignore_index: int = IGNORE_INDEX,
+                    mask: mx.array | None = None) -> mx.array:
+    """Cross-entropy with hard labels, mean over targets != ignore_index (and mask)."""
+    total, count = ce_loss_sum(logits, targets, ignore_index, mask)
+    return total / mx.maximum(count, 1.0)
+
+
+def sparse_kd_loss_sum(student_logits: mx.array, topk_ids: mx.array, topk_logprobs: mx.array,
+                       temperature: float = 2.0, mask: mx.array | None = None
+                       ) -> tuple[mx.array, mx.array]:
+    """KD against cached top-k soft targets, with the rest of the teacher's mass as one tail.
+
+    topk_ids [.., k] are student-vocabulary ids; topk_logprobs [.., k] are the teacher's
+    log P_T at those ids, softened at `temperature` over the teacher's *full* vocabulary
+    (so exp(topk_logprobs).sum() <= 1 and the remainder is the tail mass). The student's
+    tail is 1 - sum of its own Q_T over the same ids. This is KL over the k+1 buckets
+    {id_1..id_k, rest}: exact when the teacher's tail is negligible, a lower bound otherwise.
+    Padded slots in topk_logprobs may be -inf (probability 0).
+    """
+    log_p = mx.stop_gradient(topk_logprobs.astype(mx.float32))
+    log_q_all = log_softmax(student_logits, temperature)
+    log_q = mx.take_along_axis(log_q_all, topk_ids.astype(mx.int32), axis=-1)
+    p = mx.exp(log_p)
+    # Padded slots (log_p = -inf, p = 0) contribute nothing; keep inf out of the graph.
+    log_p = mx.where(p > 0, log_p, 0.0)
+    head = (p * (log_p - log_q)).sum(axis=-1)
+    p_tail = mx.maximum(1.0 - p.sum(axis=-1), 0.0)
+    q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), _EPS)
+    tail = mx.where(p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)),
+                    0.0)
+    kl = head + tail
+    m = _valid_mask(kl.shape, mask)
+    return (temperature**2) * (kl * m).sum(), m.sum()
+
+
+def compute_sparse_kd_loss(student_logits: mx.array, topk_ids: mx.array,
+                           topk_logprobs: mx.array, temperature: float = 2.0,
+                           mask: mx.array | None = None) -> mx.array:
+    total, count = sparse_kd_loss_sum(student_logits, topk_ids, topk_logprobs, temperature, mask)
+    return total / mx.maximum(count, 1.0)
+
+
+def combined_loss(kd: mx.array, ce: mx.array, alpha: float) -> mx.array:
+    """L = alpha * KD + (1 - alpha) * CE (KD already carries its T^2)."""
+    return alpha * kd + (1.0 - alpha) * ce
+
+
+def compute_combined_loss(teacher_logits: mx.array, student_logits: mx.array,
+                          targets: mx.array, temperature: float = 2.0, alpha: float = 0.7,
+                          ignore_index: int = IGNORE_INDEX, mask: mx.array | None = None
+                          ) -> tuple[mx.array, mx.array, mx.array]:
+    """(combined, kd, ce) on full logits; KD positions are those with a valid target."""
+    valid = targets != ignore_index
+    if mask is not None:
+        valid = mx.logical_and(valid, mask.astype(mx.bool_))
+    kd = compute_kd_loss(teacher_logits, student_logits, temperature, valid)
+    ce = compute_ce_loss(student_logits, targets, ignore_index, valid)
+    return combined_loss(kd, ce, alpha), kd, ce
+
+
+def teacher_topk(teacher_logits: mx.array, k: int, temperature: float
+                 ) -> tuple[mx.array, mx.array]:
+    """Top-k ids and their log P_T (softened over the full vocabulary) per position."""
+    log_p = log_softmax(teacher_logits, temperature)
+    k = min(k, log_p.shape[-1])
+    ids = mx.argpartition(-log_p, kth=k - 1, axis=-1)[..., :k]
+    vals = mx.take_along_axis(log_p, ids, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    return mx.take_along_axis(ids, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)

@@ -1,0 +1,260 @@
+"""The teacher pass: responses and soft targets, cached in safetensors.
+
+For every prompt the teacher samples a response (teacher_temperature, max_tokens; batched
+through mlx-lm's batch_generate), then one teacher-forced forward over prompt + response
+gives its distribution at every response position. We store the top-k ids and their
+log P_T softened at the *loss* temperature T over the full vocabulary; the tail mass is
+1 - sum(exp(...)). Two keys guard the cache:
+
+- the generation key (teacher weights, prompts, teacher_temperature, max_tokens, seed,
+  max_seq_length) names the responses;
+- the targets key (generation key + T + top_k) names the soft targets.
+
+A run with another T finds the responses under the same generation key and only redoes the
+forward pass: targets made at one T are never used at another. Storage: ids as uint16 when
+the teacher vocabulary fits (else uint32), log-probabilities as float16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from kd_core.atomic_io import atomic_save_safetensors
+from kd_core.config import KDConfig
+from kd_core.data import format_prompt
+from kd_core.losses import teacher_topk
+
+CACHE_FORMAT = 1
+GEN_CHUNK = 16  # prompts per batch_generate call (progress granularity)
+FWD_CHUNK = 8  # sequences per teacher forward when extracting targets
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KD_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kd", appauthor=False))
+
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:20]
+
+
+def generation_key(teacher_fp: str, prompts: list[str], cfg: KDConfig) -> str:
+    return _sha(CACHE_FORMAT, teacher_fp, prompts, cfg.teacher_temperature, cfg.max_tokens,
+                cfg.seed, cfg.max_seq_length)
+
+
+def targets_key(gen_key: str, cfg: KDConfig) -> str:
+    return _sha(gen_key, cfg.temperature, cfg.top_k)
+
+
+@dataclass
+class TeacherOutputs:
+    """Teacher-vocabulary sequences (prompt + response) and, offline, their soft targets."""
+
+    sequences: list[np.ndarray]  # int32 teacher ids
+    prompt_lens: list[int]
+    topk_ids: list[np.ndarray] | None  # [R, k] teacher ids per example
+    topk_logprobs: list[np.ndarray] | None  # [R, k] float32 log P_T
+    teacher_vocab: int
+    path: Path | None = None
+    from_cache: bool = False
+
+    @property
+    def response_tokens(self) -> int:
+        return int(sum(len(s) - p for s, p in zip(self.sequences, self.prompt_lens, strict=True)))
+
+    def responses(self) -> list[np.ndarray]:
+        return [s[p:] for s, p in zip(self.sequences, self.prompt_lens, strict=True)]
+
+
+class CacheError(ValueError):
+    pass
+
+
+def _pack(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(seqs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    flat = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
+    return flat, offsets
+
+
+def save_outputs(path: Path, out: TeacherOutputs, meta: dict[str, Any]) -> None:
+    flat, offsets = _pack(out.sequences)
+    arrays: dict[str, Any] = {
+        "tokens": mx.array(flat),
+        "offsets": mx.array(offsets.astype(np.int64)),
+        "prompt_lens": mx.array(np.array(out.prompt_lens, np.int32)),
+    }
+    if out.topk_ids is not None:
+        id_dtype = np.uint16 if out.teacher_vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
+        arrays["topk_ids"] = mx.array(np.concatenate(out.topk_ids).astype(id_dtype))
+        arrays["topk_logprobs"] = mx.array(np.concatenate(out.topk_logprobs).astype(np.float16))
+    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    metadata["teacher_vocab"] = str(out.teacher_vocab)
+    atomic_save_safetensors(path, arrays, metadata)
+
+
+def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> TeacherOutputs:
+    """Read a cache file; CacheError if it is damaged or was made for something else."""
+    try:
+        arrays, metadata = mx.load(str(path), return_metadata=True)
+        got = {k: json.loads(metadata[k]) for k in expect}
+        teacher_vocab = int(metadata["teacher_vocab"])
+        flat = np.array(arrays["tokens"])
+        offsets = np.array(arrays["offsets"])
+        prompt_lens = [int(x) for x in np.array(arrays["prompt_lens"])]
+    except Exception as e:
+        raise CacheError(f"teacher cache {path.name} is damaged ({e.__class__.__name__})") from None
+    if got != expect:
+        raise CacheError(f"teacher cache {path.name} was made with other settings")
+    n = len(prompt_lens)
+    if offsets.shape != (n + 1,) or offsets[-1] != flat.shape[0]:
+        raise CacheError(f"teacher cache {path.name} is damaged (inconsistent lengths)")
+    seqs = [flat[offsets[i] : offsets[i + 1]] for i in range(n)]
+    ids = lps = None
+    if with_targets:
+        if "topk_ids" not in arrays:
+            raise CacheError(f"teacher cache {path.name} holds no soft targets")
+        all_ids = np.array(arrays["topk_ids"]).astype(np.int32)
+        all_lp = np.array(arrays["topk_logprobs"].astype(mx.float32))
+        resp = [len(s) - p for s, p in zip(seqs, prompt_lens, strict=True)]
+        if all_ids.shape[0] != sum(resp) or not np.all(np.isfinite(all_lp)):
+            raise CacheError(f"teacher cache {path.name} is damaged (targets)")
+        bounds = np.concatenate([[0], np.cumsum(resp)])
+        ids = [all_ids[bounds[i] : bounds[i + 1]] for i in range(n)]
+        lps = [all_lp[bounds[i] : bounds[i + 1]] for i in range(n)]
+    return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True)
+
+
+def generate_responses(model: Any, tokenizer: Any, prompts: list[str], cfg: KDConfig,
+                       progress: ProgressFn | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """Sample one response per prompt; sequences include the EOS when the teacher stopped."""
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    mx.random.seed(cfg.seed)
+    sampler = make_sampler(temp=cfg.teacher_temperature)
+    eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    prompt_ids = [format_prompt(tokenizer, p)[: cfg.max_seq_length - 2] for p in prompts]
+    seqs: list[np.ndarray] = []
+    for start in range(0, len(prompt_ids), GEN_CHUNK):
+        chunk = prompt_ids[start : start + GEN_CHUNK]
+        budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in chunk]
+        res = batch_generate(model, tokenizer, chunk, max_tokens=budgets, sampler=sampler,
+                             return_token_ids=True)
+        for p, toks, budget in zip(chunk, res.token_ids, budgets, strict=True):
+            toks = [int(t) for t in toks]
+            if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
+                toks.append(eos[0])
+            seqs.append(np.array(p + toks[:budget], np.int32))
+        if progress:
+            progress(min(start + GEN_CHUNK, len(prompt_ids)), len(prompt_ids), "generating")
+    return seqs, [len(p) for p in prompt_ids]
+
+
+def soft_targets(model: Any, sequences: list[np.ndarray], prompt_lens: list[int],
+                 cfg: KDConfig, progress: ProgressFn | None = None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Top-k ids and log P_T at every response position (teacher-forced forward)."""
+    ids_out: list[np.ndarray] = []
+    lp_out: list[np.ndarray] = []
+    for start in range(0, len(sequences), FWD_CHUNK):
+        chunk = sequences[start : start + FWD_CHUNK]
+        L = max(len(s) for s in chunk) - 1
+        inputs = np.zeros((len(chunk), max(L, 1)), np.int32)
+        for b, s in enumerate(chunk):
+            inputs[b, : len(s) - 1] = s[:-1]
+        logits = model(mx.array(inputs))
+        ids, lps = teacher_topk(logits, cfg.top_k, cfg.temperature)
+        mx.eval(ids, lps)
+        ids_np, lps_np = np.array(ids), np.array(lps)
+        for b, s in enumerate(chunk):
+            p0 = prompt_lens[start + b] - 1
+            r = len(s) - prompt_lens[start + b]
+            ids_out.append(ids_np[b, p0 : p0 + r].astype(np.int32))
+            lp_out.append(lps_np[b, p0 : p0 + r].astype(np.float32))
+        if progress:
+            progress(min(start + FWD_CHUNK, len(sequences)), len(sequences), "soft targets")
+    return ids_out, lp_out
+
+
+@dataclass
+class TeacherPass:
+    """Cache-aware teacher pass for one domain. `load_teacher` is called only on a miss."""
+
+    cache_dir: Path
+    teacher_fp: str
+    cfg: KDConfig
+
+    def paths(self, domain: str, prompts: list[str]) -> tuple[str, str, Path, Path]:
+        gkey = generation_key(self.teacher_fp, prompts, self.cfg)
+        tkey = targets_key(gkey, self.cfg)
+        d = self.cache_dir / "teacher"
+        gpath, tpath = d / f"{domain}-gen-{gkey}.safetensors", d / f"{domain}-{tkey}.safetensors"
+        return gkey, tkey, gpath, tpath
+
+    def lookup(self, domain: str, prompts: list[str], with_targets: bool,
+               warn: Callable[[str], None] | None = None) -> TeacherOutputs | None:
+        gkey, tkey, gpath, tpath = self.paths(domain, prompts)
+        for path, key, targets in ((tpath, tkey, True), (gpath, gkey, False)):
+            if targets is False and with_targets:
+                continue
+            if path.exists():
+                try:
+                    return load_outputs(path, {"key": key}, targets)
+                except CacheError as e:
+                    if warn:
+                        warn(f"{e}; rebuilding")
+                    path.unlink(missing_ok=True)
+        return None
+
+    def run(self, domain: str, prompts: list[str], with_targets: bool,
+            load_teacher: Callable[[], tuple[Any, Any]],
+            progress: ProgressFn | None = None,
+            warn: Callable[[str], None] | None = None) -> TeacherOutputs:
+        hit = self.lookup(domain, prompts, with_targets, warn)
+        if hit is not None:
+            return hit
+        gkey, tkey, gpath, tpath = self.paths(domain, prompts)
+        model, tokenizer = load_teacher()
+        vocab = int(model(mx.array([[0]])).shape[-1])
+        seq_out = None
+        if gpath.exists():
+            try:
+                seq_out = load_outputs(gpath, {"key": gkey}, False)
+            except CacheError as e:
+                if warn:
+                    warn(f"{e}; rebuilding")
+        if seq_out is None:
+            seqs, plens = generate_responses(model, tokenizer, prompts, self.cfg, progress)
+            seq_out = TeacherOutputs(seqs, plens, None, None, vocab)
+            save_outputs(gpath, seq_out, {"key": gkey})
+            seq_out.path = gpath
+        if not with_targets:
+            return seq_out
+        t0 = time.perf_counter()
+        ids, lps = soft_targets(model, seq_out.sequences, seq_out.prompt_lens, self.cfg, progress)
+        out = TeacherOutputs(seq_out.sequences, seq_out.prompt_lens, ids, lps, vocab)
+        save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
+        out.path = tpath
+        return out

@@ -1,0 +1,165 @@
+"""Vocabulary alignment between teacher and student.
+
+"truncate" keeps the shared id range [0, n): only meaningful when both tokenizers give the
+same token string for every id in it (Qwen2.5-7B vs -3B: 152064 vs 151936 embedding rows,
+one tokenizer). The seed's example, Qwen (151k) -> Llama (32k) by truncation, would pair
+unrelated tokens; `plan_vocab_alignment` detects that and refuses. "project" maps teacher ids
+to student ids through the token strings and compares the two distributions over the tokens
+both vocabularies have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+
+class VocabError(ValueError):
+    """Teacher and student vocabularies cannot be aligned as asked (one-line message)."""
+
+
+@dataclass
+class VocabAlignment:
+    strategy: str  # "truncate" (includes identical vocabularies) or "project"
+    teacher_size: int  # embedding rows of the teacher (logits width)
+    student_size: int
+    teacher_ids: np.ndarray  # [M] teacher ids of the shared space
+    student_ids: np.ndarray  # [M] student ids, same order
+    teacher_to_student: np.ndarray  # [teacher_size] student id or -1
+    explanation: str
+
+    @property
+    def shared(self) -> int:
+        return int(self.teacher_ids.shape[0])
+
+    @property
+    def identical(self) -> bool:
+        return self.strategy == "truncate" and self.teacher_size == self.student_size
+
+
+def _normalise(tok: str | None) -> str | None:
+    # SentencePiece marks a leading space with U+2581, byte-level BPE with U+0120: the same token.
+    if tok is None:
+        return None
+    return tok.replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n")
+
+
+def token_strings(tokenizer: Any) -> list[str | None]:
+    """Token string of every id the tokenizer defines (None where an id is unused)."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    vocab: dict[str, int] = hf.get_vocab()
+    size = max(vocab.values()) + 1 if vocab else 0
+    out: list[str | None] = [None] * size
+    for tok, i in vocab.items():
+        out[i] = tok
+    return out
+
+
+def _eos_ids(tokenizer: Any) -> list[int]:
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    if ids:
+        return sorted(int(i) for i in ids)
+    eid = getattr(tokenizer, "eos_token_id", None)
+    return [int(eid)] if eid is not None else []
+
+
+def plan_vocab_alignment(teacher_tokenizer: Any, student_tokenizer: Any, teacher_size: int,
+                         student_size: int, strategy: str = "auto") -> VocabAlignment:
+    """Decide how to align two vocabularies from their tokenizers.
+
+    auto: truncate when the token strings agree over the shared ids, otherwise project.
+    Raises VocabError when `strategy='truncate'` would pair unrelated tokens, or when the
+    vocabularies share too little for distillation to mean anything.
+    """
+    if strategy not in ("auto", "truncate", "project"):
+        raise VocabError(f"vocab_strategy: {strategy!r} is not allowed; use 'auto', "
+                         "'truncate' or 'project'")
+    t_str = token_strings(teacher_tokenizer)
+    s_str = token_strings(student_tokenizer)
+    n = min(teacher_size, student_size)
+    n_tok = min(len(t_str), len(s_str), n)
+    mismatched = [i for i in range(n_tok) if t_str[i] != s_str[i]]
+    # Ids past a tokenizer's own vocabulary are padding rows of the embedding (never produced);
+    # one side defining extra tokens past the other's range is fine: they fall outside [0, n).
+    truncate_ok = n_tok > 0 and not mismatched
+    if strategy in ("auto", "truncate") and truncate_ok:
+        t2s = np.full(teacher_size, -1, dtype=np.int64)
+        t2s[:n] = np.arange(n)
+        ids = np.arange(n, dtype=np.int64)
+        same = teacher_size == student_size
+        how = ("identical vocabularies" if same else
+               f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
+               f"compared over the shared {n} ids")
+        return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how)
+    if strategy == "truncate":
+        i = mismatched[0] if mismatched else n_tok
+        example = (f"teacher id {i} is {t_str[i]!r} but student id {i} is {s_str[i]!r}"
+                   if mismatched else "the tokenizers define different id ranges")
+        raise VocabError(
+            f"vocab_strategy: 'truncate' would pair unrelated tokens ({example}; "
+            f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'")
+    # project: match through normalised token strings.
+    s_index: dict[str, int] = {}
+    for i, tok in enumerate(s_str[:student_size]):
+        key = _normalise(tok)
+        if key is not None and key not in s_index:
+            s_index[key] = i
+    t2s = np.full(teacher_size, -1, dtype=np.int64)
+    for i, tok in enumerate(t_str[:teacher_size]):
+        key = _normalise(tok)
+        if key is not None and key in s_index:
+            t2s[i] = s_index[key]
+    # End-of-sequence is the same event whatever its spelling.
+    t_eos, s_eos = _eos_ids(teacher_tokenizer), _eos_ids(student_tokenizer)
+    if t_eos and s_eos:
+        for e in t_eos:
+            if e < teacher_size:
+                t2s[e] = s_eos[0]
+    # Keep the map one-to-one so both sides index the same shared space.
+    t_ids, s_ids, seen = [], [], set()
+    for t, s in enumerate(t2s):
+        if s >= 0 and s not in seen:
+            seen.add(int(s))
+            t_ids.append(t)
+            s_ids.append(int(s))
+    covered = len(t_ids) / max(1, sum(1 for t in t_str if t is not None))
+    if covered < 0.05:
+        raise VocabError(f"vocab_strategy: the tokenizers share only {covered:.1%} of the "
+                         "teacher's tokens; pick a student of the same model family")
+    how = (f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
+           "teacher's); teacher ids are projected onto student ids by token string")
+    return VocabAlignment("project", teacher_size, student_size, np.array(t_ids, np.int64),
+                          np.array(s_ids, np.int64), t2s, how)
+
+
+def align_vocab_sizes(teacher_logits: mx.array, student_logits: mx.array,
+                      strategy: str = "truncate", alignment: VocabAlignment | None = None
+                      ) -> tuple[mx.array, mx.array]:
+    """Bring teacher and student logits into one vocabulary space (last axis).
+
+    truncate: both cut to the shared id range (pass `alignment` to have it checked).
+    project: both restricted to the tokens they share, in the same order (needs
+    `alignment` from `plan_vocab_alignment`, which knows the token strings).
+    """
+    if strategy == "auto":
+        if alignment is None:
+            raise VocabError("vocab_strategy: 'auto' needs an alignment planned from the two "
+                             "tokenizers (plan_vocab_alignment)")
+        strategy = alignment.strategy
+    if strategy == "truncate":
+        if alignment is not None and alignment.strategy != "truncate":
+            raise VocabError("vocab_strategy: 'truncate' would pair unrelated tokens for these "
+                             "tokenizers; use vocab_strategy = 'project'")
+        n = min(teacher_logits.shape[-1], student_logits.shape[-1])
+        return teacher_logits[..., :n], student_logits[..., :n]
+    if strategy == "project":
+        if alignment is None:
+            raise VocabError("vocab_strategy: 'project' needs an alignment planned from the "
+                             "two tokenizers (plan_vocab_alignment)")
+        t_idx = mx.array(alignment.teacher_ids.astype(np.int32))
+        s_idx = mx.array(alignment.student_ids.astype(np.int32))
+        return mx.take(teacher_logits, t_idx, axis=-1), mx.take(student_logits, s_idx, axis=-1)
+    raise VocabError(f"vocab_strategy: {strategy!r} is not allowed; use 'truncate' or 'project'")
