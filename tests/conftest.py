@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny teacher/student pair built locally (no hub, no download)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import kd_core  # noqa: F401  (fast BLAS before MLX)
+
+
+@dataclass
+class TinyPair:
+    teacher: Path
+    student: Path
+    tokenizer: Path
+    root: Path
+
+
+def build_tiny_pair(root: Path, vocab: int = 384) -> TinyPair:
+    from pydoc_data.topics import topics
+
+    from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_tokenizer
+
+    tok = root / "tokenizer"
+    train_tokenizer(list(topics.values())[:40], vocab, tok)
+    eos = eos_id(tok)
+    t_model, t_cfg = new_llama(LlamaSize(64, 2, 128, 4), vocab, seed=1)
+    save_model(t_model, t_cfg, root / "teacher", tok, eos)
+    s_model, s_cfg = new_llama(LlamaSize(32, 2, 64, 4), vocab, seed=2)
+    save_model(s_model, s_cfg, root / "student", tok, eos)
+    return TinyPair(root / "teacher", root / "student", tok, root)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
+    return build_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own teacher cache; nothing touches the user's cache folder."""
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "kd-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
