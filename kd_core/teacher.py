@@ -254,6 +254,9 @@ class TeacherPass:
             return seq_out
         t0 = time.perf_counter()
         ids, lps = soft_targets(model, seq_out.sequences, seq_out.prompt_lens, self.cfg, progress)
+        # Train on exactly what the cache holds (float16), so a run that built the cache and
+        # a run that reads it see the same targets.
+        lps = [lp.astype(np.float16).astype(np.float32) for lp in lps]
         out = TeacherOutputs(seq_out.sequences, seq_out.prompt_lens, ids, lps, vocab)
         save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
         out.path = tpath

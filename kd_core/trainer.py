@@ -187,7 +187,6 @@ class StudentTrainer:
         (folder / STATE_FILE).unlink(missing_ok=True)
         self.save_adapters(folder)
         opt = dict(tree_flatten(self.optimizer.state))
-        opt["__random_state__"] = mx.random.state[0]
         atomic_save_safetensors(folder / "optimizer.safetensors", opt)
         atomic_write_json(folder / STATE_FILE, {"step": step, "domain": self.domain,
                                                 "metrics_rows": len(self.metrics)})
@@ -214,9 +213,7 @@ class StudentTrainer:
         self.model.load_weights(list(mx.load(str(folder / "adapters.safetensors")).items()),
                                 strict=False)
         opt = mx.load(str(folder / "optimizer.safetensors"))
-        rnd = opt.pop("__random_state__")
         self.optimizer.state = tree_unflatten(list(opt.items()))
-        mx.random.state[0] = rnd
         mx.eval(self.model.parameters(), self.optimizer.state)
         rows = []
         path = self.out_dir / "metrics.jsonl"
@@ -266,6 +263,9 @@ class StudentTrainer:
                 it -= 1
                 break
             tic = time.perf_counter()
+            # Randomness (LoRA dropout) is a function of (seed, step): a resumed run draws
+            # exactly what an uninterrupted one would, with no RNG state to save.
+            mx.random.seed((cfg.seed << 20) + it)
             batches = [make_batch([self.examples[i] for i in self.plan.indices(it, m, accum)],
                                   cfg.max_seq_length, top_k) for m in range(accum)]
             n_tok = sum(b.tokens for b in batches)
