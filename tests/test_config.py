@@ -10,7 +10,8 @@ from kd_core.config import ConfigError, KDConfig, RunSpec, coerce_value, load_to
 
 def test_defaults_match_the_seed():
     c = KDConfig()
-    assert (c.temperature, c.alpha, c.lora_rank, c.batch_size, c.num_iters) == (2.0, 0.7, 16, 4, 200)
+    seed_defaults = (c.temperature, c.alpha, c.lora_rank, c.batch_size, c.num_iters)
+    assert seed_defaults == (2.0, 0.7, 16, 4, 200)
     # The loss temperature and the teacher's sampling temperature are separate settings.
     assert KDConfig(temperature=3.0).teacher_temperature == KDConfig().teacher_temperature
 
