@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a KD student and a CE-only student with the same steps and "
                    "seed, and compare both with the base student")
     e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    e.add_argument("--iters", type=int, default=None, help="training steps for --compare")
-    e.add_argument("--output", default=None, help="where --compare writes its adapters")
+    e.add_argument("--domain-file", action="append", default=None, metavar="PATH",
+                   help="custom domain file (its prompts are the evaluation set)")
+    _add_config_flags(e)  # --iters, --output (<output>/compare/{kd,ce_only}) and the rest
 
     m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
     m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")

@@ -1,0 +1,53 @@
+"""kd eval: figures right on a case computable by hand; --compare writes the JSON shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kd_core.cli import main
+from kd_core.config import KDConfig
+from kd_core.evaluate import measure, teacher_reference
+
+pytestmark = pytest.mark.slow
+
+
+def test_student_equal_to_teacher_gives_zero_kl_full_agreement(tiny_pair):
+    cfg = KDConfig(max_tokens=10, max_seq_length=64)
+    prompts = ["Explain what a list is.", "Why is the sky blue?", "Name three colours."]
+    ref = teacher_reference(str(tiny_pair.teacher), prompts, cfg, "hand")
+    same = measure(ref, str(tiny_pair.teacher), None, cfg)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-3)
+    assert same["top1_agreement"] == 1.0
+    assert same["positions"] == ref.outputs.response_tokens
+    other = measure(ref, str(tiny_pair.student), None, cfg)
+    assert other["kl"] > 0.01 and other["top1_agreement"] < 1.0
+    # CE of the teacher on its own text equals its entropy-weighted NLL, so it is finite.
+    assert 0 < same["ce"] < other["ce"]
+
+
+def test_eval_cli_table_and_json(tiny_pair, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--domain", "memory", "--teacher", str(tiny_pair.teacher),
+               "--student", str(tiny_pair.teacher), "--max-tokens", "8", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "KL(T||S)" in printed and "base" in printed
+    data = json.loads(out.read_text())
+    assert data["base"]["kl"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_compare_reports_base_kd_ce_only(tiny_pair, tmp_path, capsys):
+    out = tmp_path / "cmp.json"
+    rc = main(["eval", "--compare", "--domain", "task", "--teacher", str(tiny_pair.teacher),
+               "--student", str(tiny_pair.student), "--iters", "3", "--max-tokens", "8",
+               "--batch-size", "2", "--output", str(tmp_path / "cmp"), "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    for run in ("base", "kd", "ce_only"):
+        assert set(data[run]) >= {"kl", "top1_agreement", "ce"}
+    root = tmp_path / "cmp" / "compare"
+    assert (root / "kd" / "task" / "adapters.safetensors").is_file()
+    assert (root / "ce_only" / "task" / "adapters.safetensors").is_file()
+    assert "KD vs CE-only" in capsys.readouterr().out
