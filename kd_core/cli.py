@@ -89,7 +89,11 @@ class TextPrinter:
             return f"teacher pass · {e.domain} · {e.total} prompts"
         if isinstance(e, PhaseStarted) and e.phase == "student":
             return f"student pass · {e.domain} · {e.total} steps"
+        if isinstance(e, PhaseStarted) and e.phase == "build":
+            return e.message
         if isinstance(e, Progress):
+            if e.phase == "build" and e.done % 20 and e.done != e.total:
+                return None
             return (f"  {e.message} {e.done}/{e.total} · ETA {_fmt_time(e.eta_s)}")
         if isinstance(e, CacheUsed):
             how = "reused cache" if e.hit else "cached"

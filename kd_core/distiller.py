@@ -162,8 +162,7 @@ class TrueKnowledgeDistiller:
         output = check_output_dir(Path(cfg.output).expanduser())
         out_dirs = {d: domain_dir(output, d) for d in domains}
         self.sink(PhaseStarted("load", None, 2, "finding models"))
-        t_path = resolve_model(self.teacher_model_id, "teacher", self.allow_download)
-        s_path = resolve_model(self.student_model_id, "student", self.allow_download)
+        t_path, s_path = self._resolve_pair()
         online = cfg.teacher_mode == "online"
         self.sink(RunStarted(str(t_path), str(s_path), list(domains), cfg.to_dict(),
                              str(output), cfg.num_iters * len(domains)))
@@ -252,6 +251,30 @@ class TrueKnowledgeDistiller:
         self._write_summary(summary_path, t_path, s_path, cfg, results, time.perf_counter() - t0)
         self.sink(RunFinished(str(summary_path), [r.to_dict() for r in results], stopped))
         return results
+
+    def _resolve_pair(self) -> tuple[Path, Path]:
+        """Resolve both models; a first use of the demo pair builds it, with progress."""
+        from kd_core import demo
+
+        started = time.perf_counter()
+        announced: list[bool] = []
+
+        def on_build(what: str, done: int, total: int) -> None:
+            if not announced:
+                announced.append(True)
+                self.sink(PhaseStarted("build", None, total,
+                                       "building the built-in demo pair (first use only)"))
+            el = time.perf_counter() - started
+            eta = el / done * (total - done) if done else None
+            self.sink(Progress("build", None, done, total, eta, what))
+
+        demo.set_build_progress(on_build)
+        try:
+            t_path = resolve_model(self.teacher_model_id, "teacher", self.allow_download)
+            s_path = resolve_model(self.student_model_id, "student", self.allow_download)
+        finally:
+            demo.set_build_progress(None)
+        return t_path, s_path
 
     def _write_summary(self, path: Path, t_path: Path, s_path: Path, cfg: KDConfig,
                        results: list[DomainResult], seconds: float) -> None:

@@ -1,0 +1,40 @@
+"""Packaging promises: console scripts, no Textual in the engine, fast BLAS loaded on Linux."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.strip()
+
+
+def test_engine_never_imports_textual():
+    out = _run("import sys, kd_core, kd_core.cli, kd_core.distiller, kd_core.evaluate, "
+               "kd_core.trainer; print('textual' in sys.modules)")
+    assert out == "False"
+
+
+def test_light_modules_do_not_import_mlx():
+    out = _run("import sys, kd_core.events, kd_core.config; print('mlx.core' in sys.modules)")
+    assert out == "False"
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="Linux CPU wheel only")
+def test_openblas_preloaded_before_mlx():
+    out = _run("import kd_core, kd_core.blas as b; import mlx.core; print(b.loaded_blas)")
+    assert "openblas" in out.lower()
+
+
+def test_console_scripts_help():
+    bindir = __import__("pathlib").Path(sys.executable).parent
+    for script in ("kd", "kd-tui"):
+        proc = subprocess.run([str(bindir / script), "--help"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage" in proc.stdout.lower()
