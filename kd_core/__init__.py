@@ -10,7 +10,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+import os as _os
+
 from kd_core import blas as _blas  # noqa: F401  (must run before any `import mlx`)
+
+# Offline first: the Hugging Face libraries never reach the network unless a user names a hub
+# model and allows downloads (kd_core.models.resolve_model lifts this for that one call).
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __version__ = "0.1.0"
 

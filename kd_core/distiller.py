@@ -39,7 +39,9 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
-from kd_core.models import ModelError, load_model, model_fingerprint, release, resolve_model
+from kd_core.models import (ModelError, load_model, model_fingerprint, model_info, release,
+                            resolve_model)
+from kd_core.preflight import estimate_memory
 from kd_core.teacher import TeacherOutputs, TeacherPass, default_cache_dir
 from kd_core.trainer import DomainResult, StudentTrainer, adapter_config, apply_lora
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
@@ -164,6 +166,9 @@ class TrueKnowledgeDistiller:
         self.sink(PhaseStarted("load", None, 2, "finding models"))
         t_path, s_path = self._resolve_pair()
         online = cfg.teacher_mode == "online"
+        est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
+        if warning := est.warning(cfg):
+            self.sink(Log(warning, "warning"))
         self.sink(RunStarted(str(t_path), str(s_path), list(domains), cfg.to_dict(),
                              str(output), cfg.num_iters * len(domains)))
         t0 = time.perf_counter()

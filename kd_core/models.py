@@ -76,6 +76,9 @@ def resolve_model(name: str | None, role: str = "model", allow_download: bool = 
         if not allow_download:
             raise ModelError(f"{role}: {name} is not in the local Hugging Face cache; pass "
                              "--allow-download to fetch it") from None
+    import huggingface_hub.constants as hf_constants
+
+    hf_constants.HF_HUB_OFFLINE = False  # the user allowed this download explicitly
     try:
         local = snapshot_download(name, allow_patterns=patterns)
     except Exception as e:

@@ -1,0 +1,85 @@
+"""Pre-flight memory estimate: warn before a run that will not fit, and say what to change.
+
+Rough on purpose (within a factor of ~1.5): weights from the safetensors sizes, activations
+and logits from the shapes the config implies. Peak is what matters, so the teacher pass
+and the student pass are estimated apart (offline mode never holds both models).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kd_core.config import KDConfig
+from kd_core.models import ModelInfo
+
+GB = 1e9
+GEN_BATCH = 16  # kd_core.teacher.GEN_CHUNK
+FWD_BATCH = 8  # kd_core.teacher.FWD_CHUNK
+
+
+def machine_memory_bytes() -> int | None:
+    """Memory the accelerator (Metal/CUDA) or, on CPU, the machine can give a run."""
+    try:
+        import mlx.core as mx
+
+        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+        size = info.get("memory_size") or info.get("total_memory")
+        if size:
+            return int(size)
+    except Exception:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass
+class MemoryEstimate:
+    teacher_pass_gb: float
+    student_pass_gb: float
+    available_gb: float | None
+
+    @property
+    def peak_gb(self) -> float:
+        return max(self.teacher_pass_gb, self.student_pass_gb)
+
+    def warning(self, cfg: KDConfig) -> str | None:
+        """One line when the estimate exceeds what the machine has, with what to change."""
+        if self.available_gb is None or self.peak_gb <= 0.9 * self.available_gb:
+            return None
+        tips = []
+        if self.student_pass_gb >= self.teacher_pass_gb:
+            if cfg.teacher_mode == "online":
+                tips.append("teacher_mode = 'offline'")
+            tips += [f"a smaller batch_size (now {cfg.batch_size}; grad_accumulation keeps the "
+                     "effective batch)", f"shorter max_seq_length (now {cfg.max_seq_length})"]
+        else:
+            tips += ["a quantized teacher (e.g. a 4-bit mlx-community build)",
+                     f"fewer max_tokens (now {cfg.max_tokens})"]
+        return (f"memory: this run needs about {self.peak_gb:.1f} GB (teacher pass "
+                f"{self.teacher_pass_gb:.1f} GB, student pass {self.student_pass_gb:.1f} GB) but "
+                f"the machine has {self.available_gb:.1f} GB; try " + ", or ".join(tips))
+
+
+def estimate_memory(teacher: ModelInfo, student: ModelInfo, cfg: KDConfig,
+                    available: int | None = None) -> MemoryEstimate:
+    seq = cfg.max_seq_length
+    gen_len = min(seq, cfg.max_tokens + 64)
+    t_w = teacher.disk_bytes
+    s_w = student.disk_bytes
+    # Teacher pass: weights, the KV cache of a generation batch, the logits of a forward batch.
+    kv = 2 * teacher.layers * teacher.hidden_size * gen_len * GEN_BATCH * 2
+    fwd = FWD_BATCH * seq * (teacher.vocab_size * 4 * 3 + teacher.hidden_size * 4 * 8)
+    teacher_gb = (t_w * 1.1 + kv + fwd) / GB
+    # Student pass: weights, LoRA + Adam (small), activations kept for the backward pass,
+    # full logits and their softmax / gradient (three [B, L, V] float32 tensors).
+    tokens = cfg.batch_size * seq
+    acts = tokens * student.hidden_size * student.layers * 4 * 12
+    logits = tokens * student.vocab_size * 4 * 3
+    student_gb = (s_w * 1.2 + acts + logits) / GB
+    if cfg.teacher_mode == "online":
+        student_gb += (t_w * 1.1 + tokens * teacher.vocab_size * 4 * 2) / GB
+    avail = available if available is not None else machine_memory_bytes()
+    return MemoryEstimate(teacher_gb, student_gb, avail / GB if avail else None)
