@@ -7,10 +7,9 @@ imported anywhere. The public API is loaded lazily so that light modules
 
 from __future__ import annotations
 
+import os as _os
 from importlib import import_module
 from typing import Any
-
-import os as _os
 
 from kd_core import blas as _blas  # noqa: F401  (must run before any `import mlx`)
 

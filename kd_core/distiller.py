@@ -39,8 +39,14 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
-from kd_core.models import (ModelError, load_model, model_fingerprint, model_info, release,
-                            resolve_model)
+from kd_core.models import (
+    ModelError,
+    load_model,
+    model_fingerprint,
+    model_info,
+    release,
+    resolve_model,
+)
 from kd_core.preflight import estimate_memory
 from kd_core.teacher import TeacherOutputs, TeacherPass, default_cache_dir
 from kd_core.trainer import DomainResult, StudentTrainer, adapter_config, apply_lora
