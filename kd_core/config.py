@@ -83,6 +83,10 @@ class KDConfig:
     num_iters: int = _spec(200, "Optimiser steps per domain.", lo=1, hi=10**7)
     max_seq_length: int = _spec(512, "Longest prompt + response; longer ones are cut.",
                                 lo=8, hi=1 << 20)
+    loss_chunk: int = _spec(
+        0, "Positions per chunk of the offline loss, so the full [batch, seq, vocab] logits "
+        "never exist at once (big vocabularies). 0 = auto (chunk when one such float32 tensor "
+        "would pass 256 MB), -1 = never.", lo=-1, hi=1 << 20)
     seed: int = _spec(0, "Random seed (teacher sampling, data order, LoRA init).",
                       lo=0, hi=2**32 - 1)
 

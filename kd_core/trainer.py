@@ -27,6 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json, atomic_write_jsonl
+from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
 from kd_core.data import Batch, BatchPlan, Example, make_batch
@@ -173,6 +174,23 @@ class StudentTrainer:
         del accum
         return step
 
+    def _chunked_step(self) -> ChunkedStep | None:
+        """The two-phase chunked step when the logits would be large (offline mode only)."""
+        if self.online:
+            return None
+        vocab = int(self.model(mx.array([[0]], dtype=mx.int32)).shape[-1])
+        chunk = want_chunking(self.cfg.loss_chunk, self.cfg.batch_size,
+                              self.cfg.max_seq_length, vocab)
+        if not chunk:
+            return None
+        split = split_model(self.model)
+        if split is None:
+            self.sink(Log(f"{self.domain}: this model cannot be split into body and head; "
+                          "computing the loss unchunked", "warning"))
+            return None
+        return ChunkedStep(self.model, split, self.optimizer, self.cfg.alpha,
+                           self.cfg.temperature, chunk)
+
     # ---- checkpoints ----------------------------------------------------------------------
     def _adapter_weights(self) -> dict[str, mx.array]:
         return dict(tree_flatten(self.model.trainable_parameters()))
@@ -243,6 +261,7 @@ class StudentTrainer:
             for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
                 shutil.rmtree(d, ignore_errors=True)
         step_fn = self._build_step()
+        chunked = self._chunked_step()
         self.model.train()
         top_k = None if self.online else self.examples[0].topk_ids.shape[1]
         accum = cfg.grad_accumulation
@@ -276,9 +295,11 @@ class StudentTrainer:
                 t_logits = self._teacher_logits(b) if self.online else None
                 ids = None if b.topk_ids is None else mx.array(b.topk_ids)
                 lps = None if b.topk_logprobs is None else mx.array(b.topk_logprobs)
-                loss, kd, ce, grad = step_fn(mx.array(b.inputs), mx.array(b.targets),
-                                             mx.array(b.mask), ids, lps, t_logits, inv, grad,
-                                             m == accum - 1)
+                fn = chunked if chunked is not None else step_fn
+                args = (mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask), ids, lps)
+                if chunked is None:
+                    args = (*args, t_logits)
+                loss, kd, ce, grad = fn(*args, inv, grad, m == accum - 1)
                 loss_total, kd_total, ce_total = loss_total + loss, kd_total + kd, ce_total + ce
             mx.eval(loss_total, kd_total, ce_total, self.model.state, self.optimizer.state)
             dt = time.perf_counter() - tic

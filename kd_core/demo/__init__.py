@@ -26,11 +26,23 @@ def set_build_progress(hook: BuildProgress | None) -> None:
     _progress_hook = hook
 
 
+def _folder(recipe: DemoRecipe) -> Path:
+    return Path(os.environ.get("KD_DEMO_DIR", demo_root() / recipe.key()))
+
+
+def built_demo_path(name: str, recipe: DemoRecipe | None = None) -> Path | None:
+    """The demo model's folder if it is built and intact; None otherwise (never builds)."""
+    folder = _folder(recipe or DemoRecipe())
+    if not verify(folder):
+        return None
+    return folder / ("teacher" if name == "demo-teacher" else "student")
+
+
 def ensure_demo_pair(recipe: DemoRecipe | None = None, rebuild: bool = False,
                      progress: Callable[[str], None] | None = None) -> DemoPair:
     """The cached demo pair, built (or rebuilt if missing or damaged) when needed."""
     recipe = recipe or DemoRecipe()
-    folder = Path(os.environ.get("KD_DEMO_DIR", demo_root() / recipe.key()))
+    folder = _folder(recipe)
     with _lock:
         if not rebuild and verify(folder):
             return DemoPair(folder / "teacher", folder / "student", folder)
@@ -52,4 +64,5 @@ def demo_model_path(name: str) -> Path:
     return pair.teacher if name == "demo-teacher" else pair.student
 
 
-__all__ = ["DemoPair", "DemoRecipe", "ensure_demo_pair", "demo_model_path", "verify"]
+__all__ = ["DemoPair", "DemoRecipe", "ensure_demo_pair", "demo_model_path", "built_demo_path",
+           "verify"]

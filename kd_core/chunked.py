@@ -1,0 +1,139 @@
+"""Chunked two-phase loss: never materialise the full [B, L, V] logits.
+
+At Qwen's 151,936-token vocabulary the loss, not the model, is the cost: each [B, L, V] fp32
+tensor of a 4 x 512 batch is 1.24 GB, and a naive KD step holds several. Measured here
+(DESIGN.md): wrapping chunks in mx.checkpoint inside one value_and_grad did not lower the
+peak (the lazy graph still held it all). Two phases do:
+
+1. body forward to the final hidden states h [B, L, D] (evaluated, no graph kept); then for
+   each chunk of positions, the head + loss and the gradient of the loss w.r.t. that chunk of
+   h, evaluated chunk by chunk (only [C, V] logits alive at a time);
+2. one forward + backward through the body with dL/dh as the cotangent, and the optimiser.
+
+The price is a second body forward. Only valid when logits == head(body(x)) and the head
+has no trainable parameters: `split_model` checks both on the real model before use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from kd_core.losses import ce_loss_sum, sparse_kd_loss_sum
+
+AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
+
+
+@dataclass
+class SplitModel:
+    body: Callable[[mx.array], mx.array]  # inputs -> final hidden states
+    head: Callable[[mx.array], mx.array]  # hidden states -> logits
+
+
+def split_model(model: nn.Module) -> SplitModel | None:
+    """Body and head of an mlx-lm causal LM, or None if this model cannot be split safely."""
+    inner = getattr(model, "model", None)
+    if inner is None or not callable(inner):
+        return None
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None:
+        head = lm_head
+        head_params = dict(tree_flatten(lm_head.trainable_parameters()))
+    elif hasattr(getattr(inner, "embed_tokens", None), "as_linear"):
+        head = inner.embed_tokens.as_linear
+        head_params = dict(tree_flatten(inner.embed_tokens.trainable_parameters()))
+    else:
+        return None
+    if head_params:
+        return None  # a trainable head would need its own gradient: use the fused path
+    probe = mx.array([[1, 2, 3, 4]], dtype=mx.int32)
+    try:
+        ok = mx.allclose(head(inner(probe)), model(probe), atol=1e-4, rtol=1e-4).item()
+    except Exception:
+        return None
+    return SplitModel(inner, head) if ok else None
+
+
+def want_chunking(setting: int, batch_size: int, seq_len: int, vocab: int) -> int:
+    """Positions per chunk, or 0 for the fused path. setting: 0 auto, -1 never, N > 0."""
+    if setting < 0:
+        return 0
+    if setting > 0:
+        return setting
+    return 256 if batch_size * seq_len * vocab * 4 > AUTO_LOGITS_BYTES else 0
+
+
+class ChunkedStep:
+    """One optimiser step of the offline KD loss, computed in chunks of positions."""
+
+    def __init__(self, model: nn.Module, split: SplitModel, optimizer: Any, alpha: float,
+                 temperature: float, chunk: int) -> None:
+        self.model = model
+        self.split = split
+        self.optimizer = optimizer
+        self.chunk = chunk
+        self.alpha = alpha
+        self.temperature = temperature
+
+        def chunk_loss(h, targets, mask, ids, lps, inv):
+            logits = split.head(h)
+            ce, _ = ce_loss_sum(logits, targets, mask=mask)
+            if alpha == 0.0:
+                kd = mx.array(0.0)
+            else:
+                kd, _ = sparse_kd_loss_sum(logits, ids, lps, temperature, mask)
+            return (alpha * kd + (1.0 - alpha) * ce) * inv, (kd, ce)
+
+        self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))
+
+        def surrogate(m, inputs, cotangent):
+            # d/dθ sum(h(θ) * g) = J^T g: the body's backward pass with dL/dh as cotangent.
+            return (split.body(inputs).astype(mx.float32) * cotangent).sum()
+
+        vg = nn.value_and_grad(model, surrogate)
+        state = [model.state, optimizer.state, mx.random.state]
+
+        def body_backward(inputs, cotangent, prev_grad, do_update):
+            _, grad = vg(model, inputs, cotangent)
+            if prev_grad is not None:
+                grad = _tree_add(grad, prev_grad)
+            if do_update:
+                optimizer.update(model, grad)
+                grad = None
+            return grad
+
+        self._body_backward = mx.compile(body_backward, inputs=state, outputs=state)
+
+    def __call__(self, inputs: mx.array, targets: mx.array, mask: mx.array, ids: mx.array,
+                 lps: mx.array, inv: mx.array, prev_grad: Any, do_update: bool
+                 ) -> tuple[mx.array, mx.array, mx.array, Any]:
+        h = self.split.body(inputs)
+        mx.eval(h)
+        B, L, D = h.shape
+        n = B * L
+        hf, tf, mf = h.reshape(n, D), targets.reshape(n), mask.reshape(n)
+        idf, lpf = ids.reshape(n, -1), lps.reshape(n, -1)
+        loss = kd = ce = mx.array(0.0)
+        grads = []
+        for s in range(0, n, self.chunk):
+            e = min(n, s + self.chunk)
+            (l_c, (kd_c, ce_c)), g = self._chunk_grad(hf[s:e], tf[s:e], mf[s:e], idf[s:e],
+                                                      lpf[s:e], inv)
+            loss, kd, ce = loss + l_c, kd + kd_c, ce + ce_c
+            mx.eval(g, loss, kd, ce)  # one chunk's logits at a time
+            grads.append(g)
+        dh = mx.concatenate(grads, axis=0).reshape(B, L, D).astype(mx.float32)
+        del h, grads
+        grad = self._body_backward(inputs, dh, prev_grad, do_update)
+        return loss, kd, ce, grad
+
+
+def _tree_add(a: Any, b: Any) -> Any:
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x, y: x + y, a, b)
