@@ -206,9 +206,11 @@ class StudentTrainer:
         self.save_adapters(folder)
         opt = dict(tree_flatten(self.optimizer.state))
         atomic_save_safetensors(folder / "optimizer.safetensors", opt)
+        self.write_metrics()
+        # The state file is the commit marker: written last, so a checkpoint is either whole
+        # (with its metrics already on disk) or ignored by `latest_checkpoint`.
         atomic_write_json(folder / STATE_FILE, {"step": step, "domain": self.domain,
                                                 "metrics_rows": len(self.metrics)})
-        self.write_metrics()
         self.sink(CheckpointSaved(self.domain, step, str(folder)))
         return folder
 
