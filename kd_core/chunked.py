@@ -72,7 +72,8 @@ class ChunkedStep:
     """One optimiser step of the offline KD loss, computed in chunks of positions."""
 
     def __init__(self, model: nn.Module, split: SplitModel, optimizer: Any, alpha: float,
-                 temperature: float, chunk: int) -> None:
+                 temperature: float, chunk: int,
+                 reduce: Callable[[Any], Any] = lambda g: g) -> None:
         self.model = model
         self.split = split
         self.optimizer = optimizer
@@ -103,7 +104,7 @@ class ChunkedStep:
             if prev_grad is not None:
                 grad = _tree_add(grad, prev_grad)
             if do_update:
-                optimizer.update(model, grad)
+                optimizer.update(model, reduce(grad))  # summed over ranks when distributed
                 grad = None
             return grad
 

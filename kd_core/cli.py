@@ -8,7 +8,10 @@ flags. Bad input exits with status 2 and one line naming the field; nothing is w
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text for people; jsonl streams the event protocol on stdout")
     d.add_argument("--control-stdin", action="store_true",
                    help="read pause/resume/stop lines on stdin (used by kd-tui)")
+    d.add_argument("--control-file", metavar="PATH",
+                   help="read pause/resume/stop lines appended to this file (works under "
+                   "--distributed)")
     d.add_argument("--quiet", action="store_true", help="no per-step lines")
+    d.add_argument("--distributed", type=int, default=None, metavar="N",
+                   help="data-parallel run in N local processes (mlx.launch, ring backend)")
+    d.add_argument("--hostfile", metavar="PATH",
+                   help="data-parallel run across the hosts of an mlx.launch hostfile")
+    d.add_argument("--backend", default="ring", help="mlx.launch backend (default: ring)")
     d.add_argument("--save-config", metavar="PATH",
                    help="write the resulting settings to this kd.toml and exit")
     _add_config_flags(d)
@@ -242,6 +253,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     domains = resolve_domains(spec.domains, spec.domain_files)
+    if (args.distributed or args.hostfile) and "MLX_RANK" not in os.environ:
+        return launch_distributed(args)
     if args.save_config:
         save_toml(spec, args.save_config)
         print(f"wrote {args.save_config}")
@@ -254,6 +267,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     control = RunControl()
     if args.control_stdin:
         control.follow_stdin()
+    if args.control_file and int(os.environ.get("MLX_RANK", "0")) == 0:
+        control.follow_file(args.control_file)
 
     def on_signal(signum: int, frame: Any) -> None:
         # First Ctrl-C: stop after this step with a checkpoint; the second one kills.
@@ -268,6 +283,46 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                        control=control, allow_download=args.allow_download)
     distiller.run(domains, resume=args.resume)
     return 0
+
+
+def launch_distributed(args: argparse.Namespace) -> int:
+    """Re-run this command under mlx.launch; rank 0's output is the run's output.
+
+    mlx.launch's own exit status does not reflect a failed rank, so we read the ranks'
+    one-line errors as they pass through and decide the status from them.
+    """
+    if args.distributed is not None and args.distributed < 1:
+        raise UsageError(f"--distributed: expected a whole number from 1, got {args.distributed}")
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    if not launcher.exists():
+        found = shutil.which("mlx.launch")
+        if not found:
+            raise UsageError("--distributed: mlx.launch not found (it comes with mlx)")
+        launcher = Path(found)
+    where = (["--hostfile", args.hostfile] if args.hostfile
+             else ["-n", str(args.distributed)])
+    inner: list[str] = []
+    skip = False
+    for a in args.argv:  # the same command, less the launch flags (and their values)
+        if skip:
+            skip = False
+        elif a in ("--distributed", "--hostfile", "--backend"):
+            skip = True
+        elif not a.startswith(("--distributed=", "--hostfile=", "--backend=")):
+            inner.append(a)
+    cmd = [str(launcher), "--backend", args.backend, *where, "--",
+           sys.executable, "-m", "kd_core", *inner]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    status = 0
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        if line.startswith("kd: error:"):
+            status = max(status, EXIT_BAD_INPUT)
+        elif line.startswith("kd: failed:") or "exited with code" in line:
+            status = status or EXIT_FAILED
+    rc = proc.wait()
+    return status or (EXIT_FAILED if rc else 0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -292,6 +347,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = argv
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT

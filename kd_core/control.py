@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
+from pathlib import Path
 
 
 class RunControl:
@@ -57,5 +59,28 @@ class RunControl:
             self.request_stop()
 
         t = threading.Thread(target=reader, name="kd-control", daemon=True)
+        t.start()
+        return t
+
+    def follow_file(self, path: str | Path, interval: float = 0.2) -> threading.Thread:
+        """Poll a file for control words appended to it (works under mlx.launch, where stdin
+        does not reach rank 0). The file may not exist yet; its old lines are ignored."""
+        p = Path(path)
+        seen = len(p.read_text().splitlines()) if p.exists() else 0
+
+        def poll() -> None:
+            nonlocal seen
+            while not self.stop_requested:
+                try:
+                    lines = p.read_text().splitlines() if p.exists() else []
+                except OSError:
+                    lines = []
+                for word in (w.strip().lower() for w in lines[seen:]):
+                    {"pause": self.pause, "resume": self.resume,
+                     "stop": self.request_stop}.get(word, lambda: None)()
+                seen = max(seen, len(lines))
+                time.sleep(interval)
+
+        t = threading.Thread(target=poll, name="kd-control-file", daemon=True)
         t.start()
         return t

@@ -85,6 +85,16 @@ class BatchPlan:
         return out
 
 
+def valid_tokens(e: Example, max_seq_length: int) -> int:
+    """Response positions of `e` that a batch trains on (same rules as make_batch)."""
+    n = min(len(e.tokens), max_seq_length) - 1
+    r = max(0, n - (e.prompt_len - 1))
+    if e.teacher_tokens is not None:
+        m = min(len(e.teacher_tokens), max_seq_length) - 1
+        r = max(0, min(r, m - (e.teacher_prompt_len - 1)))
+    return int(r if e.valid is None else e.valid[:r].sum())
+
+
 def _round_up(n: int, multiple: int, cap: int) -> int:
     return min(cap, ((n + multiple - 1) // multiple) * multiple)
 

@@ -26,6 +26,7 @@ from kd_core.atomic_io import atomic_write_json
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
 from kd_core.data import Example, format_prompt
+from kd_core.distributed import world as get_world
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, check_domain_name
 from kd_core.events import (
     CacheUsed,
@@ -130,7 +131,9 @@ class TrueKnowledgeDistiller:
         self.config = config or KDConfig()
         self.teacher_model_id = teacher_model_id or "demo-teacher"
         self.student_model_id = student_model_id or "demo-student"
-        self.sink: EventSink = on_event or null_sink
+        self.world = get_world()
+        # One writer, one reporter: only rank 0 of a distributed run emits events.
+        self.sink: EventSink = (on_event or null_sink) if self.world.is_main else null_sink
         self.control = control or RunControl()
         self.allow_download = allow_download
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -167,7 +170,9 @@ class TrueKnowledgeDistiller:
             check_domain_name(name)
             if not prompts:
                 raise ValueError(f"domain: {name!r} has no prompts")
-        output = check_output_dir(Path(cfg.output).expanduser())
+        output = Path(cfg.output).expanduser()
+        if self.world.is_main:
+            check_output_dir(output)
         out_dirs = {d: domain_dir(output, d) for d in domains}
         self.sink(PhaseStarted("load", None, 2, "finding models"))
         t_path, s_path = self._resolve_pair()
@@ -201,7 +206,7 @@ class TrueKnowledgeDistiller:
                 self.sink(Progress("teacher", name, done, total, eta, what))
 
             out = tpass.run(name, prompts, not online, load_teacher, progress,
-                            warn=lambda m: self.sink(Log(m, "warning")))
+                            warn=lambda m: self.sink(Log(m, "warning")), world=self.world)
             outputs[name] = out
             self.sink(CacheUsed(name, str(out.path), out.from_cache, len(out.sequences),
                                 out.response_tokens))
@@ -247,7 +252,7 @@ class TrueKnowledgeDistiller:
                 student, cfg, examples, out_dirs[name],
                 adapter_config(cfg, n_layers, str(s_path), str(t_path), name), domain=name,
                 sink=self.sink, control=self.control, teacher=t_model if online else None,
-                alignment=alignment)
+                alignment=alignment, world=self.world)
             result = trainer.train(resume=resume)
             result.teacher_cache = str(outputs[name].path)
             results.append(result)
@@ -281,8 +286,13 @@ class TrueKnowledgeDistiller:
 
         demo.set_build_progress(on_build)
         try:
+            # Rank 0 first: on one machine the others then find the demo pair built.
+            if not self.world.is_main:
+                self.world.barrier()
             t_path = resolve_model(self.teacher_model_id, "teacher", self.allow_download)
             s_path = resolve_model(self.student_model_id, "student", self.allow_download)
+            if self.world.is_main:
+                self.world.barrier()
         finally:
             demo.set_build_progress(None)
         return t_path, s_path
@@ -290,6 +300,8 @@ class TrueKnowledgeDistiller:
     def _write_summary(self, path: Path, t_path: Path, s_path: Path, cfg: KDConfig,
                        results: list[DomainResult], seconds: float) -> None:
         """kd_summary.json over all domains; entries of earlier runs for other domains stay."""
+        if not self.world.is_main:
+            return
         previous: dict[str, Any] = {}
         if path.exists():
             try:

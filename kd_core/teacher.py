@@ -231,8 +231,11 @@ class TeacherPass:
     def run(self, domain: str, prompts: list[str], with_targets: bool,
             load_teacher: Callable[[], tuple[Any, Any]],
             progress: ProgressFn | None = None,
-            warn: Callable[[str], None] | None = None) -> TeacherOutputs:
+            warn: Callable[[str], None] | None = None, world: Any = None) -> TeacherOutputs:
         hit = self.lookup(domain, prompts, with_targets, warn)
+        if world is not None and world.distributed:
+            return self._run_shared(domain, prompts, with_targets, load_teacher, progress,
+                                    hit, world)
         if hit is not None:
             return hit
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
@@ -261,3 +264,57 @@ class TeacherPass:
         save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
         out.path = tpath
         return out
+
+    def _run_shared(self, domain: str, prompts: list[str], with_targets: bool,
+                    load_teacher: Callable[[], tuple[Any, Any]], progress: ProgressFn | None,
+                    hit: TeacherOutputs | None, world: Any) -> TeacherOutputs:
+        """Each rank runs the teacher on its share; all ranks end with the whole result."""
+        have = int(world.all_sum(mx.array(int(hit is not None))).item())
+        if have == world.size:
+            return hit  # type: ignore[return-value]
+        model, tokenizer = load_teacher()
+        vocab = int(model(mx.array([[0]])).shape[-1])
+        mine = world.share(prompts)
+        seqs, plens = generate_responses(model, tokenizer, mine, self.cfg, progress)
+        ids = lps = None
+        if with_targets:
+            ids, lps = soft_targets(model, seqs, plens, self.cfg, progress)
+        out = gather_outputs(world, TeacherOutputs(seqs, plens, ids, lps, vocab))
+        gkey, tkey, gpath, tpath = self.paths(domain, prompts)
+        path, key = (tpath, tkey) if with_targets else (gpath, gkey)
+        # Rank 0 writes; a rank that cannot see its file afterwards has its own disk.
+        if world.is_main:
+            save_outputs(path, out, {"key": key})
+        world.barrier()
+        if not world.is_main and not path.exists():
+            save_outputs(path, out, {"key": key})
+        out.path = path
+        return out
+
+
+def gather_outputs(world: Any, local: TeacherOutputs) -> TeacherOutputs:
+    """All ranks' shares (round robin over the prompts) back in prompt order, on every rank."""
+    from kd_core.distributed import interleave
+
+    lens = np.array([len(s) for s in local.sequences], np.int64)
+    flat = (np.concatenate(local.sequences) if local.sequences else np.zeros(0, np.int32))
+    all_lens = world.gather_arrays(lens)
+    all_flat = world.gather_arrays(flat.astype(np.int32))
+    all_plens = world.gather_arrays(np.array(local.prompt_lens, np.int64))
+    parts_seq = [np.split(f, np.cumsum(n)[:-1]) if len(n) else []
+                 for f, n in zip(all_flat, all_lens, strict=True)]
+    sequences = interleave(parts_seq)
+    prompt_lens = [int(x) for x in interleave([list(p) for p in all_plens])]
+    ids = lps = None
+    if local.topk_ids is not None:
+        k = local.topk_ids[0].shape[1] if local.topk_ids else 0
+        rows = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0, k), dt)  # noqa: E731
+        # Soft targets travel as they are stored (float16), so every rank trains on the same.
+        all_ids = world.gather_arrays(rows(local.topk_ids, np.int32))
+        all_lps = world.gather_arrays(rows(local.topk_logprobs, np.float16))
+        resp = [n - p for n, p in zip(all_lens, all_plens, strict=True)]
+        ids = interleave([np.split(a, np.cumsum(r)[:-1]) if len(r) else []
+                          for a, r in zip(all_ids, resp, strict=True)])
+        lps = interleave([[x.astype(np.float32) for x in np.split(a, np.cumsum(r)[:-1])]
+                          if len(r) else [] for a, r in zip(all_lps, resp, strict=True)])
+    return TeacherOutputs(sequences, prompt_lens, ids, lps, local.teacher_vocab)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,9 @@ from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json, atomic
 from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
-from kd_core.data import Batch, BatchPlan, Example, make_batch
+from kd_core.data import Batch, BatchPlan, Example, make_batch, valid_tokens
+from kd_core.distributed import World
+from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, EventSink, Log, Paused, Step, null_sink
 from kd_core.losses import ce_loss_sum, kd_loss_sum, sparse_kd_loss_sum
 from kd_core.vocab import VocabAlignment, align_vocab_sizes
@@ -114,7 +117,7 @@ class StudentTrainer:
     def __init__(self, model: nn.Module, cfg: KDConfig, examples: list[Example], out_dir: Path,
                  adapter_cfg: dict[str, Any], *, domain: str, sink: EventSink = null_sink,
                  control: RunControl | None = None, teacher: nn.Module | None = None,
-                 alignment: VocabAlignment | None = None) -> None:
+                 alignment: VocabAlignment | None = None, world: World | None = None) -> None:
         if not examples:
             raise ValueError(f"domain {domain!r}: no training examples")
         self.model = model
@@ -128,9 +131,15 @@ class StudentTrainer:
         self.teacher = teacher
         self.alignment = alignment
         self.online = teacher is not None
+        self.world = world or get_world()
+        if cfg.batch_size < self.world.size:
+            raise ValueError(f"batch_size: {cfg.batch_size} is fewer than the "
+                             f"{self.world.size} processes; use at least one per process")
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
         self.metrics: list[dict[str, Any]] = []
+        # KD_VERIFY_SYNC=1: check every step that all ranks hold identical weights (tests).
+        self.verify_sync = self.world.distributed and os.environ.get("KD_VERIFY_SYNC") == "1"
 
     # ---- the loss -------------------------------------------------------------------------
     def _loss(self, model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array,
@@ -167,7 +176,9 @@ class StudentTrainer:
             if prev_grad is not None:
                 grad = tree_map_add(grad, prev_grad)
             if do_update:
-                self.optimizer.update(self.model, grad)
+                # Each rank's loss is divided by the global token count: summing the
+                # gradients gives exactly the single-process gradient.
+                self.optimizer.update(self.model, self.world.sum_tree(grad))
                 grad = None
             return loss, kd, ce, grad
 
@@ -189,18 +200,22 @@ class StudentTrainer:
                           "computing the loss unchunked", "warning"))
             return None
         return ChunkedStep(self.model, split, self.optimizer, self.cfg.alpha,
-                           self.cfg.temperature, chunk)
+                           self.cfg.temperature, chunk, reduce=self.world.sum_tree)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _adapter_weights(self) -> dict[str, mx.array]:
         return dict(tree_flatten(self.model.trainable_parameters()))
 
     def save_adapters(self, folder: Path) -> None:
+        if not self.world.is_main:
+            return
         atomic_save_safetensors(folder / "adapters.safetensors", self._adapter_weights())
         atomic_write_json(folder / "adapter_config.json", self.adapter_cfg)
 
     def save_checkpoint(self, step: int) -> Path:
         folder = self.out_dir / f"{CHECKPOINT_PREFIX}{step}"
+        if not self.world.is_main:
+            return folder  # one writer: rank 0
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STATE_FILE).unlink(missing_ok=True)
         self.save_adapters(folder)
@@ -215,6 +230,8 @@ class StudentTrainer:
         return folder
 
     def write_metrics(self) -> None:
+        if not self.world.is_main:
+            return
         atomic_write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
@@ -254,12 +271,18 @@ class StudentTrainer:
         start = 1
         resumed_from = None
         self.optimizer.init(self.model.trainable_parameters())
-        if resume and (found := self.latest_checkpoint()):
-            resumed_from = found[0]
-            self.restore(*found)
+        found = self.latest_checkpoint() if resume and self.world.is_main else None
+        found_step = self.world.broadcast_int(found[0] if found else -1)
+        if found_step >= 0:
+            if found:
+                self.restore(*found)
+                self.sink(Log(f"{self.domain}: resumed from {found[1].name}"))
+            if self.world.distributed:  # rank 0 read the checkpoint: everyone gets its state
+                self.model.update(self.world.broadcast_tree(self.model.trainable_parameters()))
+                self.optimizer.state = self.world.broadcast_tree(self.optimizer.state)
+            resumed_from = found_step
             start = resumed_from + 1
-            self.sink(Log(f"{self.domain}: resumed from {found[1].name}"))
-        elif not resume:
+        elif not resume and self.world.is_main:
             for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
                 shutil.rmtree(d, ignore_errors=True)
         step_fn = self._build_step()
@@ -279,7 +302,10 @@ class StudentTrainer:
                 self.sink(Paused(True, self.domain, it - 1))
                 self.control.wait_while_paused()
                 self.sink(Paused(False, self.domain, it - 1))
-            if self.control.stop_requested:
+            stop = self.control.stop_requested
+            if self.world.distributed:  # rank 0 decides, or the others would wait forever
+                stop = bool(self.world.broadcast_int(int(stop)))
+            if stop:
                 stopped = True
                 it -= 1
                 break
@@ -287,9 +313,11 @@ class StudentTrainer:
             # Randomness (LoRA dropout) is a function of (seed, step): a resumed run draws
             # exactly what an uninterrupted one would, with no RNG state to save.
             mx.random.seed((cfg.seed << 20) + it)
-            batches = [make_batch([self.examples[i] for i in self.plan.indices(it, m, accum)],
-                                  cfg.max_seq_length, top_k) for m in range(accum)]
-            n_tok = sum(b.tokens for b in batches)
+            step_idx = [self.plan.indices(it, m, accum) for m in range(accum)]
+            n_tok = sum(valid_tokens(self.examples[i], cfg.max_seq_length)
+                        for idx in step_idx for i in idx)  # the whole step, all ranks
+            batches = [make_batch([self.examples[i] for i in self.world.share(idx)],
+                                  cfg.max_seq_length, top_k) for idx in step_idx]
             inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
             grad = None
             loss_total = kd_total = ce_total = mx.array(0.0)
@@ -303,7 +331,14 @@ class StudentTrainer:
                     args = (*args, t_logits)
                 loss, kd, ce, grad = fn(*args, inv, grad, m == accum - 1)
                 loss_total, kd_total, ce_total = loss_total + loss, kd_total + kd, ce_total + ce
+            if self.world.distributed:
+                loss_total, kd_total, ce_total = self.world.all_sum(
+                    mx.stack([loss_total, kd_total, ce_total]))
             mx.eval(loss_total, kd_total, ce_total, self.model.state, self.optimizer.state)
+            if self.verify_sync:
+                self.world.check_same(
+                    sum(v.astype(mx.float32).sum() for _, v in
+                        tree_flatten(self.model.trainable_parameters())), f"weights at step {it}")
             dt = time.perf_counter() - tic
             loss_v = loss_total.item()
             if not math.isfinite(loss_v):
