@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from kd_core.losses import ce_loss_sum, sparse_kd_loss_sum
+from kd_core.losses import offline_loss_sums
 
 AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
 
@@ -82,12 +82,8 @@ class ChunkedStep:
         self.temperature = temperature
 
         def chunk_loss(h, targets, mask, ids, lps, inv):
-            logits = split.head(h)
-            ce, _ = ce_loss_sum(logits, targets, mask=mask)
-            if alpha == 0.0:
-                kd = mx.array(0.0)
-            else:
-                kd, _ = sparse_kd_loss_sum(logits, ids, lps, temperature, mask)
+            kd, ce = offline_loss_sums(split.head(h), targets, mask, ids, lps, alpha,
+                                       temperature)
             return (alpha * kd + (1.0 - alpha) * ce) * inv, (kd, ce)
 
         self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))

@@ -85,6 +85,16 @@ class BatchPlan:
         return out
 
 
+def forward_inputs(sequences: list[np.ndarray]) -> np.ndarray:
+    """Right-padded [B, L] model inputs (each sequence less its last token) for a
+    teacher-forced forward; position j then predicts token j + 1."""
+    L = max(len(s) for s in sequences) - 1
+    x = np.zeros((len(sequences), max(L, 1)), np.int32)
+    for b, s in enumerate(sequences):
+        x[b, : len(s) - 1] = s[:-1]
+    return x
+
+
 def valid_tokens(e: Example, max_seq_length: int) -> int:
     """Response positions of `e` that a batch trains on (same rules as make_batch)."""
     n = min(len(e.tokens), max_seq_length) - 1

@@ -24,6 +24,7 @@ import numpy as np
 
 from kd_core.atomic_io import atomic_write_json
 from kd_core.config import KDConfig
+from kd_core.data import forward_inputs
 from kd_core.distiller import TrueKnowledgeDistiller, build_examples, check_output_dir
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, DomainError, domain_from_file
 from kd_core.losses import log_softmax
@@ -50,11 +51,7 @@ def _response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> li
     out: list[np.ndarray] = []
     for start in range(0, len(seqs), EVAL_CHUNK):
         chunk = seqs[start : start + EVAL_CHUNK]
-        L = max(len(s) for s in chunk) - 1
-        x = np.zeros((len(chunk), max(L, 1)), np.int32)
-        for b, s in enumerate(chunk):
-            x[b, : len(s) - 1] = s[:-1]
-        logits = model(mx.array(x)).astype(mx.float32)
+        logits = model(mx.array(forward_inputs(chunk))).astype(mx.float32)
         mx.eval(logits)
         arr = np.array(logits)
         for b, s in enumerate(chunk):

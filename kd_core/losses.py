@@ -110,6 +110,17 @@ def compute_sparse_kd_loss(student_logits: mx.array, topk_ids: mx.array,
     return total / mx.maximum(count, 1.0)
 
 
+def offline_loss_sums(logits: mx.array, targets: mx.array, mask: mx.array, topk_ids: mx.array,
+                      topk_logprobs: mx.array, alpha: float, temperature: float
+                      ) -> tuple[mx.array, mx.array]:
+    """(KD sum, CE sum) of the offline loss; KD is skipped when alpha = 0 (plain CE)."""
+    ce, _ = ce_loss_sum(logits, targets, mask=mask)
+    if alpha == 0.0:
+        return mx.array(0.0), ce
+    kd, _ = sparse_kd_loss_sum(logits, topk_ids, topk_logprobs, temperature, mask)
+    return kd, ce
+
+
 def combined_loss(kd: mx.array, ce: mx.array, alpha: float) -> mx.array:
     """L = alpha * KD + (1 - alpha) * CE (KD already carries its T^2)."""
     return alpha * kd + (1.0 - alpha) * ce

@@ -31,7 +31,7 @@ import numpy as np
 
 from kd_core.atomic_io import atomic_save_safetensors
 from kd_core.config import KDConfig
-from kd_core.data import format_prompt
+from kd_core.data import format_prompt, forward_inputs
 from kd_core.losses import teacher_topk
 
 CACHE_FORMAT = 1
@@ -180,11 +180,7 @@ def soft_targets(model: Any, sequences: list[np.ndarray], prompt_lens: list[int]
     lp_out: list[np.ndarray] = []
     for start in range(0, len(sequences), FWD_CHUNK):
         chunk = sequences[start : start + FWD_CHUNK]
-        L = max(len(s) for s in chunk) - 1
-        inputs = np.zeros((len(chunk), max(L, 1)), np.int32)
-        for b, s in enumerate(chunk):
-            inputs[b, : len(s) - 1] = s[:-1]
-        logits = model(mx.array(inputs))
+        logits = model(mx.array(forward_inputs(chunk)))
         ids, lps = teacher_topk(logits, cfg.top_k, cfg.temperature)
         mx.eval(ids, lps)
         ids_np, lps_np = np.array(ids), np.array(lps)

@@ -35,7 +35,7 @@ from kd_core.data import Batch, BatchPlan, Example, make_batch, valid_tokens
 from kd_core.distributed import World
 from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, EventSink, Log, Paused, Step, null_sink
-from kd_core.losses import ce_loss_sum, kd_loss_sum, sparse_kd_loss_sum
+from kd_core.losses import ce_loss_sum, kd_loss_sum, offline_loss_sums
 from kd_core.vocab import VocabAlignment, align_vocab_sizes
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -147,15 +147,14 @@ class StudentTrainer:
               inv_count: mx.array) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         cfg = self.cfg
         logits = model(inputs)
-        ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
-        if cfg.alpha == 0.0:
-            kd_sum = mx.array(0.0)  # alpha = 0 is exactly plain CE fine-tuning
-        elif t_logits is not None:
+        if t_logits is None or cfg.alpha == 0.0:  # alpha = 0 is exactly plain CE fine-tuning
+            kd_sum, ce_sum = offline_loss_sums(logits, targets, mask, ids, lps, cfg.alpha,
+                                               cfg.temperature)
+        else:
+            ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
             strategy = self.alignment.strategy if self.alignment else "truncate"
             t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
             kd_sum, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
-        else:
-            kd_sum, _ = sparse_kd_loss_sum(logits, ids, lps, cfg.temperature, mask)
         loss = (cfg.alpha * kd_sum + (1.0 - cfg.alpha) * ce_sum) * inv_count
         return loss, (kd_sum, ce_sum)
 
