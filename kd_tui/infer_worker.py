@@ -1,0 +1,419 @@
+"""The Viewer's backend: a child process that loads models and answers JSON-line requests.
+
+Run as `python -m kd_tui.infer_worker`. Why a child process (DESIGN.md): MLX arrays belong
+to the thread that built them and the process may abort at exit after an MLX thread ran;
+a child keeps MLX out of the dashboard and isolates crashes and out-of-memory kills.
+
+Protocol (one JSON object per line; every reply carries the request's "id"):
+
+    {"id": 1, "op": "generate", "prompt": "...", "temperature": 0.7, "max_tokens": 64,
+     "seed": 0, "slots": [{"name": "teacher", "model": PATH_OR_NAME, "adapter": null}, ...]}
+        -> {"type": "status", "message": "loading teacher ..."}
+        -> {"type": "token", "slot": "teacher", "text": "He", "token": 41}   (interleaved)
+        -> {"type": "done", "slot": "teacher", "tokens": [...], "text": "...",
+            "finish_reason": "stop" | "length" | "cancelled"}                  (per slot)
+        -> {"type": "error", "slot": "adapted", "message": "one line"}       (slot failed)
+        -> {"type": "finished"}
+    {"id": 2, "op": "inspect", "prompt": "...", "answer": [teacher ids], "top_k": 5,
+     "slots": [reference slot first, then the others]}
+        -> {"type": "inspection", "positions": [{"index": i, "token": "...",
+            "slots": {"teacher": {"top": [[tok, p], ...], "p_token": p},
+                      "student": {"top": ..., "p_token": p, "kl": float | null,
+                                  "agree": bool}}}]}
+    {"id": 3, "op": "cancel"}   stops a running generation (its slots end "cancelled")
+    {"op": "shutdown"}          exits
+
+A request that fails gets {"type": "error", "message": one line} and the worker goes on.
+`python -m kd_tui.infer_worker verdict TEACHER_DIR STUDENT_DIR` prints one JSON line: the
+tokenizer verdict for the Models pane (kept out of the dashboard's process for the same
+reason: importing mlx_lm in a thread made the process abort at exit, measured here).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+import kd_core  # noqa: F401  (loads a fast BLAS; must precede every mlx import below)
+
+MAX_LOADED = 3  # teacher, base student, student + adapter
+MAX_INSPECT_POSITIONS = 1024
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
+def token_label(text: str) -> str:
+    """A token as a person can read it in one cell row (newlines and blanks made visible)."""
+    if text == "":
+        return "∅"
+    shown = text.replace("\n", "⏎").replace("\t", "⇥")
+    shown = "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in shown)
+    return shown if shown.strip() else shown.replace(" ", "␣")
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    path: str
+
+
+class Cancelled(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.pending: collections.deque[dict[str, Any] | None] = collections.deque()
+        self.loaded: collections.OrderedDict[tuple[str, str | None], Loaded] = (
+            collections.OrderedDict())
+        self.rid: Any = None
+
+    # ---- I/O ------------------------------------------------------------------------------
+    def emit(self, **obj: Any) -> None:
+        obj.setdefault("id", self.rid)
+        self.out.write(json.dumps(obj) + "\n")
+        self.out.flush()
+
+    def read_stdin(self, stream: TextIO) -> None:
+        """Reader thread: parses lines only (no MLX here); the main thread does the work."""
+        for line in stream:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                req = {"op": "_bad", "line": line[:80]}
+            self.inbox.put(req)
+        self.inbox.put(None)  # EOF: the parent went away
+
+    def next_request(self) -> dict[str, Any] | None:
+        return self.pending.popleft() if self.pending else self.inbox.get()
+
+    def check_cancel(self) -> None:
+        """Between tokens: a cancel, a newer generate or shutdown stops the generation;
+        other requests wait until it ends."""
+        while True:
+            try:
+                req = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if req is not None and req.get("op") == "cancel":
+                raise Cancelled
+            self.pending.append(req)  # handled after this generation stops
+            if req is not None and req.get("op") in ("generate", "shutdown"):
+                raise Cancelled
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def serve(self, stdin: TextIO) -> None:
+        threading.Thread(target=self.read_stdin, args=(stdin,), daemon=True).start()
+        self.emit(type="ready", pid=os.getpid(), id=None)
+        while True:
+            req = self.next_request()
+            if req is None or req.get("op") == "shutdown":
+                return
+            self.rid = req.get("id")
+            try:
+                self.handle(req)
+            except Exception as e:  # one bad request must not end the session
+                self.emit(type="error", message=one_line(e))
+
+    def handle(self, req: dict[str, Any]) -> None:
+        op = req.get("op")
+        if op == "generate":
+            self.generate(req)
+        elif op == "inspect":
+            self.inspect(req)
+        elif op == "cancel":
+            self.emit(type="cancelled")
+        elif op == "_bad":
+            self.emit(type="error", message=f"not a JSON request: {req['line']!r}")
+        else:
+            self.emit(type="error", message=f"unknown op {op!r}; use generate, inspect, "
+                      "cancel or shutdown")
+
+    # ---- models -------------------------------------------------------------------------------
+    def get(self, slot: dict[str, Any]) -> Loaded:
+        from kd_core.models import DEMO_NAMES, ModelError, load_model, release, resolve_model
+
+        name, model, adapter = slot["name"], str(slot["model"]), slot.get("adapter")
+        key = (model, str(adapter) if adapter else None)
+        if key in self.loaded:
+            self.loaded.move_to_end(key)
+            return self.loaded[key]
+        role = "teacher" if name == "teacher" else "student"
+        self.emit(type="status", message=f"loading {name} ({Path(model).name})")
+        if model in DEMO_NAMES:
+            self._report_demo_build()
+        path = resolve_model(model, role)
+        if adapter:
+            a = Path(adapter).expanduser()
+            if not (a / "adapters.safetensors").is_file():
+                raise ModelError(f"adapter: {a} has no adapters.safetensors (train a domain "
+                                 "first, or pick its folder)")
+        loaded = Loaded(*load_model(path, role, adapter), str(path))
+        self.loaded[key] = loaded
+        while len(self.loaded) > MAX_LOADED:
+            self.loaded.popitem(last=False)
+            release()
+        return loaded
+
+    def _report_demo_build(self) -> None:
+        """The demo pair is built on first use (minutes): say how far it got."""
+        from kd_core import demo
+
+        last = [-1]
+
+        def hook(what: str, done: int, total: int) -> None:
+            pct = done * 100 // max(1, total)
+            if pct != last[0]:
+                last[0] = pct
+                self.emit(type="status", message=f"building the demo pair (first use, about "
+                          f"2 minutes): {what} {pct}%")
+
+        demo.set_build_progress(hook)
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate(self, req: dict[str, Any]) -> None:
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        from kd_core.data import format_prompt
+
+        prompt = str(req.get("prompt", ""))
+        temp = float(req.get("temperature", 0.7))
+        max_tokens = max(1, int(req.get("max_tokens", 64)))
+        streams: dict[str, Any] = {}
+        tokens: dict[str, list[int]] = {}
+        texts: dict[str, str] = {}
+        for slot in req.get("slots", []):
+            try:
+                lm = self.get(slot)
+            except Exception as e:
+                self.emit(type="error", slot=slot.get("name"), message=one_line(e))
+                continue
+            ids = format_prompt(lm.tokenizer, prompt)
+            streams[slot["name"]] = stream_generate(
+                lm.model, lm.tokenizer, ids, max_tokens=max_tokens,
+                sampler=make_sampler(temp=temp))
+            tokens[slot["name"]] = []
+            texts[slot["name"]] = ""
+        mx.random.seed(int(req.get("seed", 0)))
+        self.emit(type="status", message="generating")
+        # Round-robin: one token per model in turn, so the three answers grow side by side.
+        active = list(streams)
+        try:
+            while active:
+                for name in list(active):
+                    self.check_cancel()
+                    try:
+                        r = next(streams[name])
+                    except StopIteration:
+                        r = None
+                    if r is None or r.finish_reason is not None:
+                        if r is not None:
+                            self._token(name, r, tokens, texts)
+                        reason = r.finish_reason if r is not None else "stop"
+                        self.emit(type="done", slot=name, tokens=tokens[name],
+                                  text=texts[name], finish_reason=reason)
+                        active.remove(name)
+                        continue
+                    self._token(name, r, tokens, texts)
+        except Cancelled:
+            for name in active:
+                self.emit(type="done", slot=name, tokens=tokens[name], text=texts[name],
+                          finish_reason="cancelled")
+        self.emit(type="finished")
+
+    def _token(self, name: str, r: Any, tokens: dict[str, list[int]],
+               texts: dict[str, str]) -> None:
+        # stream_generate's last response repeats the EOS token when it stopped on one.
+        if r.finish_reason == "stop":
+            if r.text:
+                texts[name] += r.text
+                self.emit(type="token", slot=name, text=r.text, token=None)
+            return
+        tokens[name].append(int(r.token))
+        texts[name] += r.text
+        self.emit(type="token", slot=name, text=r.text, token=int(r.token))
+
+    # ---- token inspector ----------------------------------------------------------------------
+    def inspect(self, req: dict[str, Any]) -> None:
+        from kd_core.data import format_prompt
+
+        prompt = str(req.get("prompt", ""))
+        answer = [int(t) for t in req.get("answer", [])][:MAX_INSPECT_POSITIONS]
+        k = max(1, min(50, int(req.get("top_k", 5))))
+        slots = list(req.get("slots", []))
+        if not slots:
+            raise ValueError("inspect: no slots")
+        if not answer:
+            self.emit(type="inspection", positions=[])
+            return
+        ref_slot = slots[0]
+        ref = self.get(ref_slot)
+        ref_lp = logprobs(ref.model, format_prompt(ref.tokenizer, prompt), answer)  # [n, V]
+        ref_tok = ref.tokenizer
+        pieces = [ref_tok.decode([t]) for t in answer]
+        positions: list[dict[str, Any]] = [
+            {"index": i, "token": token_label(pieces[i]),
+             "slots": {ref_slot["name"]: describe(ref_lp[i], ref_tok, answer[i], k)}}
+            for i in range(len(answer))]
+        for slot in slots[1:]:
+            try:
+                lm = self.get(slot)
+            except Exception as e:
+                self.emit(type="error", slot=slot.get("name"), message=one_line(e))
+                continue
+            same = same_tokenizer(ref_tok, lm.tokenizer)
+            if same:
+                ids, where = answer, list(range(len(answer)))
+            else:  # another vocabulary: its own tokens of the same text, matched by offset
+                ids, where = retokenize(pieces, lm.tokenizer)
+            lp = logprobs(lm.model, format_prompt(lm.tokenizer, prompt), ids)
+            for i, pos in enumerate(positions):
+                j = where[i]
+                own = ids[j] if j < len(ids) else None
+                d = describe(lp[j], lm.tokenizer, own, k) if j < len(ids) else {"top": []}
+                if same:
+                    d["kl"] = kl(ref_lp[i], lp[j])
+                    d["agree"] = int(np.argmax(ref_lp[i])) == int(np.argmax(lp[j]))
+                else:
+                    d["kl"] = None
+                    a = pos["slots"][ref_slot["name"]]["top"]
+                    d["agree"] = bool(a and d["top"] and a[0][0].strip() == d["top"][0][0]
+                                      .strip())
+                pos["slots"][slot["name"]] = d
+        self.emit(type="inspection", positions=positions)
+
+
+def logprobs(model: Any, prompt_ids: list[int], answer: list[int]) -> np.ndarray:
+    """Teacher-forced forward of prompt + answer: log-probabilities predicting each answer
+    token ([len(answer), V]); row i is the distribution the token at position i came from."""
+    import mlx.core as mx
+
+    seq = list(prompt_ids) + list(answer)
+    logits = model(mx.array([seq[:-1]], dtype=mx.int32))[0].astype(mx.float32)
+    lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    start = len(prompt_ids) - 1
+    out = lp[start : start + len(answer)]
+    mx.eval(out)
+    return np.array(out)
+
+
+def describe(lp: np.ndarray, tokenizer: Any, token: int | None, k: int) -> dict[str, Any]:
+    top = np.argpartition(-lp, min(k, lp.shape[0] - 1))[:k]
+    top = top[np.argsort(-lp[top])]
+    return {"top": [[token_label(tokenizer.decode([int(t)])), float(np.exp(lp[t]))]
+                    for t in top],
+            "p_token": float(np.exp(lp[token])) if token is not None and token < len(lp)
+            else None}
+
+
+def kl(p_lp: np.ndarray, q_lp: np.ndarray) -> float:
+    """KL(P || Q) over the shared id range, each renormalised there (as training compares)."""
+    n = min(p_lp.shape[0], q_lp.shape[0])
+    p, q = p_lp[:n].astype(np.float64), q_lp[:n].astype(np.float64)
+    p = p - np.logaddexp.reduce(p)
+    q = q - np.logaddexp.reduce(q)
+    return max(0.0, float(np.sum(np.exp(p) * (p - q))))
+
+
+_SAME_CACHE: dict[tuple[int, int], bool] = {}
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Token strings agree over the shared id range (ids can be compared one to one)."""
+    if a is b:
+        return True
+    key = (id(a), id(b))
+    if key not in _SAME_CACHE:
+        from kd_core.vocab import token_strings
+
+        sa, sb = token_strings(a), token_strings(b)
+        n = min(len(sa), len(sb))
+        _SAME_CACHE[key] = n > 0 and sa[:n] == sb[:n]
+    return _SAME_CACHE[key]
+
+
+def retokenize(pieces: list[str], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Encode the reference answer with another tokenizer; map each reference position to the
+    first of its tokens that ends past the reference token's start (character offsets)."""
+    text = "".join(pieces)
+    ids = [int(t) for t in tokenizer.encode(text, add_special_tokens=False)] or [0]
+    ends, acc = [], ""
+    for t in ids:
+        acc += tokenizer.decode([t])
+        ends.append(len(acc))
+    where, start, j = [], 0, 0
+    for piece in pieces:
+        while j < len(ids) - 1 and ends[j] <= start:
+            j += 1
+        where.append(j)
+        start += len(piece)
+    return ids, where
+
+
+# ---- the Models pane's tokenizer verdict --------------------------------------------------
+def verdict(teacher: str, student: str) -> dict[str, Any]:
+    from mlx_lm.utils import load_tokenizer
+
+    from kd_core.models import model_info
+    from kd_core.vocab import VocabError, plan_vocab_alignment
+
+    t_path, s_path = Path(teacher), Path(student)
+    try:
+        t_tok, s_tok = load_tokenizer(t_path), load_tokenizer(s_path)
+        t_size = model_info(t_path).vocab_size or len(t_tok.get_vocab())
+        s_size = model_info(s_path).vocab_size or len(s_tok.get_vocab())
+        a = plan_vocab_alignment(t_tok, s_tok, t_size, s_size)
+    except VocabError as e:
+        return {"strategy": "none", "explanation": one_line(e)}
+    except Exception as e:
+        return {"strategy": "error", "explanation": f"cannot compare the tokenizers: "
+                f"{one_line(e)}"}
+    return {"strategy": a.strategy, "identical": a.identical, "shared": a.shared,
+            "explanation": a.explanation}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Replies go to the real stdout; anything a library prints goes to stderr instead, so
+    # a stray print can never corrupt the protocol.
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv[:1] == ["verdict"] and len(argv) == 3:
+        proto.write(json.dumps(verdict(argv[1], argv[2])) + "\n")
+        proto.flush()
+        return 0
+    Worker(proto).serve(sys.stdin)
+    proto.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # Skip interpreter teardown: MLX's thread-local streams can abort at exit (DESIGN.md),
+    # and every reply is already flushed.
+    sys.stderr.flush()
+    os._exit(code)

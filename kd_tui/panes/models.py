@@ -1,0 +1,207 @@
+"""Models pane: pick the teacher and the student, see what they are and whether they fit.
+
+Keys: type a folder, a Hugging Face id (local cache) or demo-teacher / demo-student in a box
+(→ accepts the grey completion) and press enter; or move into the list below it and press
+enter on a model. Tab moves between the two columns.
+
+Checks read files only (config.json, safetensors headers) in a thread worker; comparing
+the two tokenizers runs in a short child process (kd_tui.inference.tokenizer_verdict):
+importing mlx_lm in a thread of this process made it abort at exit.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Container, Horizontal, Vertical
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from kd_core.models import DEMO_NAMES, list_cached_models
+from kd_tui.inference import tokenizer_verdict
+from kd_tui.messages import StateChanged
+from kd_tui.model_check import ModelCheck, check_model, info_lines, verdict_words
+from kd_tui.panes.paths import PathSuggester
+
+ROLES = ("teacher", "student")
+
+
+class ModelColumn(Vertical):
+    """One role: the name box, its one-line error, the quick-pick list and the model's facts."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(id=f"{role}-col", classes="model-col")
+        self.role = role
+        self.good: ModelCheck | None = None  # the last model that checked out
+        self.suggester = PathSuggester(extra=DEMO_NAMES)
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder=f"{self.role}: folder, Hugging Face id or demo-{self.role}",
+                    id=f"{self.role}-input", suggester=self.suggester)
+        yield Static("", id=f"{self.role}-error", classes="model-error")
+        yield OptionList(id=f"{self.role}-choices", classes="model-choices")
+        yield Static("", id=f"{self.role}-info", classes="model-info")
+
+    def on_mount(self) -> None:
+        self.border_title = self.role.capitalize()
+        self.set_choices([])
+
+    def set_choices(self, cached: list[str]) -> None:
+        self.suggester.extra = list(DEMO_NAMES) + cached
+        options = self.query_one(OptionList)
+        options.clear_options()
+        options.add_options([Option(f"{n}  (built-in demo)", id=n) for n in DEMO_NAMES])
+        options.add_options([Option(f"{n}  (Hugging Face cache)", id=n) for n in cached])
+
+    def show(self, check: ModelCheck) -> None:
+        """A good check replaces the facts shown; a bad one only adds its one-line error (the
+        run keeps the last good model)."""
+        err = self.query_one(f"#{self.role}-error", Static)
+        err.update(check.error or "")
+        err.set_class(bool(check.error), "-shown")
+        if not check.error:
+            self.good = check
+        self._render_info()
+
+    def _render_info(self) -> None:
+        info = self.query_one(f"#{self.role}-info", Static)
+        if self.good is None:
+            info.update(Text("no model chosen yet", style="dim"))
+            return
+        text = Text()
+        for label, value in info_lines(self.good):
+            text.append(f"{label:<13}", style="bold")
+            text.append(f"{value}\n")
+        info.update(text.rstrip() or text)
+
+    def checking(self, name: str) -> None:
+        self.query_one(f"#{self.role}-info", Static).update(Text(f"checking {name} …",
+                                                                 style="dim"))
+
+
+class ModelsPane(Container):
+    DEFAULT_CSS = """
+    ModelsPane { layout: vertical; }
+    ModelsPane #models-cols { height: 1fr; }
+    ModelsPane .model-col { width: 1fr; border: round $primary-darken-2; padding: 0 1; }
+    ModelsPane .model-col:focus-within { border: round $accent; }
+    ModelsPane .model-error { height: auto; color: $error; display: none; }
+    ModelsPane .model-error.-shown { display: block; }
+    ModelsPane .model-choices { height: 7; margin: 1 0; }
+    ModelsPane .model-info { height: auto; }
+    ModelsPane #models-verdict { height: auto; min-height: 4; border: round $primary-darken-2;
+                                 padding: 0 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._verdict_key: tuple[str, str] | None = None
+        self._seq = dict.fromkeys(ROLES, 0)  # latest check per role; older results are dropped
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="models-cols"):
+            for role in ROLES:
+                yield ModelColumn(role)
+        yield Static("", id="models-verdict")
+
+    def on_mount(self) -> None:
+        self.query_one("#models-verdict", Static).border_title = "Tokenizers"
+        self._load_cached()
+        self._from_state()
+
+    def column(self, role: str) -> ModelColumn:
+        return self.query_one(f"#{role}-col", ModelColumn)
+
+    def _names(self) -> dict[str, str]:
+        state = self.app.state  # type: ignore[attr-defined]
+        return {"teacher": state.teacher_name, "student": state.student_name}
+
+    def _from_state(self) -> None:
+        for role, name in self._names().items():
+            col = self.column(role)
+            if col.good is None or col.good.name != name:
+                self.query_one(f"#{role}-input", Input).value = name
+                self.choose(role, name, save=False)
+
+    @work(thread=True, group="cached-models", exit_on_error=False)
+    def _load_cached(self) -> None:
+        cached = list_cached_models()  # scans the local HF cache only: no network
+        self.app.call_from_thread(self._set_cached, cached)
+
+    def _set_cached(self, cached: list[str]) -> None:
+        for role in ROLES:
+            self.column(role).set_choices(cached)
+
+    # ---- picking ----------------------------------------------------------------------------
+    @on(Input.Submitted, ".model-col Input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        role = event.input.id.removesuffix("-input")  # type: ignore[union-attr]
+        self.choose(role, event.value)
+
+    @on(OptionList.OptionSelected, ".model-choices")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        role = event.option_list.id.removesuffix("-choices")  # type: ignore[union-attr]
+        name = event.option.id or ""
+        self.query_one(f"#{role}-input", Input).value = name
+        self.choose(role, name)
+
+    def choose(self, role: str, name: str, save: bool = True) -> None:
+        self._seq[role] += 1
+        self.column(role).checking(name.strip())
+        self._check(role, name.strip(), save, self._seq[role])
+
+    @work(thread=True, group="model-check", exit_on_error=False)
+    def _check(self, role: str, name: str, save: bool, seq: int) -> None:
+        result = check_model(name, role)  # file reads only; never builds the demo pair
+        self.app.call_from_thread(self._checked, role, result, save, seq)
+
+    def _checked(self, role: str, check: ModelCheck, save: bool, seq: int) -> None:
+        if seq != self._seq[role]:
+            return  # the user picked another model meanwhile
+        self.column(role).show(check)
+        if check.error:
+            return
+        state = self.app.state  # type: ignore[attr-defined]
+        if save and getattr(state.spec, role) != check.name:
+            setattr(state.spec, role, check.name)
+            self.post_message(StateChanged("models"))
+        self._update_verdict()
+
+    # ---- the pair's tokenizers ----------------------------------------------------------------
+    def _update_verdict(self) -> None:
+        box = self.query_one("#models-verdict", Static)
+        t, s = self.column("teacher").good, self.column("student").good
+        if t is None or s is None:
+            return
+        if t.path is None or s.path is None:
+            self._verdict_key = None
+            box.update("Known once the demo pair is built (it is built on first use, about 2 "
+                       "minutes; `kd demo` builds it now).")
+            return
+        key = (str(t.path), str(s.path))
+        if key == self._verdict_key:
+            return
+        self._verdict_key = key
+        box.update(Text("comparing the tokenizers …", style="dim"))
+        self._compare(*key)
+
+    @work(thread=True, exclusive=True, group="verdict", exit_on_error=False)
+    def _compare(self, teacher: str, student: str) -> None:
+        verdict = tokenizer_verdict(teacher, student)
+        self.app.call_from_thread(self._show_verdict, (teacher, student), verdict)
+
+    def _show_verdict(self, key: tuple[str, str], verdict: dict) -> None:
+        if key != self._verdict_key:
+            return  # a newer pair was picked meanwhile
+        head, detail = verdict_words(verdict)
+        text = Text(head, style="bold")
+        if detail:
+            text.append("\n" + detail, style="dim")
+        self.query_one("#models-verdict", Static).update(text)
+
+    def on_state_changed(self, message: StateChanged) -> None:
+        # Our own message passes here on its way up (it bubbles); the app's copies do not.
+        # Another pane (Config loading kd.toml) may have changed the pair.
+        if not message.bubble and message.what in ("", "config", "models"):
+            self._from_state()
