@@ -1,0 +1,5 @@
+"""`python -m kd_tui` is `kd-tui`."""
+
+from kd_tui.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Config pane: every KDConfig field, grouped, validated as you type, saved to kd.toml.
+
+Each field is an Input (a Select for fields with choices) whose text goes through
+kd_core.config.coerce_value on every change: a good value goes into `app.state` at once, a
+bad one shows its one-line reason beside the field and the state keeps the last good value.
+Teacher and student are chosen in the Models pane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import Button, Input, Label, Select, Static
+
+from kd_core.config import CONFIG_FIELDS, ConfigError, allowed_text, coerce_value, field_help
+from kd_tui.messages import StateChanged
+from kd_tui.widgets import set_text
+
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("kd", "Knowledge distillation"),
+    ("teacher", "Teacher pass"),
+    ("lora", "LoRA"),
+    ("training", "Training"),
+    ("output", "Reporting and outputs"),
+)
+
+ANNOUNCE_DELAY_S = 0.3
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "quick": ("quick demo", {"num_iters": 20, "max_tokens": 32, "batch_size": 2,
+                             "steps_per_report": 5, "steps_per_save": 20}),
+    "recommended": ("recommended", {"temperature": 2.0, "alpha": 0.7, "lora_rank": 16}),
+    "pure-kd": ("pure KD", {"alpha": 1.0}),
+    "ce-only": ("CE only", {"alpha": 0.0}),
+}
+
+
+def all_groups() -> list[tuple[str, str]]:
+    """GROUPS, plus any group a newer KDConfig uses that this list does not know yet."""
+    known = {g for g, _ in GROUPS}
+    extra = [g for g in dict.fromkeys(f.metadata.get("group", "training")
+                                      for f in CONFIG_FIELDS.values()) if g not in known]
+    return list(GROUPS) + [(g, g.replace("_", " ").capitalize()) for g in extra]
+
+
+def fields_of(group: str) -> list[str]:
+    return [name for name, f in CONFIG_FIELDS.items()
+            if f.metadata.get("group", "training") == group]
+
+
+def text_of(value: Any) -> str:
+    """How a value is shown in its Input (repr-free: 0.0001 as 0.0001, 1e-05 stays short)."""
+    if isinstance(value, float):
+        return f"{value:g}" if abs(value) >= 1e-4 or value == 0 else repr(value)
+    return str(value)
+
+
+class FieldRow(Vertical):
+    """One setting: name, editor, error (or what is allowed), help."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        super().__init__(id=f"row-{name}", classes="field-row")
+        self.field_name = name
+        self.value = value
+
+    def compose(self) -> ComposeResult:
+        name = self.field_name
+        choices = CONFIG_FIELDS[name].metadata["choices"]
+        with Horizontal(classes="field-line"):
+            yield Label(name, classes="field-name")
+            if choices:
+                yield Select([(c, c) for c in choices], value=self.value, allow_blank=False,
+                             id=f"cfg-{name}", classes="field-editor")
+            else:
+                yield Input(text_of(self.value), id=f"cfg-{name}", classes="field-editor",
+                            select_on_focus=False)
+            note = Static(allowed_text(name), id=f"err-{name}", classes="field-note")
+            note._kd_text_key = allowed_text(name)  # type: ignore[attr-defined]  # (set_text)
+            yield note
+        yield Static(field_help(name), classes="field-help")
+
+    # A class rather than :focus-within in the .tcss: Textual does not restyle the row's
+    # other children when only the ancestor's pseudo-class changes.
+    def on_descendant_focus(self) -> None:
+        self.add_class("-editing")
+
+    def on_descendant_blur(self) -> None:
+        self.remove_class("-editing")
+
+
+class ConfigPane(Container):
+    """The Config tab."""
+
+    def __init__(self) -> None:
+        super().__init__(id="config-pane")
+        self.errors: dict[str, str] = {}
+        self.dirty = False
+        self.built = False  # the fields are composed the first time the tab is shown
+        self.ready = False  # ... and are mounted (tests wait on this)
+        self._announce_timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="config-bar"):
+            yield Label("Presets", id="presets-label")
+            for key, (label, _) in PRESETS.items():
+                yield Button(label, id=f"preset-{key}", classes="preset", compact=True)
+            yield Static("", id="config-status")
+            yield Button("Save", id="config-save", variant="primary", compact=True)
+        yield VerticalScroll(id="config-fields")
+
+    def on_mount(self) -> None:
+        self._show_status()
+
+    async def on_show(self) -> None:
+        # A hundred-odd widgets that most starts of the app never show: they are built on
+        # the first visit to the tab (a third of the app's start-up otherwise).
+        if self.built:
+            return
+        self.built = True
+        cfg = self.app.state.spec.config  # type: ignore[attr-defined]
+        groups = []
+        for group, title in all_groups():
+            box = Vertical(*(FieldRow(name, getattr(cfg, name)) for name in fields_of(group)),
+                           classes="config-group", id=f"group-{group}")
+            box.border_title = title
+            groups.append(box)
+        await self.query_one("#config-fields", VerticalScroll).mount_all(groups)
+        self.ready = True
+
+    # ---- editing ------------------------------------------------------------------------
+    @on(Input.Changed, ".field-editor")
+    def _input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.set_field(self._name_of(event.input.id), event.value)
+
+    @on(Select.Changed, ".field-editor")
+    def _select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.value is Select.BLANK:
+            return
+        self.set_field(self._name_of(event.select.id), str(event.value))
+
+    @staticmethod
+    def _name_of(widget_id: str | None) -> str:
+        return (widget_id or "").removeprefix("cfg-")
+
+    def set_field(self, name: str, text: str) -> bool:
+        """Validate `text` for field `name`; on success store it in the state."""
+        try:
+            value = coerce_value(name, text)
+        except ConfigError as e:
+            self.errors[name] = str(e)
+            self._show_field(name, str(e))
+            return False
+        self.errors.pop(name, None)
+        self._show_field(name, None)
+        state = self.app.state  # type: ignore[attr-defined]
+        if getattr(state.spec.config, name) != value:
+            state.spec.config = replace(state.spec.config, **{name: value})
+            self.dirty = True
+            self._announce_soon()
+        self._show_status()
+        return True
+
+    def _show_field(self, name: str, error: str | None) -> None:
+        """The field's note: its error, or what it accepts (the row turns red on error)."""
+        if self.ready:
+            note = self.query_one(f"#err-{name}", Static)
+            set_text(note, error or allowed_text(name), layout=True)  # errors may wrap
+            self.query_one(f"#row-{name}", FieldRow).set_class(error is not None, "-invalid")
+        self._show_status()
+
+    def _announce_soon(self) -> None:
+        """Tell the other panes once typing pauses: the state is current at every keystroke,
+        but a pane that rescans on a change should not do it per key."""
+        if self._announce_timer is not None:
+            self._announce_timer.stop()
+        self._announce_timer = self.set_timer(ANNOUNCE_DELAY_S, self.announce)
+
+    def announce(self) -> None:
+        if self._announce_timer is not None:
+            self._announce_timer.stop()
+            self._announce_timer = None
+        self.post_message(StateChanged("config"))
+
+    def apply_preset(self, key: str) -> None:
+        label, values = PRESETS[key]
+        for name, value in values.items():
+            if self.ready:
+                self._set_editor(name, value)
+            self.set_field(name, text_of(value))
+        self.announce()
+        self.notify(f"preset “{label}” applied", timeout=2)
+
+    def _set_editor(self, name: str, value: Any) -> None:
+        editor = self.query_one(f"#cfg-{name}")
+        if isinstance(editor, Select):
+            with editor.prevent(Select.Changed):
+                editor.value = value
+        elif isinstance(editor, Input):
+            with editor.prevent(Input.Changed):
+                editor.value = text_of(value)
+
+    def sync_from_state(self) -> None:
+        """Show the state's values (another pane or a preset changed them), keeping fields
+        the user is in the middle of typing (their text already means the same value)."""
+        if not self.ready:  # not built yet: the fields will be made from the state
+            self._show_status()
+            return
+        cfg = self.app.state.spec.config  # type: ignore[attr-defined]
+        for name in CONFIG_FIELDS:
+            value = getattr(cfg, name)
+            editor = self.query_one(f"#cfg-{name}")
+            if isinstance(editor, Input):
+                try:
+                    same = coerce_value(name, editor.value) == value
+                except ConfigError:
+                    same = False
+                if not same:
+                    self._set_editor(name, value)
+                    self.errors.pop(name, None)
+                    self.query_one(f"#row-{name}").remove_class("-invalid")
+                    set_text(self.query_one(f"#err-{name}", Static), allowed_text(name),
+                             layout=True)
+            elif editor.value != value:  # type: ignore[attr-defined]
+                self._set_editor(name, value)
+        self._show_status()
+
+    def on_state_changed(self, message: StateChanged) -> None:
+        if message.bubble is False:  # the app's broadcast, not our own message going up
+            self.sync_from_state()
+
+    # ---- saving (ctrl+s is the app's binding: it saves from every tab) -----------------
+    def save(self) -> bool:
+        if self.errors:
+            first = next(iter(self.errors.values()))
+            self.notify(f"not saved: {first}", severity="error", markup=False)
+            return False
+        state = self.app.state  # type: ignore[attr-defined]
+        try:
+            path = state.save()
+        except (OSError, ConfigError) as e:
+            self.notify(f"not saved: {e}", severity="error", markup=False)
+            return False
+        self.dirty = False
+        self._show_status()
+        self.notify(f"saved {path}", timeout=3, markup=False)
+        return True
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        event.stop()
+        bid = event.button.id or ""
+        if bid == "config-save":
+            self.save()
+        elif bid.startswith("preset-"):
+            self.apply_preset(bid.removeprefix("preset-"))
+
+    def _show_status(self) -> None:
+        status = self.query_one("#config-status", Static)
+        if self.errors:
+            text, state = f"✗ {len(self.errors)} to fix", "-error"
+        elif self.dirty:
+            text, state = "● unsaved (ctrl+s)", "-dirty"
+        else:
+            # The file's name only: the full path is in the save notice (and snapshots of
+            # this pane must not depend on where the test's folder is).
+            text, state = f"in {self.app.state.config_path.name}", ""  # type: ignore[attr-defined]
+        set_text(status, text)
+        for cls in ("-error", "-dirty"):  # a class change restyles: only when it changes
+            if status.has_class(cls) != (cls == state):
+                status.set_class(cls == state, cls)
