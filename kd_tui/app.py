@@ -355,10 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
         "student, edit the hyper-parameters, train with live loss curves, compare outputs.")
     p.add_argument("--config", metavar="PATH", default="kd.toml",
                    help="kd.toml to edit and train from (default: ./kd.toml; created on save)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="train data-parallel in N local processes (mlx.launch, ring backend); "
+                   "the dashboard follows process 0")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    KDApp(config_path=Path(args.config)).run()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes: expected a whole number from 1, got {args.processes}")
+    app = KDApp(config_path=Path(args.config))
+    app.state.processes = args.processes
+    app.run()
     return 0

@@ -77,11 +77,18 @@ class EventSource(Protocol):
 EventSourceFactory = Callable[["App"], EventSource]
 
 
-def trainer_command(config_path: Path, resume: bool = False) -> list[str]:
+def trainer_command(config_path: Path, resume: bool = False, processes: int = 1,
+                    control_file: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "kd_core", "distill", "--events", "jsonl", "--control-stdin",
            "--config", str(config_path)]
     if resume:
         cmd.append("--resume")
+    if processes > 1:
+        # A local data-parallel run under mlx.launch: rank 0's events come through its
+        # stdout; control words reach rank 0 through a file (stdin does not).
+        cmd += ["--distributed", str(processes)]
+        if control_file is not None:
+            cmd += ["--control-file", str(control_file)]
     return cmd
 
 
@@ -121,6 +128,7 @@ class TrainerProcess:
         self._closed = False
         self._run_id = 0  # events of an older run (still exiting) are dropped
         self._queue: deque[Event] = deque()  # every event, in order; the UI drains it
+        self._control_file: Path | None = None  # set for multi-process runs
 
     @property
     def running(self) -> bool:
@@ -130,7 +138,10 @@ class TrainerProcess:
         if self._active:
             raise RuntimeError("a run is already in progress")
         tmpdir = Path(tempfile.mkdtemp(prefix="kd-tui-"))
-        cmd = trainer_command(save_toml(spec, tmpdir / "kd.toml"), resume)
+        processes = int(getattr(getattr(self.app, "state", None), "processes", 1) or 1)
+        self._control_file = tmpdir / "control" if processes > 1 else None
+        cmd = trainer_command(save_toml(spec, tmpdir / "kd.toml"), resume, processes,
+                              self._control_file)
         if self.python:
             cmd[0] = self.python
         self._active = True
@@ -250,6 +261,9 @@ class TrainerProcess:
             if proc is None or proc.stdin is None:
                 return False
             try:
+                if self._control_file is not None:  # distributed: rank 0 polls this file
+                    with open(self._control_file, "a", encoding="utf-8") as fh:
+                        fh.write(word + "\n")
                 proc.stdin.write(word + "\n")
                 proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):

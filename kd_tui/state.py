@@ -17,6 +17,7 @@ class AppState:
     spec: RunSpec = field(default_factory=RunSpec)
     config_path: Path = field(default_factory=lambda: Path("kd.toml"))
     last_output: Path | None = None
+    processes: int = 1  # > 1: a local data-parallel run (kd distill --distributed N)
 
     @classmethod
     def load(cls, config_path: Path) -> AppState:

@@ -170,3 +170,15 @@ def test_command_line_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "kd-tui" in out and "--config" in out
+
+
+def test_trainer_command_for_a_multi_process_run(tmp_path):
+    from kd_tui.engine import trainer_command
+
+    one = trainer_command(tmp_path / "kd.toml")
+    assert "--distributed" not in one
+    two = trainer_command(tmp_path / "kd.toml", resume=True, processes=2,
+                          control_file=tmp_path / "control")
+    assert two[two.index("--distributed") + 1] == "2"
+    assert two[two.index("--control-file") + 1] == str(tmp_path / "control")
+    assert "--resume" in two

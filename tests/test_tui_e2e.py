@@ -88,3 +88,20 @@ async def test_pause_stop_and_resume_a_real_run(tiny_pair, tmp_path: Path) -> No
         assert view.series.x[-1] == stopped_at + 3
         assert view.results[0].get("resumed_from") is not None
         assert (tmp_path / "out" / "quick" / "adapters.safetensors").is_file()
+
+
+async def test_a_two_process_run_from_the_ui(tiny_pair, tmp_path: Path) -> None:
+    # kd-tui --processes 2: the dashboard starts `kd distill --distributed 2` and follows
+    # process 0's events; a stop reaches process 0 through the control file.
+    app = _app(tiny_pair, tmp_path, num_iters=4, max_tokens=12, batch_size=2,
+               steps_per_save=4)
+    app.state.processes = 2
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("t")
+        await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT * 2)
+        pane = app.train_pane
+        pane.flush(force=True)
+        await pilot.pause()
+        assert pane.view.status == "finished", pane.view.error
+        assert app.query_one(LossPlot).points == 4  # rank 0's steps only, each once
+        assert (tmp_path / "out" / "thinking" / "adapters.safetensors").is_file()
