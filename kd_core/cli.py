@@ -8,11 +8,13 @@ flags. Bad input exits with status 2 and one line naming the field; nothing is w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -278,7 +280,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         control.request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    if "MLX_RANK" not in os.environ:
+        # Under mlx.launch, SIGTERM is how the launcher ends the ranks when one has died:
+        # keep its default (terminate). Graceful stops arrive through --control-file.
+        signal.signal(signal.SIGTERM, on_signal)
     distiller = TrueKnowledgeDistiller(spec.teacher, spec.student, spec.config, on_event=sink,
                                        control=control, allow_download=args.allow_download)
     distiller.run(domains, resume=args.resume)
@@ -312,8 +317,9 @@ def launch_distributed(args: argparse.Namespace) -> int:
             inner.append(a)
     cmd = [str(launcher), "--backend", args.backend, *where, "--",
            sys.executable, "-m", "kd_core", *inner]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     status = 0
+    watchdog: threading.Timer | None = None
     assert proc.stderr is not None
     for line in proc.stderr:
         sys.stderr.write(line)
@@ -321,8 +327,23 @@ def launch_distributed(args: argparse.Namespace) -> int:
             status = max(status, EXIT_BAD_INPUT)
         elif line.startswith("kd: failed:") or "exited with code" in line:
             status = status or EXIT_FAILED
+            if watchdog is None:
+                # A rank is gone: whatever the others are blocked in, end them soon.
+                watchdog = threading.Timer(LAUNCH_GRACE_S, _kill_group, args=(proc.pid,))
+                watchdog.daemon = True
+                watchdog.start()
     rc = proc.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     return status or (EXIT_FAILED if rc else 0)
+
+
+LAUNCH_GRACE_S = 20.0
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):  # already gone
+        os.killpg(pid, signal.SIGKILL)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

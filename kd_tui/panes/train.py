@@ -30,7 +30,7 @@ from kd_tui.widgets.now_panel import NowPanel
 # cycle), the interval grows up to MAX_FLUSH_SECONDS, and shrinks back when it is cheap.
 FLUSH_SECONDS = 0.25
 MAX_FLUSH_SECONDS = 1.0
-CPU_BUDGET = 0.08
+CPU_BUDGET = 0.04
 LEVEL_COLORS = {"warning": "warning", "error": "error", "success": "success"}
 
 
