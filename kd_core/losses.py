@@ -88,8 +88,13 @@ def sparse_kd_loss_sum(student_logits: mx.array, topk_ids: mx.array, topk_logpro
     Padded slots in topk_logprobs may be -inf (probability 0).
     """
     log_p = mx.stop_gradient(topk_logprobs.astype(mx.float32))
-    log_q_all = log_softmax(student_logits, temperature)
-    log_q = mx.take_along_axis(log_q_all, topk_ids.astype(mx.int32), axis=-1)
+    # Only k entries and one log-sum-exp per position are needed: never build the full
+    # log_softmax (at a 152k vocabulary each full pass, and its gradient, is the cost).
+    z = student_logits.astype(mx.float32)
+    if temperature != 1.0:
+        z = z / temperature
+    lse = mx.logsumexp(z, axis=-1, keepdims=True)
+    log_q = mx.take_along_axis(z, topk_ids.astype(mx.int32), axis=-1) - lse
     p = mx.exp(log_p)
     # Padded slots (log_p = -inf, p = 0) contribute nothing; keep inf out of the graph.
     log_p = mx.where(p > 0, log_p, 0.0)
