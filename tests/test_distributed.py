@@ -78,17 +78,22 @@ def test_a_dead_rank_stops_the_others_with_an_error(tiny_pair, tmp_path):
     args = _args(tiny_pair, tmp_path / "dead", "--distributed", "2", "--events", "jsonl")
     args[args.index("--iters") + 1] = "400"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if '"kind":"step"' in line:
-            break
-    pids = _rank_pids(int(marker), "1")
-    assert pids, "rank 1 not found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    start = time.monotonic()
-    _, err = proc.communicate(timeout=120)
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"kind":"step"' in line:
+                break
+        pids = _rank_pids(int(marker), "1")
+        assert pids, "rank 1 not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    finally:  # never leave a run behind, whatever happened
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert time.monotonic() - start < 60  # stopped, did not hang
     assert proc.returncode != 0
     assert "exited with code" in err or "peer" in err
