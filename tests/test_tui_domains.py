@@ -3,13 +3,14 @@ a one-line error), edit its prompts and save them back atomically."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.widgets import Input, SelectionList, Static, TextArea
+from textual.widgets import Input, SelectionList, TextArea
+from tui_support import text, wait_until
 
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, read_prompts_file
 from kd_tui.messages import StateChanged, broadcast_copy
@@ -32,16 +33,9 @@ class _Host(App):
         self.changes.append(message.what)
 
 
-def text(app: App, selector: str) -> str:
-    return str(app.query_one(selector, Static).render())
 
 
-async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await pilot.pause(0.05)
+wait_for = partial(wait_until, timeout=10.0)
 
 
 async def add_file(pilot, app: App, path: Path) -> None:

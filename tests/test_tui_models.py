@@ -3,12 +3,13 @@ verdict; a bad folder gives a one-line error and leaves the run's model unchange
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import Input, OptionList, Static
+from tui_support import text, wait_until
 
 from kd_tui.messages import StateChanged
 from kd_tui.model_check import DEMO_PENDING, check_model, verdict_words
@@ -32,16 +33,9 @@ class _Host(App):
         self.changes.append(message.what)
 
 
-def text(app: App, selector: str) -> str:
-    return str(app.query_one(selector, Static).render())
 
 
-async def wait_for(pilot, cond, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await pilot.pause(0.05)
+wait_for = partial(wait_until, timeout=30.0)
 
 
 async def type_and_enter(pilot, app: App, selector: str, value: str) -> None:

@@ -3,15 +3,16 @@ lists them, plots the selected run, compares two."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input, Static
 from textual_plotext import PlotextPlot
+from tui_support import wait_until
 
 from kd_core.config import KDConfig, RunSpec
 from kd_tui.messages import RunCompleted
@@ -61,12 +62,7 @@ class _Host(App):
         yield RunsPane()
 
 
-async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await pilot.pause(0.05)
+wait_for = partial(wait_until, timeout=10.0)
 
 
 def test_runs_data(tmp_path: Path) -> None:

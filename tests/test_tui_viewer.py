@@ -3,16 +3,17 @@ three answers stream side by side, then the token inspector shows top-k at a pos
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from textual.app import App, ComposeResult
 from textual.widgets import Input, Static
+from tui_support import wait_until
 
 from kd_core.config import KDConfig, RunSpec
 from kd_tui.messages import RunCompleted
@@ -54,12 +55,7 @@ def plain(renderable, width: int = 150) -> str:
     return console.export_text()
 
 
-async def wait_for(pilot, cond, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await pilot.pause(0.05)
+wait_for = partial(wait_until, timeout=60.0)
 
 
 def test_bar_and_find_adapter(tmp_path: Path) -> None:

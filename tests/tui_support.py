@@ -88,6 +88,13 @@ def scripted_app(events: Sequence[Event], config_path: Path | None = None,
                  **kwargs)
 
 
+def text(app: Any, selector: str) -> str:
+    """The rendered text of a Static found by `selector`."""
+    from textual.widgets import Static
+
+    return str(app.query_one(selector, Static).render())
+
+
 async def wait_until(pilot: Any, cond: Callable[[], bool], timeout: float = 20.0) -> None:
     """Let the app run until `cond()` holds (fails after `timeout` seconds)."""
     loop = asyncio.get_running_loop()
