@@ -153,7 +153,8 @@ def forward_flops(shape: LlamaShape, batch: int, seq: int) -> float:
     """2 FLOPs per matmul weight per token, plus attention's QK^T and PV (4 * B * T^2 * d per
     layer; the full T x T product, as scaled_dot_product_attention computes it)."""
     return 2.0 * shape.matmul_params() * batch * seq + 4.0 * shape.layers * batch * seq**2 * (
-        shape.hidden)
+        shape.hidden
+    )
 
 
 def lora_train_flops(shape: LlamaShape, batch: int, seq: int) -> float:
@@ -165,10 +166,15 @@ def lora_train_flops(shape: LlamaShape, batch: int, seq: int) -> float:
     twice that. Element-wise work (norms, softmax, the loss) is not counted.
     """
     tokens = batch * seq
-    return (4.0 * shape.matmul_params() * tokens + 6.0 * lora_params(shape) * tokens
-            + 12.0 * shape.layers * batch * seq**2 * shape.hidden)
+    return (
+        4.0 * shape.matmul_params() * tokens
+        + 6.0 * lora_params(shape) * tokens
+        + 12.0 * shape.layers * batch * seq**2 * shape.hidden
+    )
 
 
-FLOPS_FORMULA = ("LoRA step = 4*N*tokens (forward + input gradient through frozen weights; "
-                 "N = matmul weights incl. the tied LM head) + 6*N_lora*tokens + "
-                 "12*layers*B*T^2*d (attention fwd + bwd); element-wise work not counted")
+FLOPS_FORMULA = (
+    "LoRA step = 4*N*tokens (forward + input gradient through frozen weights; "
+    "N = matmul weights incl. the tied LM head) + 6*N_lora*tokens + "
+    "12*layers*B*T^2*d (attention fwd + bwd); element-wise work not counted"
+)

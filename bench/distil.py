@@ -45,13 +45,15 @@ def _safetensors_sizes(path: Path) -> dict[str, int]:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
-    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-            if k != "__metadata__"}
+    return {
+        k: v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
 
 
 class Distil:
-    def run(self, pair: str, mode: str, iters: int, cache_dir: str, output: str
-            ) -> dict[str, Any]:
+    def run(self, pair: str, mode: str, iters: int, cache_dir: str, output: str) -> dict[str, Any]:
         """One domain end to end; wall time and where it went (from the run's own events)."""
         from kd_core.distiller import TrueKnowledgeDistiller
 
@@ -75,30 +77,34 @@ class Distil:
             elif isinstance(e, DomainFinished):
                 info["result"] = e.result
 
-        d = TrueKnowledgeDistiller(f"{pair}/teacher", f"{pair}/student",
-                                   distil_config(mode, iters, output), on_event=sink)
+        d = TrueKnowledgeDistiller(
+            f"{pair}/teacher", f"{pair}/student", distil_config(mode, iters, output), on_event=sink
+        )
         d.distill_domain(DOMAIN, prompts())
         wall = time.perf_counter() - t0
         per_step = np.diff([0.0, *step_times])
         res = info.get("result", {})
         return {
-            "mode": mode, "iters": iters, "wall_s": wall,
+            "mode": mode,
+            "iters": iters,
+            "wall_s": wall,
             "teacher_pass_s": marks.get("teacher_done", 0.0) - marks.get("teacher", 0.0),
             # Teacher load + sampling the responses (0 when the responses came from the cache).
-            "generation_s": marks["generated"] - marks["teacher"] if "generated" in marks
-            else 0.0,
+            "generation_s": marks["generated"] - marks["teacher"] if "generated" in marks else 0.0,
             "steps_total_s": float(step_times[-1]) if step_times else 0.0,
             "student_pass_s": wall - marks.get("student", wall),
             "train_s": res.get("training_time_seconds"),
             "step_median_s": float(np.median(per_step[1:])) if len(per_step) > 1 else None,
             "first_step_s": float(per_step[0]) if len(per_step) else None,
             "tokens_per_second": res.get("tokens_per_second"),
-            "cache": info.get("cache"), "cache_hit": info.get("cache_hit"),
+            "cache": info.get("cache"),
+            "cache_hit": info.get("cache_hit"),
             "response_tokens": info.get("response_tokens"),
         }
 
-    def cache_check(self, pair: str, cache: str, output: str, sequences: int = 16
-                    ) -> dict[str, Any]:
+    def cache_check(
+        self, pair: str, cache: str, output: str, sequences: int = 16
+    ) -> dict[str, Any]:
         """Bytes per response token of a real cache file; KD loss float16 vs float32 targets.
 
         The loss comparison uses the first `sequences` examples (the teacher forward that
@@ -117,19 +123,26 @@ class Distil:
         tokens = stored.response_tokens  # of the whole file
         cfg = KDConfig()
         n = min(sequences, len(stored.sequences))
-        stored = TeacherOutputs(stored.sequences[:n], stored.prompt_lens[:n],
-                                stored.topk_ids[:n], stored.topk_logprobs[:n],
-                                stored.teacher_vocab)
+        stored = TeacherOutputs(
+            stored.sequences[:n],
+            stored.prompt_lens[:n],
+            stored.topk_ids[:n],
+            stored.topk_logprobs[:n],
+            stored.teacher_vocab,
+        )
         teacher, t_tok = load_model(Path(pair) / "teacher", "teacher")
         ids32, lps32 = soft_targets(teacher, stored.sequences, stored.prompt_lens, cfg)
         same_ids = all(np.array_equal(a, b) for a, b in zip(ids32, stored.topk_ids, strict=True))
-        max_lp_err = max(float(np.abs(a - b).max())
-                         for a, b in zip(lps32, stored.topk_logprobs, strict=True))
-        fp32 = TeacherOutputs(stored.sequences, stored.prompt_lens, ids32, lps32,
-                              stored.teacher_vocab)
+        max_lp_err = max(
+            float(np.abs(a - b).max()) for a, b in zip(lps32, stored.topk_logprobs, strict=True)
+        )
+        fp32 = TeacherOutputs(
+            stored.sequences, stored.prompt_lens, ids32, lps32, stored.teacher_vocab
+        )
         # The student as trained by the offline run (its adapters), where the loss matters.
-        student, s_tok = load_model(Path(pair) / "student", "student",
-                                    adapter_path=Path(output) / DOMAIN)
+        student, s_tok = load_model(
+            Path(pair) / "student", "student", adapter_path=Path(output) / DOMAIN
+        )
         s_vocab = int(student(mx.array([[0]])).shape[-1])
         align = plan_vocab_alignment(t_tok, s_tok, stored.teacher_vocab, s_vocab, "auto")
         losses = {}
@@ -137,31 +150,39 @@ class Distil:
             examples, _ = build_examples(prompts()[:n], outs, s_tok, align, online=False)
             total = count = 0.0
             for s in range(0, len(examples), BATCH):
-                b = make_batch(examples[s:s + BATCH], cfg.max_seq_length, cfg.top_k)
-                kd, valid = sparse_kd_loss_sum(student(mx.array(b.inputs)),
-                                               mx.array(b.topk_ids), mx.array(b.topk_logprobs),
-                                               cfg.temperature, mx.array(b.mask))
+                b = make_batch(examples[s : s + BATCH], cfg.max_seq_length, cfg.top_k)
+                kd, valid = sparse_kd_loss_sum(
+                    student(mx.array(b.inputs)),
+                    mx.array(b.topk_ids),
+                    mx.array(b.topk_logprobs),
+                    cfg.temperature,
+                    mx.array(b.mask),
+                )
                 total += kd.item()
                 count += valid.item()
             losses[name] = total / max(count, 1.0)
         targets = sizes["topk_ids"] + sizes["topk_logprobs"]
         return {
-            "file_bytes": path.stat().st_size, "response_tokens": tokens,
+            "file_bytes": path.stat().st_size,
+            "response_tokens": tokens,
             "bytes_per_token": path.stat().st_size / tokens,
             "targets_bytes_per_token": targets / tokens,
             "id_bytes": sizes["topk_ids"] // (tokens * cfg.top_k),
-            "top_k": cfg.top_k, "teacher_vocab": stored.teacher_vocab,
+            "top_k": cfg.top_k,
+            "teacher_vocab": stored.teacher_vocab,
             "kd_loss_float16_targets": losses["float16"],
             "kd_loss_float32_targets": losses["float32"],
             "kd_loss_abs_diff": abs(losses["float16"] - losses["float32"]),
             "kd_loss_rel_diff": abs(losses["float16"] - losses["float32"])
             / max(abs(losses["float32"]), 1e-30),
-            "max_logprob_abs_err": max_lp_err, "same_topk_ids": same_ids,
+            "max_logprob_abs_err": max_lp_err,
+            "same_topk_ids": same_ids,
             "loss_check_sequences": n,
         }
 
-    def large_vocab_cache(self, folder: str, sequences: int = 50, response: int = 128,
-                          vocab: int = 151_936) -> dict[str, Any]:
+    def large_vocab_cache(
+        self, folder: str, sequences: int = 50, response: int = 128, vocab: int = 151_936
+    ) -> dict[str, Any]:
         """Bytes per token of a cache file written by kd's own writer at Qwen's vocabulary.
 
         No teacher of that size is built here: the targets are synthetic, the format is real
@@ -173,13 +194,18 @@ class Distil:
         k = KDConfig().top_k
         seqs = [rng.integers(0, vocab, 32 + response).astype(np.int32) for _ in range(sequences)]
         ids = [rng.integers(0, vocab, (response, k)).astype(np.int32) for _ in range(sequences)]
-        lps = [np.sort(rng.normal(size=(response, k)).astype(np.float32) - 5.0)[:, ::-1]
-               for _ in range(sequences)]
+        lps = [
+            np.sort(rng.normal(size=(response, k)).astype(np.float32) - 5.0)[:, ::-1]
+            for _ in range(sequences)
+        ]
         out = TeacherOutputs(seqs, [32] * sequences, ids, lps, vocab)
         path = Path(folder) / "large-vocab.safetensors"
         save_outputs(path, out, {"key": "bench"})
         sizes = _safetensors_sizes(path)
         tokens = sequences * response
-        return {"bytes_per_token": path.stat().st_size / tokens,
-                "targets_bytes_per_token": (sizes["topk_ids"] + sizes["topk_logprobs"]) / tokens,
-                "id_bytes": sizes["topk_ids"] // (tokens * k), "vocab": vocab}
+        return {
+            "bytes_per_token": path.stat().st_size / tokens,
+            "targets_bytes_per_token": (sizes["topk_ids"] + sizes["topk_logprobs"]) / tokens,
+            "id_bytes": sizes["topk_ids"] // (tokens * k),
+            "vocab": vocab,
+        }

@@ -52,8 +52,13 @@ class Matmul:
         for _ in range(repeats):
             t_mlx.append(self._mlx(n))
             t_np.append(self._numpy(n))
-        return {"n": n, "mlx_s": t_mlx, "numpy_s": t_np, "blas_preloaded": self.blas,
-                "mlx": self.mx.__version__}
+        return {
+            "n": n,
+            "mlx_s": t_mlx,
+            "numpy_s": t_np,
+            "blas_preloaded": self.blas,
+            "mlx": self.mx.__version__,
+        }
 
     def sgemm_peak(self, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
         """numpy's fp32 n^3 matmul, best of `repeats`: the FLOP/s an MFU is measured against."""

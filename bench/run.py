@@ -93,8 +93,9 @@ class Context:
         stamp = time.strftime("%H:%M:%S")
         print(f"[{stamp}] {msg}", file=sys.stderr, flush=True)
 
-    def worker(self, factory: str, name: str, env: dict[str, str] | None = None,
-               **kwargs: Any) -> Worker:
+    def worker(
+        self, factory: str, name: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> Worker:
         return Worker(factory, self.tmp / "logs" / f"{name}.log", env=env, **kwargs)
 
     def ensure_pair(self) -> str:
@@ -115,15 +116,18 @@ def _load() -> list[float] | None:
         return None
 
 
-def _alternate(ctx: Context, a: Worker, b: Worker, rounds: int, n_a: int, n_b: int
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _alternate(
+    ctx: Context, a: Worker, b: Worker, rounds: int, n_a: int, n_b: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Drive a then b, `rounds` times, so outside load lands on both sides alike."""
     ra, rb = [], []
     for r in range(rounds):
         ra.append(a.call("steps", n=n_a))
         rb.append(b.call("steps", n=n_b))
-        ctx.log(f"  round {r + 1}/{rounds}: {median(ra[-1]['times']):.2f} s vs "
-                f"{median(rb[-1]['times']):.2f} s")
+        ctx.log(
+            f"  round {r + 1}/{rounds}: {median(ra[-1]['times']):.2f} s vs "
+            f"{median(rb[-1]['times']):.2f} s"
+        )
     return ra, rb
 
 
@@ -134,25 +138,34 @@ def _times(runs: list[dict[str, Any]], first: bool = False) -> list[float]:
 
 # ---- sections ---------------------------------------------------------------------------
 
+
 def sec_matmul(ctx: Context) -> None:
     """MLX vs numpy 1024^3 with OpenBLAS preloaded; the same without; numpy's sgemm peak."""
     p = ctx.plan
     with ctx.worker("bench.matmul:Matmul", "matmul", preload=True) as w:
         pre = w.call("compare", n=1024, repeats=p.matmul_repeats)
         peak = w.call("sgemm_peak", n=2048, repeats=5)
-    with ctx.worker("bench.matmul:Matmul", "matmul-nopreload",
-                    env={"KD_NO_BLAS_PRELOAD": "1"}, preload=False) as w:
+    with ctx.worker(
+        "bench.matmul:Matmul", "matmul-nopreload", env={"KD_NO_BLAS_PRELOAD": "1"}, preload=False
+    ) as w:
         raw = w.call("compare", n=1024, repeats=3)
     ratio = median(pre["mlx_s"]) / median(pre["numpy_s"])
     ctx.results["mlx_vs_numpy_matmul_ratio"] = ratio
     ctx.details["matmul"] = {
         "n": 1024,
-        "preloaded": {"blas": pre["blas_preloaded"], "mlx_median_s": median(pre["mlx_s"]),
-                      "numpy_median_s": median(pre["numpy_s"]), "ratio": ratio,
-                      "mlx_s": pre["mlx_s"], "numpy_s": pre["numpy_s"]},
-        "without_preload": {"mlx_median_s": median(raw["mlx_s"]),
-                            "numpy_median_s": median(raw["numpy_s"]),
-                            "ratio": median(raw["mlx_s"]) / median(raw["numpy_s"])},
+        "preloaded": {
+            "blas": pre["blas_preloaded"],
+            "mlx_median_s": median(pre["mlx_s"]),
+            "numpy_median_s": median(pre["numpy_s"]),
+            "ratio": ratio,
+            "mlx_s": pre["mlx_s"],
+            "numpy_s": pre["numpy_s"],
+        },
+        "without_preload": {
+            "mlx_median_s": median(raw["mlx_s"]),
+            "numpy_median_s": median(raw["numpy_s"]),
+            "ratio": median(raw["mlx_s"]) / median(raw["numpy_s"]),
+        },
         "sgemm_2048": peak,
     }
     ctx.facts["sgemm_gflops"] = round(peak["flops_per_s"] / 1e9, 1)
@@ -161,22 +174,33 @@ def sec_matmul(ctx: Context) -> None:
 def sec_sft(ctx: Context) -> None:
     """kd's offline KD step vs mlx-lm's LoRA CE step: same student, same batch."""
     p, pair = ctx.plan, ctx.ensure_pair()
-    with ctx.worker("bench.steps:KDStep", "kd-offline", mode="offline", pair=pair,
-                    work=str(ctx.tmp / "kd-offline")) as kd, \
-            ctx.worker("bench.steps:MlxLmCEStep", "mlxlm-ce", pair=pair) as ce:
+    with (
+        ctx.worker(
+            "bench.steps:KDStep",
+            "kd-offline",
+            mode="offline",
+            pair=pair,
+            work=str(ctx.tmp / "kd-offline"),
+        ) as kd,
+        ctx.worker("bench.steps:MlxLmCEStep", "mlxlm-ce", pair=pair) as ce,
+    ):
         ctx.log("  kd offline step vs mlx-lm CE step (student 4 x 512, 4 x 256)")
         rk, rc = _alternate(ctx, kd, ce, p.sft_rounds, p.sft_steps, p.sft_steps)
     t_kd, t_ce = median(_times(rk)), median(_times(rc))
     ctx.results["kd_vs_sft_step_ratio"] = t_kd / t_ce
     ctx.details["sft"] = {
-        "kd_offline_step_median_s": t_kd, "mlxlm_ce_step_median_s": t_ce,
+        "kd_offline_step_median_s": t_kd,
+        "mlxlm_ce_step_median_s": t_ce,
         # Outside load only ever adds time: the best steps are a second, steadier estimate.
         "ratio_of_minimums": min(_times(rk)) / min(_times(rc)),
-        "kd_offline_steps_s": _times(rk), "mlxlm_ce_steps_s": _times(rc),
-        "kd_offline_first_step_s": rk[0]["warmup"], "mlxlm_ce_first_step_s": rc[0]["warmup"],
+        "kd_offline_steps_s": _times(rk),
+        "mlxlm_ce_steps_s": _times(rc),
+        "kd_offline_first_step_s": rk[0]["warmup"],
+        "mlxlm_ce_first_step_s": rc[0]["warmup"],
         "kd_offline_peak_bytes": max(r["peak_bytes"] for r in rk),
         "mlxlm_ce_peak_bytes": max(r["peak_bytes"] for r in rc),
-        "chunked_loss": rk[0]["chunked_loss"], "positions": rk[0]["positions"],
+        "chunked_loss": rk[0]["chunked_loss"],
+        "positions": rk[0]["positions"],
         "response_tokens": rk[0]["response_tokens"],
     }
 
@@ -186,19 +210,30 @@ def sec_torch(ctx: Context) -> None:
     import numpy as np
 
     p, pair = ctx.plan, ctx.ensure_pair()
-    with ctx.worker("bench.torch_side:TorchKDStep", "torch", pair=pair) as th, \
-            ctx.worker("bench.steps:KDStep", "kd-online", mode="online", pair=pair,
-                       work=str(ctx.tmp / "kd-online")) as kd:
-        ctx.facts.update({k: v for k, v in th.call("facts").items()
-                          if k != "trainable_params"})
+    with (
+        ctx.worker("bench.torch_side:TorchKDStep", "torch", pair=pair) as th,
+        ctx.worker(
+            "bench.steps:KDStep",
+            "kd-online",
+            mode="online",
+            pair=pair,
+            work=str(ctx.tmp / "kd-online"),
+        ) as kd,
+    ):
+        ctx.facts.update({k: v for k, v in th.call("facts").items() if k != "trainable_params"})
         # Same weights on both sides: the teachers' logits must agree.
         th.call("teacher_logits", path=str(ctx.tmp / "torch_logits.npy"))
         kd.call("teacher_logits", path=str(ctx.tmp / "mlx_logits.npy"))
-        diff = float(np.abs(np.load(ctx.tmp / "torch_logits.npy")
-                            - np.load(ctx.tmp / "mlx_logits.npy")).max())
+        diff = float(
+            np.abs(
+                np.load(ctx.tmp / "torch_logits.npy") - np.load(ctx.tmp / "mlx_logits.npy")
+            ).max()
+        )
         if diff > 1e-3:
-            raise RuntimeError(f"MLX and transformers disagree on the teacher's logits "
-                               f"(max |diff| {diff:.3g}): not the same model")
+            raise RuntimeError(
+                f"MLX and transformers disagree on the teacher's logits "
+                f"(max |diff| {diff:.3g}): not the same model"
+            )
         ctx.log("  kd online step vs torch + transformers + peft (teacher 8x768, student 4x512)")
         rk, rt = _alternate(ctx, kd, th, p.torch_rounds, p.torch_steps, p.torch_steps)
         ctx.log("  profile split (teacher forward, student CE-only step)")
@@ -209,24 +244,39 @@ def sec_torch(ctx: Context) -> None:
     positions = rk[0]["positions"]
     ctx.results["kd_vs_torch_tokens_ratio"] = (positions / t_kd) / (positions / t_th)
     ctx.details["torch"] = {
-        "kd_online_step_median_s": t_kd, "torch_step_median_s": t_th,
+        "kd_online_step_median_s": t_kd,
+        "torch_step_median_s": t_th,
         "ratio_of_minimums": min(_times(rt)) / min(_times(rk)),
-        "kd_online_tokens_per_s": positions / t_kd, "torch_tokens_per_s": positions / t_th,
+        "kd_online_tokens_per_s": positions / t_kd,
+        "torch_tokens_per_s": positions / t_th,
         "tokens_counted": "positions processed per step (batch x seq)",
-        "positions": positions, "response_tokens": rk[0]["response_tokens"],
-        "kd_online_steps_s": _times(rk), "torch_steps_s": _times(rt),
-        "kd_online_first_step_s": rk[0]["warmup"], "torch_first_step_s": rt[0]["warmup"],
-        "teacher_logits_max_abs_diff": diff, "lora_trainable_params": trainable,
+        "positions": positions,
+        "response_tokens": rk[0]["response_tokens"],
+        "kd_online_steps_s": _times(rk),
+        "torch_steps_s": _times(rt),
+        "kd_online_first_step_s": rk[0]["warmup"],
+        "torch_first_step_s": rt[0]["warmup"],
+        "teacher_logits_max_abs_diff": diff,
+        "lora_trainable_params": trainable,
         "profile": {
-            "kd": {**prof_kd, "loss_and_rest_s": t_kd - prof_kd["teacher_forward_s"]
-                   - prof_kd["student_ce_step_s"]},
-            "torch": {**prof_th, "loss_and_rest_s": t_th - prof_th["teacher_forward_s"]
-                      - prof_th["student_ce_step_s"]},
+            "kd": {
+                **prof_kd,
+                "loss_and_rest_s": t_kd
+                - prof_kd["teacher_forward_s"]
+                - prof_kd["student_ce_step_s"],
+            },
+            "torch": {
+                **prof_th,
+                "loss_and_rest_s": t_th
+                - prof_th["teacher_forward_s"]
+                - prof_th["student_ce_step_s"],
+            },
         },
     }
     ctx.details["mfu_online"] = {
         "flops": forward_flops(TEACHER, BATCH, SEQ) + lora_train_flops(STUDENT, BATCH, SEQ),
-        "step_s": t_kd}
+        "step_s": t_kd,
+    }
 
 
 def sec_large(ctx: Context) -> None:
@@ -239,10 +289,17 @@ def sec_large(ctx: Context) -> None:
         ctx.log(f"  large vocab round {r + 1}/{p.large_rounds}: mlx-lm CE step")
         with ctx.worker("bench.steps:MlxLmCEStep", f"large-ce-{r}", large=True) as w:
             rc.append(w.call("steps", n=p.large_steps))
-        ctx.log(f"  large vocab round {r + 1}/{p.large_rounds}: kd offline step "
-                f"(CE {median(_times(rc[-1:], cold)):.1f} s)")
-        with ctx.worker("bench.steps:KDStep", f"large-kd-{r}", mode="offline", large=True,
-                        work=str(ctx.tmp / f"large-{r}")) as w:
+        ctx.log(
+            f"  large vocab round {r + 1}/{p.large_rounds}: kd offline step "
+            f"(CE {median(_times(rc[-1:], cold)):.1f} s)"
+        )
+        with ctx.worker(
+            "bench.steps:KDStep",
+            f"large-kd-{r}",
+            mode="offline",
+            large=True,
+            work=str(ctx.tmp / f"large-{r}"),
+        ) as w:
             rk.append(w.call("steps", n=p.large_steps))
             if p.profile_large and r == 0:
                 ctx.log("  profile of the chunked step")
@@ -258,21 +315,25 @@ def sec_large(ctx: Context) -> None:
         ctx.notes.append(
             "kd_vs_mlxlm_ce_step_time_ratio_large_vocab (quick): one step per side, the first "
             "(it includes compiling, small next to a 20-40 s step; a full run times a warm-up "
-            "and later steps apart: details.large_vocab, *_first_step_s vs *_steps_s).")
+            "and later steps apart: details.large_vocab, *_first_step_s vs *_steps_s)."
+        )
     ctx.results["kd_vs_mlxlm_ce_peak_memory_ratio"] = peak_kd / peak_ce
     ctx.results["kd_vs_mlxlm_ce_step_time_ratio_large_vocab"] = t_kd / t_ce
     ctx.details["large_vocab"] = {
-        "student": f"{LARGE_STUDENT.layers} x {LARGE_STUDENT.hidden}, vocab "
-                   f"{LARGE_STUDENT.vocab}", "batch": f"{BATCH} x {LARGE_SEQ}",
-        "kd_peak_bytes": peak_kd, "mlxlm_ce_peak_bytes": peak_ce,
-        "kd_step_median_s": t_kd, "mlxlm_ce_step_median_s": t_ce,
-        "kd_steps_s": _times(rk, cold), "mlxlm_ce_steps_s": _times(rc, cold),
+        "student": f"{LARGE_STUDENT.layers} x {LARGE_STUDENT.hidden}, vocab {LARGE_STUDENT.vocab}",
+        "batch": f"{BATCH} x {LARGE_SEQ}",
+        "kd_peak_bytes": peak_kd,
+        "mlxlm_ce_peak_bytes": peak_ce,
+        "kd_step_median_s": t_kd,
+        "mlxlm_ce_step_median_s": t_ce,
+        "kd_steps_s": _times(rk, cold),
+        "mlxlm_ce_steps_s": _times(rc, cold),
         "first_step_timed": cold,
         "kd_first_step_s": [r["warmup"] for r in rk],
         "mlxlm_ce_first_step_s": [r["warmup"] for r in rc],
         "chunked_loss": rk[0]["chunked_loss"],
         "targets": "synthetic top-32 (no teacher at this vocabulary; cost does not depend on "
-                   "the values)",
+        "the values)",
         "profile_chunked": prof,
     }
 
@@ -286,11 +347,18 @@ def sec_distil(ctx: Context) -> None:
     out_off = ctx.tmp / "out-offline"
     ctx.log(f"  offline run: 50 prompts, {iters} iters, fresh cache")
     with ctx.worker("bench.distil:Distil", "distil-offline") as w:
-        runs["offline"] = w.call("run", pair=pair, mode="offline", iters=iters,
-                                 cache_dir=str(cache_off), output=str(out_off))
+        runs["offline"] = w.call(
+            "run",
+            pair=pair,
+            mode="offline",
+            iters=iters,
+            cache_dir=str(cache_off),
+            output=str(out_off),
+        )
         ctx.log(f"  offline: {runs['offline']['wall_s']:.0f} s; checking the cache file")
-        check = w.call("cache_check", pair=pair, cache=runs["offline"]["cache"],
-                       output=str(out_off))
+        check = w.call(
+            "cache_check", pair=pair, cache=runs["offline"]["cache"], output=str(out_off)
+        )
         large = w.call("large_vocab_cache", folder=str(ctx.tmp))
     cache_on = ctx.tmp / "cache-online"
     if p.quick:
@@ -300,11 +368,19 @@ def sec_distil(ctx: Context) -> None:
         (cache_on / "teacher").mkdir(parents=True)
         for f in (cache_off / "teacher").glob("*-gen-*.safetensors"):
             shutil.copy(f, cache_on / "teacher" / f.name)
-    ctx.log(f"  online run: 50 prompts, {iters} iters"
-            + (" (responses from the offline run)" if p.quick else ", fresh cache"))
+    ctx.log(
+        f"  online run: 50 prompts, {iters} iters"
+        + (" (responses from the offline run)" if p.quick else ", fresh cache")
+    )
     with ctx.worker("bench.distil:Distil", "distil-online") as w:
-        runs["online"] = w.call("run", pair=pair, mode="online", iters=iters,
-                                cache_dir=str(cache_on), output=str(ctx.tmp / "out-online"))
+        runs["online"] = w.call(
+            "run",
+            pair=pair,
+            mode="online",
+            iters=iters,
+            cache_dir=str(cache_on),
+            output=str(ctx.tmp / "out-online"),
+        )
     off, on = runs["offline"], runs["online"]
     d: dict[str, Any] = {"iters": iters, "prompts": 50, "batch": BATCH, "runs": runs}
     if p.quick:
@@ -323,14 +399,18 @@ def sec_distil(ctx: Context) -> None:
             "figure is each run's measured fixed time (wall - steps) + 200 x its median step "
             "time. The online run reused the offline run's sampled responses and is charged "
             f"their measured generation time ({off['generation_s']:.0f} s). At {iters} iters "
-            f"the measured ratio was {d['measured_ratio_at_quick_iters']:.2f}.")
+            f"the measured ratio was {d['measured_ratio_at_quick_iters']:.2f}."
+        )
     else:
         ratio = on["wall_s"] / off["wall_s"]
     ctx.results["offline_vs_online_speedup"] = ratio
     ctx.results["cache_bytes_per_token"] = check["bytes_per_token"]
     ctx.details["distil"] = d
-    ctx.details["cache"] = {**check, "fp16_loss_within_1e-3": check["kd_loss_abs_diff"] <= 1e-3,
-                            "vocab_151936": large}
+    ctx.details["cache"] = {
+        **check,
+        "fp16_loss_within_1e-3": check["kd_loss_abs_diff"] <= 1e-3,
+        "vocab_151936": large,
+    }
 
 
 def derive_mfu(ctx: Context) -> None:
@@ -344,11 +424,15 @@ def derive_mfu(ctx: Context) -> None:
     ctx.results["mfu"] = flops / step / peak
     tokens = BATCH * SEQ
     six_n = 6.0 * STUDENT.matmul_params() * tokens + 12.0 * STUDENT.layers * BATCH * SEQ**2 * (
-        STUDENT.hidden)
+        STUDENT.hidden
+    )
     ctx.details["mfu"] = {
         "step": "kd offline KD step, student 4 x 512, vocab 8192, batch 4 x 256",
-        "formula": FLOPS_FORMULA, "flops_per_step": flops, "step_s": step,
-        "achieved_flops_per_s": flops / step, "sgemm_peak_flops_per_s": peak,
+        "formula": FLOPS_FORMULA,
+        "flops_per_step": flops,
+        "step_s": step,
+        "achieved_flops_per_s": flops / step,
+        "sgemm_peak_flops_per_s": peak,
         "mfu_with_6N_convention": six_n / step / peak,
     }
     if "mfu_online" in ctx.details:
@@ -362,8 +446,10 @@ SECTIONS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     "sft": (sec_sft, ("kd_vs_sft_step_ratio",)),
     "torch": (sec_torch, ("kd_vs_torch_tokens_ratio",)),
     "distil": (sec_distil, ("offline_vs_online_speedup", "cache_bytes_per_token")),
-    "large": (sec_large, ("kd_vs_mlxlm_ce_peak_memory_ratio",
-                          "kd_vs_mlxlm_ce_step_time_ratio_large_vocab")),
+    "large": (
+        sec_large,
+        ("kd_vs_mlxlm_ce_peak_memory_ratio", "kd_vs_mlxlm_ce_step_time_ratio_large_vocab"),
+    ),
 }
 NEEDS = {"mfu": ("matmul", "sft")}
 
@@ -403,8 +489,14 @@ def table(results: dict[str, Any]) -> str:
     for key in GOALS:
         v = results.get(key)
         met = goal_met(key, v)
-        rows.append((key, "-" if v is None else f"{v:.3g}", goal_text(key),
-                     {True: "yes", False: "NO", None: "-"}[met]))
+        rows.append(
+            (
+                key,
+                "-" if v is None else f"{v:.3g}",
+                goal_text(key),
+                {True: "yes", False: "NO", None: "-"}[met],
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -413,10 +505,16 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and iterations "
-                    "(under 10 minutes on a 2-core CPU)")
-    ap.add_argument("--only", help="comma-separated result keys or sections "
-                    f"({', '.join(SECTIONS)}); other keys are kept from the last latest.json")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats and iterations (under 10 minutes on a 2-core CPU)",
+    )
+    ap.add_argument(
+        "--only",
+        help="comma-separated result keys or sections "
+        f"({', '.join(SECTIONS)}); other keys are kept from the last latest.json",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     args = ap.parse_args(argv)
     plan = Plan.make(args.quick)
@@ -434,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     errors: dict[str, str] = {}
     loads: dict[str, Any] = {}
-    ctx.log(f"kd bench ({'quick' if plan.quick else 'full'}): {', '.join(sections)}; "
-            f"work folder {tmp}")
+    ctx.log(
+        f"kd bench ({'quick' if plan.quick else 'full'}): {', '.join(sections)}; work folder {tmp}"
+    )
     try:
         for name in sections:
             fn, _ = SECTIONS[name]
@@ -446,8 +545,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 errors[name] = f"{e.__class__.__name__}: {e}"
                 ctx.log(f"section {name} failed:\n{traceback.format_exc()}")
-            loads[name] = {"seconds": round(time.perf_counter() - t0, 1),
-                           "load_average_before": load0, "load_average_after": _load()}
+            loads[name] = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "load_average_before": load0,
+                "load_average_after": _load(),
+            }
         derive_mfu(ctx)
     finally:
         if args.keep:
@@ -455,22 +557,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    measured = {"mode": "quick" if plan.quick else "full", "sections": sections,
-                "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "duration_s": round(time.perf_counter() - started, 1)}
+    measured = {
+        "mode": "quick" if plan.quick else "full",
+        "sections": sections,
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
     data: dict[str, Any] = {
         "schema": 1,
-        "command": "python bench/run.py" + (" --quick" if plan.quick else "")
-                   + (f" --only {args.only}" if args.only else ""),
+        "command": "python bench/run.py"
+        + (" --quick" if plan.quick else "")
+        + (f" --only {args.only}" if args.only else ""),
         **measured,
         "machine": {**previous.get("machine", {}), **ctx.facts},
     }
     keys = {k: previous.get(k) for k in GOALS} | {k: v for k, v in ctx.results.items()}
     data.update(keys)
     data["goals"] = {k: {"goal": goal_text(k), "met": goal_met(k, keys.get(k))} for k in GOALS}
-    data["sections"] = {**previous.get("sections", {}),
-                        **{s: {**measured, **loads.get(s, {}), "error": errors.get(s)}
-                           for s in sections}}
+    data["sections"] = {
+        **previous.get("sections", {}),
+        **{s: {**measured, **loads.get(s, {}), "error": errors.get(s)} for s in sections},
+    }
     details = {**previous.get("details", {}), **ctx.details}
     data["details"] = details
     data["notes"] = ctx.notes + [
@@ -484,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(keys))
     print(f"\nwrote {out_path.relative_to(ROOT)} in {measured['duration_s']:.0f} s")
     if errors:
-        print("failed sections: " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
-              file=sys.stderr)
+        print(
+            "failed sections: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), file=sys.stderr
+        )
         return 1
     return 0
 

@@ -60,8 +60,11 @@ def _size(shape: LlamaShape) -> LlamaSize:
 def mlx_facts() -> dict[str, Any]:
     from kd_core import blas
 
-    return {"mlx": mx.__version__, "mlx_device": str(mx.default_device()),
-            "blas_preloaded": blas.loaded_blas}
+    return {
+        "mlx": mx.__version__,
+        "mlx_device": str(mx.default_device()),
+        "blas_preloaded": blas.loaded_blas,
+    }
 
 
 class Builder:
@@ -83,8 +86,7 @@ class Builder:
             config = {**shape.config(), **config}
             save_model(model, config, out / name, tok, eos)
             del model
-        return {"teacher": str(out / "teacher"), "student": str(out / "student"),
-                **mlx_facts()}
+        return {"teacher": str(out / "teacher"), "student": str(out / "student"), **mlx_facts()}
 
     def teacher_logits(self, root: str, path: str, n: int = 16) -> None:
         """Teacher logits on the first n positions of the batch (cross-framework check)."""
@@ -94,15 +96,27 @@ class Builder:
 
 
 def bench_config(mode: str, seq: int, iters: int = 2, loss_chunk: int = 0) -> KDConfig:
-    return KDConfig(num_iters=iters, batch_size=BATCH, max_seq_length=seq + 1,
-                    lora_rank=LORA_RANK, lora_scale=LORA_SCALE, lora_layers=-1,
-                    alpha=ALPHA, temperature=TEMPERATURE, top_k=TOP_K, teacher_mode=mode,
-                    learning_rate=LEARNING_RATE, steps_per_save=10**6,
-                    steps_per_report=10**6, loss_chunk=loss_chunk)
+    return KDConfig(
+        num_iters=iters,
+        batch_size=BATCH,
+        max_seq_length=seq + 1,
+        lora_rank=LORA_RANK,
+        lora_scale=LORA_SCALE,
+        lora_layers=-1,
+        alpha=ALPHA,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        teacher_mode=mode,
+        learning_rate=LEARNING_RATE,
+        steps_per_save=10**6,
+        steps_per_report=10**6,
+        loss_chunk=loss_chunk,
+    )
 
 
-def _synthetic_targets(rng: np.random.Generator, rows: int, vocab: int, k: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_targets(
+    rng: np.random.Generator, rows: int, vocab: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and log-probs shaped like a teacher's (sorted, with some tail mass).
 
     Used only at the 151,936 vocabulary, where no teacher is built: the loss's cost does not
@@ -137,8 +151,9 @@ class _Student:
 class KDStep(_Student):
     """kd's training step via StudentTrainer.train(), online or offline."""
 
-    def __init__(self, mode: str, pair: str | None = None, large: bool = False,
-                 work: str | None = None) -> None:
+    def __init__(
+        self, mode: str, pair: str | None = None, large: bool = False, work: str | None = None
+    ) -> None:
         super().__init__(pair, large, mode)
         self.mode = mode
         self.work = Path(work) if work else Path(tempfile.mkdtemp(prefix="kd-bench-"))
@@ -147,8 +162,10 @@ class KDStep(_Student):
         self.teacher = None
         if large:
             rng = np.random.default_rng(1)
-            targets = [_synthetic_targets(rng, len(r) - PROMPT_LEN, LARGE_STUDENT.vocab, TOP_K)
-                       for r in rows]
+            targets = [
+                _synthetic_targets(rng, len(r) - PROMPT_LEN, LARGE_STUDENT.vocab, TOP_K)
+                for r in rows
+            ]
         else:
             assert pair is not None
             teacher, _ = load_model(Path(pair) / "teacher", "teacher")
@@ -158,8 +175,10 @@ class KDStep(_Student):
             else:
                 # The teacher pass's own function, rounded to float16 as the cache stores it.
                 ids, lps = soft_targets(teacher, rows, lens, self.cfg)
-                targets = [(i, lp.astype(np.float16).astype(np.float32))
-                           for i, lp in zip(ids, lps, strict=True)]
+                targets = [
+                    (i, lp.astype(np.float16).astype(np.float32))
+                    for i, lp in zip(ids, lps, strict=True)
+                ]
                 del teacher
                 release()
         self.examples = []
@@ -172,10 +191,15 @@ class KDStep(_Student):
 
     def _trainer(self, iters: int) -> StudentTrainer:
         cfg = self.cfg.replace(num_iters=iters)
-        return StudentTrainer(self.model, cfg, self.examples, self.work / "out",
-                              adapter_config(cfg, len(self.model.layers), "student", "teacher",
-                                             "bench"),
-                              domain="bench", teacher=self.teacher)
+        return StudentTrainer(
+            self.model,
+            cfg,
+            self.examples,
+            self.work / "out",
+            adapter_config(cfg, len(self.model.layers), "student", "teacher", "bench"),
+            domain="bench",
+            teacher=self.teacher,
+        )
 
     def steps(self, n: int) -> dict[str, Any]:
         """n + 1 real steps (the first compiles and is reported apart); per-step seconds."""
@@ -183,11 +207,15 @@ class KDStep(_Student):
         trainer.train()
         peak = int(mx.get_peak_memory())  # train() resets the peak when it starts
         times = [row["step_time"] for row in trainer.metrics]
-        return {"warmup": times[0], "times": times[1:], "peak_bytes": peak,
-                "chunked_loss": self.mode == "offline" and want_chunking(
-                    self.cfg.loss_chunk, BATCH, self.cfg.max_seq_length, self.vocab) > 0,
-                "response_tokens": trainer.metrics[-1]["tokens"],
-                "positions": BATCH * self.seq}
+        return {
+            "warmup": times[0],
+            "times": times[1:],
+            "peak_bytes": peak,
+            "chunked_loss": self.mode == "offline"
+            and want_chunking(self.cfg.loss_chunk, BATCH, self.cfg.max_seq_length, self.vocab) > 0,
+            "response_tokens": trainer.metrics[-1]["tokens"],
+            "positions": BATCH * self.seq,
+        }
 
     def profile(self, repeats: int = 2) -> dict[str, float]:
         """Where an online step's time goes: teacher forward vs the student's CE-only step."""
@@ -203,8 +231,10 @@ class KDStep(_Student):
         ce.model, ce.tokens, ce.seq = self.model, self.tokens, self.seq
         ce._build()
         ce_s = ce.steps(repeats)["times"]
-        return {"teacher_forward_s": min(teacher_s[1:]) if teacher_s else 0.0,
-                "student_ce_step_s": min(ce_s)}
+        return {
+            "teacher_forward_s": min(teacher_s[1:]) if teacher_s else 0.0,
+            "student_ce_step_s": min(ce_s),
+        }
 
     def teacher_logits(self, path: str, n: int = 16) -> None:
         """Online mode: the teacher's logits on the first n positions (cross-framework check)."""
@@ -246,8 +276,10 @@ class MlxLmCEStep(_Student):
         self._step = step
         self._state = state
         # (offset, length) per row as iterate_batches gives them: the prompt is masked.
-        self._batch = (mx.array(self.tokens),
-                       mx.array([[PROMPT_LEN, self.tokens.shape[1]]] * self.tokens.shape[0]))
+        self._batch = (
+            mx.array(self.tokens),
+            mx.array([[PROMPT_LEN, self.tokens.shape[1]]] * self.tokens.shape[0]),
+        )
         model.train()
 
     def steps(self, n: int) -> dict[str, Any]:
@@ -260,8 +292,12 @@ class MlxLmCEStep(_Student):
             lvalue, toks, _ = self._step(self._batch, None, True)
             mx.eval(self._state, lvalue, toks)
             times.append(time.perf_counter() - t0)
-        return {"warmup": times[0], "times": times[1:], "peak_bytes": int(mx.get_peak_memory()),
-                "positions": int(self.tokens.shape[0] * self.seq)}
+        return {
+            "warmup": times[0],
+            "times": times[1:],
+            "peak_bytes": int(mx.get_peak_memory()),
+            "positions": int(self.tokens.shape[0] * self.seq),
+        }
 
 
 def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
@@ -297,9 +333,14 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
             hf, grads = h.reshape(n, d), []
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                (loss, _), g = cs._chunk_grad(hf[s:e], targets.reshape(n)[s:e],
-                                              mask.reshape(n)[s:e], ids.reshape(n, -1)[s:e],
-                                              lps.reshape(n, -1)[s:e], inv)
+                (loss, _), g = cs._chunk_grad(
+                    hf[s:e],
+                    targets.reshape(n)[s:e],
+                    mask.reshape(n)[s:e],
+                    ids.reshape(n, -1)[s:e],
+                    lps.reshape(n, -1)[s:e],
+                    inv,
+                )
                 mx.eval(g, loss)
                 grads.append(g)
             t2 = time.perf_counter()
@@ -307,8 +348,9 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
             cs._body_backward(inputs, dh, None, True)
             mx.eval(model.state, opt.state)
             t3 = time.perf_counter()
-            runs.append({"body_forward_s": t1 - t0, "chunks_s": t2 - t1,
-                         "body_backward_update_s": t3 - t2})
+            runs.append(
+                {"body_forward_s": t1 - t0, "chunks_s": t2 - t1, "body_backward_update_s": t3 - t2}
+            )
         best = {k: min(r[k] for r in runs[1:]) for k in runs[0]}
         out["kd" if alpha else "ce_only"] = best
     return out

@@ -38,8 +38,12 @@ def torch_facts() -> dict[str, Any]:
     import peft
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "torch_threads": torch.get_num_threads()}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 class TorchKDStep:
@@ -54,8 +58,13 @@ class TorchKDStep:
         self.teacher = self._load(f"{pair}/teacher", LlamaForCausalLM)
         self.teacher.eval().requires_grad_(False)
         base = self._load(f"{pair}/student", LlamaForCausalLM)
-        lora = LoraConfig(r=LORA_RANK, lora_alpha=int(LORA_SCALE * LORA_RANK), lora_dropout=0.0,
-                          target_modules=list(LORA_TARGETS), bias="none")
+        lora = LoraConfig(
+            r=LORA_RANK,
+            lora_alpha=int(LORA_SCALE * LORA_RANK),
+            lora_dropout=0.0,
+            target_modules=list(LORA_TARGETS),
+            bias="none",
+        )
         self.student = get_peft_model(base, lora)
         self.student.train()
         params = [p for p in self.student.parameters() if p.requires_grad]
@@ -65,16 +74,19 @@ class TorchKDStep:
         self.inputs, self.targets = tokens[:, :-1], tokens[:, 1:]
         # Response positions: input position PROMPT_LEN - 1 predicts the first response token.
         self.mask = torch.zeros(self.inputs.shape, dtype=torch.float32)
-        self.mask[:, PROMPT_LEN - 1:] = 1.0
+        self.mask[:, PROMPT_LEN - 1 :] = 1.0
 
     @staticmethod
     def _load(path: str, cls: Any) -> Any:
-        model, info = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
-                                          output_loading_info=True)
+        model, info = cls.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
+        )
         missing = [k for k in info["missing_keys"] if "lm_head" not in k]  # tied to embeddings
         if missing or info["unexpected_keys"]:
-            raise RuntimeError(f"{path}: keys do not match Hugging Face's: missing {missing}, "
-                               f"unexpected {info['unexpected_keys']}")
+            raise RuntimeError(
+                f"{path}: keys do not match Hugging Face's: missing {missing}, "
+                f"unexpected {info['unexpected_keys']}"
+            )
         return model
 
     def facts(self) -> dict[str, Any]:
@@ -85,12 +97,12 @@ class TorchKDStep:
             out = self.teacher(self.inputs[:1, :n]).logits
         np.save(path, out.numpy())
 
-    def _loss(self, t_logits: torch.Tensor, s_logits: torch.Tensor, alpha: float
-              ) -> torch.Tensor:
+    def _loss(self, t_logits: torch.Tensor, s_logits: torch.Tensor, alpha: float) -> torch.Tensor:
         m = self.mask
         n = m.sum()
-        ce = (F.cross_entropy(s_logits.transpose(1, 2), self.targets, reduction="none") * m
-              ).sum() / n
+        ce = (
+            F.cross_entropy(s_logits.transpose(1, 2), self.targets, reduction="none") * m
+        ).sum() / n
         if alpha == 0.0:
             return ce
         T = TEMPERATURE
@@ -117,8 +129,7 @@ class TorchKDStep:
     def steps(self, n: int) -> dict[str, Any]:
         """n + 1 steps, the first reported apart (allocator and thread-pool warm-up)."""
         times = [self._step() for _ in range(n + 1)]
-        return {"warmup": times[0], "times": times[1:],
-                "positions": int(self.inputs.numel())}
+        return {"warmup": times[0], "times": times[1:], "positions": int(self.inputs.numel())}
 
     def profile(self, repeats: int = 2) -> dict[str, float]:
         """Teacher forward alone and the student's CE-only step, best of `repeats`."""

@@ -59,10 +59,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_spec(pair: Path, output: Path, iters: int) -> RunSpec:
-    return RunSpec(teacher=str(pair / "teacher"), student=str(pair / "student"),
-                   domains=["thinking"],
-                   config=KDConfig(num_iters=iters, max_tokens=32, batch_size=4,
-                                   steps_per_save=10 * iters, output=str(output)))
+    return RunSpec(
+        teacher=str(pair / "teacher"),
+        student=str(pair / "student"),
+        domains=["thinking"],
+        config=KDConfig(
+            num_iters=iters,
+            max_tokens=32,
+            batch_size=4,
+            steps_per_save=10 * iters,
+            output=str(output),
+        ),
+    )
 
 
 def headless(spec: RunSpec, work: Path) -> dict[str, float]:
@@ -70,14 +78,21 @@ def headless(spec: RunSpec, work: Path) -> dict[str, float]:
     cfg = work / "headless.toml"
     save_toml(spec, cfg)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kd_core", "distill", "--events", "jsonl",
-                           "--config", str(cfg)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd_core", "distill", "--events", "jsonl", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     for line in proc.stdout.splitlines():
         e = event_from_json(line)
         if isinstance(e, DomainFinished):
-            return {"tokens_per_second": e.result["tokens_per_second"],
-                    "train_seconds": e.result["training_time_seconds"], "wall_seconds": wall}
+            return {
+                "tokens_per_second": e.result["tokens_per_second"],
+                "train_seconds": e.result["training_time_seconds"],
+                "wall_seconds": wall,
+            }
     raise SystemExit(f"headless run failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
@@ -121,8 +136,9 @@ def dashboard(spec: RunSpec, work: Path, measure_lag: bool = True) -> dict[str, 
             training = False
             if cpu0 is not None and wall0 is not None:
                 # The dashboard's own CPU while the student trained (the trainer is a child).
-                result["ui_cpu_percent"] = 100 * (time.process_time() - cpu0) / max(
-                    1e-9, time.perf_counter() - wall0)
+                result["ui_cpu_percent"] = (
+                    100 * (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
+                )
             if tick is not None:
                 tick.cancel()
             wall = time.perf_counter() - t0
@@ -130,19 +146,26 @@ def dashboard(spec: RunSpec, work: Path, measure_lag: bool = True) -> dict[str, 
             if failed or not view.results:
                 raise SystemExit(f"dashboard run failed: {failed}")
             r = view.results[0]
-            result.update(tokens_per_second=r["tokens_per_second"],
-                          train_seconds=r["training_time_seconds"], wall_seconds=wall,
-                          plot_builds=app.query_one("LossPlot").builds,
-                          steps=len(view.series))
+            result.update(
+                tokens_per_second=r["tokens_per_second"],
+                train_seconds=r["training_time_seconds"],
+                wall_seconds=wall,
+                plot_builds=app.query_one("LossPlot").builds,
+                steps=len(view.series),
+            )
 
     asyncio.run(main())
     if measure_lag:
         ms = [x * 1000 for x in lateness]
         own_ms = [x * 1000 for x in own]
-        result.update(lag_p50_ms=percentile(ms, 50), lag_p99_ms=percentile(ms, 99),
-                      lag_max_ms=max(ms) if ms else float("nan"), ticks=len(ms),
-                      own_lag_p99_ms=percentile(own_ms, 99),
-                      own_lag_max_ms=max(own_ms) if own_ms else float("nan"))
+        result.update(
+            lag_p50_ms=percentile(ms, 50),
+            lag_p99_ms=percentile(ms, 99),
+            lag_max_ms=max(ms) if ms else float("nan"),
+            ticks=len(ms),
+            own_lag_p99_ms=percentile(own_ms, 99),
+            own_lag_max_ms=max(own_ms) if own_ms else float("nan"),
+        )
     return result
 
 
@@ -166,23 +189,36 @@ def main() -> int:
             heads.append(headless(spec, work))
             dashes.append(dashboard(spec, work, measure_lag=False))
             lags.append(dashboard(spec, work, measure_lag=True))
-            print(f"  #{i + 1}: headless {heads[-1]['tokens_per_second']:.0f} tok/s · "
-                  f"dashboard {dashes[-1]['tokens_per_second']:.0f} tok/s · "
-                  f"lag p99 {lags[-1]['lag_p99_ms']:.1f} ms · "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"  #{i + 1}: headless {heads[-1]['tokens_per_second']:.0f} tok/s · "
+                f"dashboard {dashes[-1]['tokens_per_second']:.0f} tok/s · "
+                f"lag p99 {lags[-1]['lag_p99_ms']:.1f} ms · "
+                f"load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
 
-    ratios = [d["tokens_per_second"] / h["tokens_per_second"]
-              for h, d in zip(heads, dashes, strict=True)]
+    ratios = [
+        d["tokens_per_second"] / h["tokens_per_second"] for h, d in zip(heads, dashes, strict=True)
+    ]
     ratio = statistics.median(ratios)
     med_head = statistics.median(h["tokens_per_second"] for h in heads)
     med_dash = statistics.median(d["tokens_per_second"] for d in dashes)
     p99 = statistics.median(x["lag_p99_ms"] for x in lags)
     own_p99 = statistics.median(x["own_lag_p99_ms"] for x in lags)
-    out = {"iters": args.iters, "repeats": args.repeats, "headless": heads,
-           "dashboard": dashes, "dashboard_with_lag_timer": lags, "ratios": ratios,
-           "throughput_ratio": ratio, "lag_p99_ms": p99, "own_lag_p99_ms": own_p99,
-           "goals": {"lag_p99_ms": 50, "throughput_ratio": 0.95},
-           "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    out = {
+        "iters": args.iters,
+        "repeats": args.repeats,
+        "headless": heads,
+        "dashboard": dashes,
+        "dashboard_with_lag_timer": lags,
+        "ratios": ratios,
+        "throughput_ratio": ratio,
+        "lag_p99_ms": p99,
+        "own_lag_p99_ms": own_p99,
+        "goals": {"lag_p99_ms": 50, "throughput_ratio": 0.95},
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "tui_lag.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -190,21 +226,33 @@ def main() -> int:
     print()
     print(f"{'':<30}{'headless':>10}{'dashboard':>11}")
     print(f"{'tokens/s (median)':<30}{med_head:>10.0f}{med_dash:>11.0f}")
-    print(f"{'throughput ratio (median)':<30}{'':>10}{ratio:>10.1%}  (goal >= 95%; "
-          f"pairs {', '.join(f'{r:.0%}' for r in ratios)})")
-    print(f"{'UI lag p50 / p99 / max, ms':<30}{'':>10}"
-          f"{statistics.median(x['lag_p50_ms'] for x in lags):>5.1f} / {p99:.1f} / "
-          f"{max(x['lag_max_ms'] for x in lags):.1f}  (goal p99 < 50)")
-    print(f"{'  of it UI work (CPU), p99/max':<30}{'':>10}"
-          f"{statistics.median(x['own_lag_p99_ms'] for x in lags):>13.1f} / "
-          f"{max(x['own_lag_max_ms'] for x in lags):.1f}")
-    print(f"{'UI process CPU, training':<30}{'':>10}"
-          f"{statistics.median(d.get('ui_cpu_percent', 0) for d in dashes):>10.1f}%"
-          "  of one core")
-    print(f"{'plot figures built':<30}{'':>10}{dashes[-1]['plot_builds']:>11.0f}"
-          f"  for {dashes[-1]['steps']:.0f} steps")
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work on "
-          "the machine skews both sides)")
+    print(
+        f"{'throughput ratio (median)':<30}{'':>10}{ratio:>10.1%}  (goal >= 95%; "
+        f"pairs {', '.join(f'{r:.0%}' for r in ratios)})"
+    )
+    print(
+        f"{'UI lag p50 / p99 / max, ms':<30}{'':>10}"
+        f"{statistics.median(x['lag_p50_ms'] for x in lags):>5.1f} / {p99:.1f} / "
+        f"{max(x['lag_max_ms'] for x in lags):.1f}  (goal p99 < 50)"
+    )
+    print(
+        f"{'  of it UI work (CPU), p99/max':<30}{'':>10}"
+        f"{statistics.median(x['own_lag_p99_ms'] for x in lags):>13.1f} / "
+        f"{max(x['own_lag_max_ms'] for x in lags):.1f}"
+    )
+    print(
+        f"{'UI process CPU, training':<30}{'':>10}"
+        f"{statistics.median(d.get('ui_cpu_percent', 0) for d in dashes):>10.1f}%"
+        "  of one core"
+    )
+    print(
+        f"{'plot figures built':<30}{'':>10}{dashes[-1]['plot_builds']:>11.0f}"
+        f"  for {dashes[-1]['steps']:.0f} steps"
+    )
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work on "
+        "the machine skews both sides)"
+    )
     ok = p99 < 50 and ratio >= 0.95
     return 0 if ok else 1
 

@@ -34,18 +34,25 @@ class WorkerError(RuntimeError):
 class Worker:
     """Parent side: a child process holding one benchmark object."""
 
-    def __init__(self, factory: str, log: Path, env: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, factory: str, log: Path, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         self.factory = factory
         self.log_path = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # noqa: SIM115  (closed in close())
         child_env = {**os.environ, **(env or {})}
         child_env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), *filter(None, [child_env.get("PYTHONPATH")])])
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker"], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, env=child_env)
+            [str(ROOT), *filter(None, [child_env.get("PYTHONPATH")])]
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=child_env,
+        )
         self.setup_seconds = 0.0
         t0 = time.perf_counter()
         self._send({"factory": factory, "kwargs": kwargs})
@@ -61,12 +68,12 @@ class Worker:
             line = b""
         if not line:
             code = self.proc.wait()
-            raise WorkerError(f"{self.factory}: worker died (exit {code}); "
-                              f"log tail:\n{self.log_tail()}")
+            raise WorkerError(
+                f"{self.factory}: worker died (exit {code}); log tail:\n{self.log_tail()}"
+            )
         reply = json.loads(line)
         if not reply["ok"]:
-            raise WorkerError(f"{self.factory}.{req.get('method', '__init__')}: "
-                              f"{reply['error']}")
+            raise WorkerError(f"{self.factory}.{req.get('method', '__init__')}: {reply['error']}")
         return reply["result"]
 
     def call(self, method: str, **kwargs: Any) -> Any:

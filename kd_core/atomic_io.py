@@ -70,8 +70,9 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def atomic_save_safetensors(path: Path, arrays: dict[str, Any],
-                            metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(
+    path: Path, arrays: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
     """mx.save_safetensors through a temp file (its name must end in .safetensors)."""
     import mlx.core as mx
 

@@ -71,9 +71,16 @@ def want_chunking(setting: int, batch_size: int, seq_len: int, vocab: int) -> in
 class ChunkedStep:
     """One optimiser step of the offline KD loss, computed in chunks of positions."""
 
-    def __init__(self, model: nn.Module, split: SplitModel, optimizer: Any, alpha: float,
-                 temperature: float, chunk: int,
-                 reduce: Callable[[Any], Any] = lambda g: g) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        split: SplitModel,
+        optimizer: Any,
+        alpha: float,
+        temperature: float,
+        chunk: int,
+        reduce: Callable[[Any], Any] = lambda g: g,
+    ) -> None:
         self.model = model
         self.split = split
         self.optimizer = optimizer
@@ -82,8 +89,7 @@ class ChunkedStep:
         self.temperature = temperature
 
         def chunk_loss(h, targets, mask, ids, lps, inv):
-            kd, ce = offline_loss_sums(split.head(h), targets, mask, ids, lps, alpha,
-                                       temperature)
+            kd, ce = offline_loss_sums(split.head(h), targets, mask, ids, lps, alpha, temperature)
             return (alpha * kd + (1.0 - alpha) * ce) * inv, (kd, ce)
 
         self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))
@@ -106,9 +112,17 @@ class ChunkedStep:
 
         self._body_backward = mx.compile(body_backward, inputs=state, outputs=state)
 
-    def __call__(self, inputs: mx.array, targets: mx.array, mask: mx.array, ids: mx.array,
-                 lps: mx.array, inv: mx.array, prev_grad: Any, do_update: bool
-                 ) -> tuple[mx.array, mx.array, mx.array, Any]:
+    def __call__(
+        self,
+        inputs: mx.array,
+        targets: mx.array,
+        mask: mx.array,
+        ids: mx.array,
+        lps: mx.array,
+        inv: mx.array,
+        prev_grad: Any,
+        do_update: bool,
+    ) -> tuple[mx.array, mx.array, mx.array, Any]:
         h = self.split.body(inputs)
         mx.eval(h)
         B, L, D = h.shape
@@ -119,8 +133,9 @@ class ChunkedStep:
         grads = []
         for s in range(0, n, self.chunk):
             e = min(n, s + self.chunk)
-            (l_c, (kd_c, ce_c)), g = self._chunk_grad(hf[s:e], tf[s:e], mf[s:e], idf[s:e],
-                                                      lpf[s:e], inv)
+            (l_c, (kd_c, ce_c)), g = self._chunk_grad(
+                hf[s:e], tf[s:e], mf[s:e], idf[s:e], lpf[s:e], inv
+            )
             loss, kd, ce = loss + l_c, kd + kd_c, ce + ce_c
             mx.eval(g, loss, kd, ce)  # one chunk's logits at a time
             grads.append(g)

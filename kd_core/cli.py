@@ -87,9 +87,11 @@ class TextPrinter:
 
     def format(self, e: Event) -> str | None:
         if isinstance(e, RunStarted):
-            return (f"kd: {e.teacher} -> {e.student} · domains {', '.join(e.domains)} · "
-                    f"{e.config['teacher_mode']} · T {e.config['temperature']:g} · "
-                    f"alpha {e.config['alpha']:g} · output {e.output}")
+            return (
+                f"kd: {e.teacher} -> {e.student} · domains {', '.join(e.domains)} · "
+                f"{e.config['teacher_mode']} · T {e.config['temperature']:g} · "
+                f"alpha {e.config['alpha']:g} · output {e.output}"
+            )
         if isinstance(e, PhaseStarted) and e.phase == "teacher":
             return f"teacher pass · {e.domain} · {e.total} prompts"
         if isinstance(e, PhaseStarted) and e.phase == "student":
@@ -99,24 +101,28 @@ class TextPrinter:
         if isinstance(e, Progress):
             if e.phase == "build" and e.done % 20 and e.done != e.total:
                 return None
-            return (f"  {e.message} {e.done}/{e.total} · ETA {_fmt_time(e.eta_s)}")
+            return f"  {e.message} {e.done}/{e.total} · ETA {_fmt_time(e.eta_s)}"
         if isinstance(e, CacheUsed):
             how = "reused cache" if e.hit else "cached"
-            return (f"  {how}: {e.examples} responses, {e.response_tokens} tokens · {e.path}")
+            return f"  {how}: {e.examples} responses, {e.response_tokens} tokens · {e.path}"
         if isinstance(e, Step):
             if e.step % self.every and e.step != e.total_steps and e.step != 1:
                 return None
-            return (f"  [{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · "
-                    f"ce {e.ce:.4f} · loss {e.combined:.4f} · lr {e.lr:.1e} · "
-                    f"{e.tokens_per_second:.0f} tok/s · {e.peak_memory_gb:.2f} GB · "
-                    f"ETA {_fmt_time(e.eta_s)}")
+            return (
+                f"  [{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · "
+                f"ce {e.ce:.4f} · loss {e.combined:.4f} · lr {e.lr:.1e} · "
+                f"{e.tokens_per_second:.0f} tok/s · {e.peak_memory_gb:.2f} GB · "
+                f"ETA {_fmt_time(e.eta_s)}"
+            )
         if isinstance(e, CheckpointSaved):
             return f"  checkpoint saved · {e.path}"
         if isinstance(e, DomainFinished):
             r = e.result
-            return (f"done {e.domain}: kd {r['final_kd_loss']:.4f} · ce {r['final_ce_loss']:.4f}"
-                    f" · loss {r['final_combined_loss']:.4f} · "
-                    f"{r['training_time_seconds']:.1f} s · {r['adapter_path']}")
+            return (
+                f"done {e.domain}: kd {r['final_kd_loss']:.4f} · ce {r['final_ce_loss']:.4f}"
+                f" · loss {r['final_combined_loss']:.4f} · "
+                f"{r['training_time_seconds']:.1f} s · {r['adapter_path']}"
+            )
         if isinstance(e, RunFinished):
             word = "stopped (resume with --resume)" if e.stopped else "finished"
             return f"run {word} · summary {e.summary_path}"
@@ -145,19 +151,34 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hyper-parameters (KDConfig; override kd.toml)")
     for name in CONFIG_FIELDS:
         flags = ["--" + name.replace("_", "-")] + SHORT_FLAGS.get(name, [])
-        g.add_argument(*flags, dest=name, default=None, metavar="V",
-                       help=f"{field_help(name)} Allowed: {allowed_text(name)}.")
+        g.add_argument(
+            *flags,
+            dest=name,
+            default=None,
+            metavar="V",
+            help=f"{field_help(name)} Allowed: {allowed_text(name)}.",
+        )
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="kd.toml to read (default: ./kd.toml if "
-                   "present)")
-    p.add_argument("--teacher", help="teacher: local model folder, Hugging Face id in the local "
-                   "cache, or demo-teacher (default)")
-    p.add_argument("--student", help="student: local model folder, Hugging Face id in the local "
-                   "cache, or demo-student (default)")
-    p.add_argument("--allow-download", action="store_true",
-                   help="allow fetching a named hub model that is not in the local cache")
+    p.add_argument(
+        "--config", metavar="PATH", help="kd.toml to read (default: ./kd.toml if present)"
+    )
+    p.add_argument(
+        "--teacher",
+        help="teacher: local model folder, Hugging Face id in the local "
+        "cache, or demo-teacher (default)",
+    )
+    p.add_argument(
+        "--student",
+        help="student: local model folder, Hugging Face id in the local "
+        "cache, or demo-student (default)",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="allow fetching a named hub model that is not in the local cache",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,43 +187,83 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distil the teacher into LoRA adapters of the student")
     _add_run_flags(d)
-    d.add_argument("--domain", action="append", default=None,
-                   help="domain to distil (repeatable); built in: thinking, task, action, "
-                   "reflection, debug, memory, or the name of a --domain-file")
+    d.add_argument(
+        "--domain",
+        action="append",
+        default=None,
+        help="domain to distil (repeatable); built in: thinking, task, action, "
+        "reflection, debug, memory, or the name of a --domain-file",
+    )
     d.add_argument("--all", action="store_true", help="distil every built-in domain")
-    d.add_argument("--domain-file", action="append", default=None, metavar="PATH",
-                   help="custom domain: one prompt per line, or JSON lines with 'prompt'; the "
-                   "domain is named after the file")
-    d.add_argument("--resume", action="store_true",
-                   help="continue each domain from its latest checkpoint")
-    d.add_argument("--events", choices=("text", "jsonl"), default="text",
-                   help="text for people; jsonl streams the event protocol on stdout")
-    d.add_argument("--control-stdin", action="store_true",
-                   help="read pause/resume/stop lines on stdin (used by kd-tui)")
-    d.add_argument("--control-file", metavar="PATH",
-                   help="read pause/resume/stop lines appended to this file (works under "
-                   "--distributed)")
+    d.add_argument(
+        "--domain-file",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="custom domain: one prompt per line, or JSON lines with 'prompt'; the "
+        "domain is named after the file",
+    )
+    d.add_argument(
+        "--resume", action="store_true", help="continue each domain from its latest checkpoint"
+    )
+    d.add_argument(
+        "--events",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text for people; jsonl streams the event protocol on stdout",
+    )
+    d.add_argument(
+        "--control-stdin",
+        action="store_true",
+        help="read pause/resume/stop lines on stdin (used by kd-tui)",
+    )
+    d.add_argument(
+        "--control-file",
+        metavar="PATH",
+        help="read pause/resume/stop lines appended to this file (works under --distributed)",
+    )
     d.add_argument("--quiet", action="store_true", help="no per-step lines")
-    d.add_argument("--distributed", type=int, default=None, metavar="N",
-                   help="data-parallel run in N local processes (mlx.launch, ring backend)")
-    d.add_argument("--hostfile", metavar="PATH",
-                   help="data-parallel run across the hosts of an mlx.launch hostfile")
+    d.add_argument(
+        "--distributed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-parallel run in N local processes (mlx.launch, ring backend)",
+    )
+    d.add_argument(
+        "--hostfile",
+        metavar="PATH",
+        help="data-parallel run across the hosts of an mlx.launch hostfile",
+    )
     d.add_argument("--backend", default="ring", help="mlx.launch backend (default: ring)")
-    d.add_argument("--save-config", metavar="PATH",
-                   help="write the resulting settings to this kd.toml and exit")
+    d.add_argument(
+        "--save-config",
+        metavar="PATH",
+        help="write the resulting settings to this kd.toml and exit",
+    )
     _add_config_flags(d)
 
-    e = sub.add_parser("eval", help="measure a student (or student + adapter) against the "
-                       "teacher on held-out prompts")
+    e = sub.add_parser(
+        "eval",
+        help="measure a student (or student + adapter) against the teacher on held-out prompts",
+    )
     _add_run_flags(e)
     e.add_argument("--domain", action="append", default=None, help="domain (repeatable)")
     e.add_argument("--adapter", metavar="PATH", help="adapter folder to evaluate")
-    e.add_argument("--compare", action="store_true",
-                   help="train a KD student and a CE-only student with the same steps and "
-                   "seed, and compare both with the base student")
+    e.add_argument(
+        "--compare",
+        action="store_true",
+        help="train a KD student and a CE-only student with the same steps and "
+        "seed, and compare both with the base student",
+    )
     e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    e.add_argument("--domain-file", action="append", default=None, metavar="PATH",
-                   help="custom domain file (its prompts are the evaluation set)")
+    e.add_argument(
+        "--domain-file",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="custom domain file (its prompts are the evaluation set)",
+    )
     _add_config_flags(e)  # --iters, --output (<output>/compare/{kd,ce_only}) and the rest
 
     m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
@@ -284,8 +345,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
         # Under mlx.launch, SIGTERM is how the launcher ends the ranks when one has died:
         # keep its default (terminate). Graceful stops arrive through --control-file.
         signal.signal(signal.SIGTERM, on_signal)
-    distiller = TrueKnowledgeDistiller(spec.teacher, spec.student, spec.config, on_event=sink,
-                                       control=control, allow_download=args.allow_download)
+    distiller = TrueKnowledgeDistiller(
+        spec.teacher,
+        spec.student,
+        spec.config,
+        on_event=sink,
+        control=control,
+        allow_download=args.allow_download,
+    )
     distiller.run(domains, resume=args.resume)
     return 0
 
@@ -304,8 +371,7 @@ def launch_distributed(args: argparse.Namespace) -> int:
         if not found:
             raise UsageError("--distributed: mlx.launch not found (it comes with mlx)")
         launcher = Path(found)
-    where = (["--hostfile", args.hostfile] if args.hostfile
-             else ["-n", str(args.distributed)])
+    where = ["--hostfile", args.hostfile] if args.hostfile else ["-n", str(args.distributed)]
     inner: list[str] = []
     skip = False
     for a in args.argv:  # the same command, less the launch flags (and their values)
@@ -315,8 +381,17 @@ def launch_distributed(args: argparse.Namespace) -> int:
             skip = True
         elif not a.startswith(("--distributed=", "--hostfile=", "--backend=")):
             inner.append(a)
-    cmd = [str(launcher), "--backend", args.backend, *where, "--",
-           sys.executable, "-m", "kd_core", *inner]
+    cmd = [
+        str(launcher),
+        "--backend",
+        args.backend,
+        *where,
+        "--",
+        sys.executable,
+        "-m",
+        "kd_core",
+        *inner,
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     status = 0
     watchdog: threading.Timer | None = None
@@ -362,8 +437,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if default_command and (not argv or argv[0] not in COMMANDS) and argv[:1] not in (
-            ["-h"], ["--help"]):
+    if (
+        default_command
+        and (not argv or argv[0] not in COMMANDS)
+        and argv[:1] not in (["-h"], ["--help"])
+    ):
         argv = [default_command, *argv]
     parser = build_parser()
     try:

@@ -24,11 +24,26 @@ class ConfigError(ValueError):
     """A bad configuration value. The message is one line naming the field."""
 
 
-def _spec(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-          lo_open: bool = False, hi_open: bool = False, choices: tuple[str, ...] | None = None,
-          group: str = "training") -> Any:
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-            "choices": choices, "group": group}
+def _spec(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    group: str = "training",
+) -> Any:
+    meta = {
+        "help": help,
+        "lo": lo,
+        "hi": hi,
+        "lo_open": lo_open,
+        "hi_open": hi_open,
+        "choices": choices,
+        "group": group,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -38,65 +53,122 @@ class KDConfig:
 
     # Knowledge distillation
     temperature: float = _spec(
-        2.0, "Loss temperature T: softens both distributions before the KL. 1 = none, "
+        2.0,
+        "Loss temperature T: softens both distributions before the KL. 1 = none, "
         "2 = recommended, 5 = very soft (more dark knowledge, noisier), >10 degrades.",
-        lo=0.5, hi=10.0, group="kd")
+        lo=0.5,
+        hi=10.0,
+        group="kd",
+    )
     alpha: float = _spec(
-        0.7, "Weight of the KD term: L = alpha*KD + (1-alpha)*CE. 1 = pure KD, 0.7 = "
-        "recommended, 0 = plain fine-tuning on the teacher's text.", lo=0.0, hi=1.0, group="kd")
+        0.7,
+        "Weight of the KD term: L = alpha*KD + (1-alpha)*CE. 1 = pure KD, 0.7 = "
+        "recommended, 0 = plain fine-tuning on the teacher's text.",
+        lo=0.0,
+        hi=1.0,
+        group="kd",
+    )
     teacher_temperature: float = _spec(
-        0.7, "Sampling temperature of the teacher when it writes responses (0 = greedy). "
-        "Independent of the loss temperature.", lo=0.0, hi=5.0, group="teacher")
-    max_tokens: int = _spec(128, "Longest teacher response, in tokens.", lo=1, hi=32768,
-                            group="teacher")
+        0.7,
+        "Sampling temperature of the teacher when it writes responses (0 = greedy). "
+        "Independent of the loss temperature.",
+        lo=0.0,
+        hi=5.0,
+        group="teacher",
+    )
+    max_tokens: int = _spec(
+        128, "Longest teacher response, in tokens.", lo=1, hi=32768, group="teacher"
+    )
     top_k: int = _spec(
-        32, "Teacher log-probabilities kept per position in the offline cache (the rest is "
-        "kept as one tail mass).", lo=1, hi=1024, group="teacher")
+        32,
+        "Teacher log-probabilities kept per position in the offline cache (the rest is "
+        "kept as one tail mass).",
+        lo=1,
+        hi=1024,
+        group="teacher",
+    )
     teacher_mode: str = _spec(
-        "offline", "offline: teacher pass first, cached top-k targets, teacher released "
+        "offline",
+        "offline: teacher pass first, cached top-k targets, teacher released "
         "before training. online: teacher forward every step (full distribution).",
-        choices=("offline", "online"), group="teacher")
+        choices=("offline", "online"),
+        group="teacher",
+    )
     vocab_strategy: str = _spec(
-        "auto", "How teacher and student vocabularies are matched: auto picks from the "
+        "auto",
+        "How teacher and student vocabularies are matched: auto picks from the "
         "tokenizers; truncate needs identical token strings over the shared ids; project "
-        "maps ids through token strings.", choices=("auto", "truncate", "project"), group="kd")
+        "maps ids through token strings.",
+        choices=("auto", "truncate", "project"),
+        group="kd",
+    )
 
     # LoRA
-    lora_rank: int = _spec(16, "LoRA rank: 8 minimal, 16 recommended, 32 high capacity, "
-                           "64 diminishing returns.", lo=1, hi=1024, group="lora")
+    lora_rank: int = _spec(
+        16,
+        "LoRA rank: 8 minimal, 16 recommended, 32 high capacity, 64 diminishing returns.",
+        lo=1,
+        hi=1024,
+        group="lora",
+    )
     lora_scale: float = _spec(
-        2.0, "Multiplier of the LoRA update (mlx-lm's 'scale'); larger acts like a larger "
-        "learning rate for the adapter.", lo=0.0, hi=1000.0, lo_open=True, group="lora")
-    lora_dropout: float = _spec(0.0, "Dropout on the LoRA input.", lo=0.0, hi=1.0,
-                                hi_open=True, group="lora")
-    lora_layers: int = _spec(16, "Number of transformer blocks (from the top) that get LoRA; "
-                             "-1 = all.", lo=-1, hi=100000, group="lora")
+        2.0,
+        "Multiplier of the LoRA update (mlx-lm's 'scale'); larger acts like a larger "
+        "learning rate for the adapter.",
+        lo=0.0,
+        hi=1000.0,
+        lo_open=True,
+        group="lora",
+    )
+    lora_dropout: float = _spec(
+        0.0, "Dropout on the LoRA input.", lo=0.0, hi=1.0, hi_open=True, group="lora"
+    )
+    lora_layers: int = _spec(
+        16,
+        "Number of transformer blocks (from the top) that get LoRA; -1 = all.",
+        lo=-1,
+        hi=100000,
+        group="lora",
+    )
 
     # Training
     learning_rate: float = _spec(1e-4, "Adam learning rate.", lo=0.0, hi=1.0, lo_open=True)
-    lr_schedule: str = _spec("constant", "Learning-rate schedule after warm-up.",
-                             choices=("constant", "cosine"))
+    lr_schedule: str = _spec(
+        "constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine")
+    )
     warmup_steps: int = _spec(0, "Linear warm-up steps.", lo=0, hi=10**7)
     batch_size: int = _spec(4, "Sequences per optimiser step.", lo=1, hi=4096)
-    grad_accumulation: int = _spec(1, "Micro-batches per optimiser step (loss normalised over "
-                                   "the valid tokens of the whole step).", lo=1, hi=1024)
+    grad_accumulation: int = _spec(
+        1,
+        "Micro-batches per optimiser step (loss normalised over "
+        "the valid tokens of the whole step).",
+        lo=1,
+        hi=1024,
+    )
     num_iters: int = _spec(200, "Optimiser steps per domain.", lo=1, hi=10**7)
-    max_seq_length: int = _spec(512, "Longest prompt + response; longer ones are cut.",
-                                lo=8, hi=1 << 20)
+    max_seq_length: int = _spec(
+        512, "Longest prompt + response; longer ones are cut.", lo=8, hi=1 << 20
+    )
     loss_chunk: int = _spec(
-        0, "Positions per chunk of the offline loss, so the full [batch, seq, vocab] logits "
+        0,
+        "Positions per chunk of the offline loss, so the full [batch, seq, vocab] logits "
         "never exist at once (big vocabularies). 0 = auto (chunk when one such float32 tensor "
-        "would pass 256 MB), -1 = never.", lo=-1, hi=1 << 20)
-    seed: int = _spec(0, "Random seed (teacher sampling, data order, LoRA init).",
-                      lo=0, hi=2**32 - 1)
+        "would pass 256 MB), -1 = never.",
+        lo=-1,
+        hi=1 << 20,
+    )
+    seed: int = _spec(
+        0, "Random seed (teacher sampling, data order, LoRA init).", lo=0, hi=2**32 - 1
+    )
 
     # Reporting and outputs
-    steps_per_report: int = _spec(10, "Steps between printed reports.", lo=1, hi=10**7,
-                                  group="output")
-    steps_per_save: int = _spec(100, "Steps between checkpoints.", lo=1, hi=10**7,
-                                group="output")
-    output: str = _spec("adapters_kd", "Output folder: <output>/<domain>/adapters.safetensors.",
-                        group="output")
+    steps_per_report: int = _spec(
+        10, "Steps between printed reports.", lo=1, hi=10**7, group="output"
+    )
+    steps_per_save: int = _spec(100, "Steps between checkpoints.", lo=1, hi=10**7, group="output")
+    output: str = _spec(
+        "adapters_kd", "Output folder: <output>/<domain>/adapters.safetensors.", group="output"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -205,26 +277,30 @@ class RunSpec:
     config: KDConfig = field(default_factory=KDConfig)
 
 
-def spec_from_mapping(data: dict[str, Any], base: RunSpec | None = None,
-                      where: str = "kd.toml") -> RunSpec:
+def spec_from_mapping(
+    data: dict[str, Any], base: RunSpec | None = None, where: str = "kd.toml"
+) -> RunSpec:
     """Build a RunSpec from a parsed kd.toml mapping, over `base` (defaults if None)."""
     base = base or RunSpec()
     changes: dict[str, Any] = {}
-    spec = RunSpec(base.teacher, base.student, list(base.domains), list(base.domain_files),
-                   base.config)
+    spec = RunSpec(
+        base.teacher, base.student, list(base.domains), list(base.domain_files), base.config
+    )
     for key, value in data.items():
         if key in CONFIG_FIELDS:
             changes[key] = value
         elif key in ("teacher", "student"):
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{key}: expected a model folder or hub id (text), "
-                                  f"got {value!r}")
+                raise ConfigError(f"{key}: expected a model folder or hub id (text), got {value!r}")
             setattr(spec, key, value)
         elif key in ("domains", "domain_files"):
-            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
-                                                      for v in value):
-                raise ConfigError(f"{key}: expected a list of names, e.g. "
-                                  f"{key} = [\"thinking\", \"task\"], got {value!r}")
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) and v.strip() for v in value
+            ):
+                raise ConfigError(
+                    f"{key}: expected a list of names, e.g. "
+                    f'{key} = ["thinking", "task"], got {value!r}'
+                )
             setattr(spec, key, list(value))
         else:
             raise ConfigError(unknown_key_message(key))

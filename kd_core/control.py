@@ -76,8 +76,9 @@ class RunControl:
                 except OSError:
                     lines = []
                 for word in (w.strip().lower() for w in lines[seen:]):
-                    {"pause": self.pause, "resume": self.resume,
-                     "stop": self.request_stop}.get(word, lambda: None)()
+                    {"pause": self.pause, "resume": self.resume, "stop": self.request_stop}.get(
+                        word, lambda: None
+                    )()
                 seen = max(seen, len(lines))
                 time.sleep(interval)
 

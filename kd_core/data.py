@@ -20,8 +20,9 @@ PAD_MULTIPLE = 32  # pad lengths to a multiple: fewer distinct shapes, fewer rec
 def format_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of a user prompt ready for the assistant's answer (chat template if any)."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         if isinstance(ids, dict):  # some transformers versions return a BatchEncoding
             ids = ids["input_ids"]
         return [int(i) for i in ids]

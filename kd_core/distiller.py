@@ -84,8 +84,13 @@ def _vocab_size(model: Any) -> int:
     return int(model(mx.array([[0]], dtype=mx.int32)).shape[-1])
 
 
-def build_examples(prompts: list[str], outputs: TeacherOutputs, student_tokenizer: Any,
-                   alignment: VocabAlignment, online: bool) -> tuple[list[Example], int]:
+def build_examples(
+    prompts: list[str],
+    outputs: TeacherOutputs,
+    student_tokenizer: Any,
+    alignment: VocabAlignment,
+    online: bool,
+) -> tuple[list[Example], int]:
     """Teacher sequences -> student examples. Returns (examples, unmappable response tokens).
 
     The student reads its own formatting of the prompt, then the teacher's response mapped
@@ -124,10 +129,17 @@ def build_examples(prompts: list[str], outputs: TeacherOutputs, student_tokenize
 class TrueKnowledgeDistiller:
     """Distil a teacher into LoRA adapters of a student, one adapter per domain."""
 
-    def __init__(self, teacher_model_id: str | None = None, student_model_id: str | None = None,
-                 config: KDConfig | None = None, *, on_event: EventSink | None = None,
-                 control: RunControl | None = None, allow_download: bool = False,
-                 cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        teacher_model_id: str | None = None,
+        student_model_id: str | None = None,
+        config: KDConfig | None = None,
+        *,
+        on_event: EventSink | None = None,
+        control: RunControl | None = None,
+        allow_download: bool = False,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.config = config or KDConfig()
         self.teacher_model_id = teacher_model_id or "demo-teacher"
         self.student_model_id = student_model_id or "demo-student"
@@ -139,16 +151,18 @@ class TrueKnowledgeDistiller:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
 
     # ---- the seed's API -------------------------------------------------------------------
-    def distill_domain(self, domain: str, prompts: list[str] | None = None,
-                       resume: bool = False) -> DomainResult:
+    def distill_domain(
+        self, domain: str, prompts: list[str] | None = None, resume: bool = False
+    ) -> DomainResult:
         if prompts is None:
             if domain not in BUILTIN_DOMAINS:
                 raise ValueError(f"domain: {domain!r} is not built in; pass its prompts")
             prompts = DOMAIN_PROMPTS[domain]["examples"]
         return self.run({domain: list(prompts)}, resume=resume)[0]
 
-    def distill_all(self, domains: dict[str, list[str]] | None = None,
-                    resume: bool = False) -> list[DomainResult]:
+    def distill_all(
+        self, domains: dict[str, list[str]] | None = None, resume: bool = False
+    ) -> list[DomainResult]:
         if domains is None:
             domains = {d: DOMAIN_PROMPTS[d]["examples"] for d in BUILTIN_DOMAINS}
         return self.run(domains, resume=resume)
@@ -180,8 +194,16 @@ class TrueKnowledgeDistiller:
         est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
         if warning := est.warning(cfg):
             self.sink(Log(warning, "warning"))
-        self.sink(RunStarted(str(t_path), str(s_path), list(domains), cfg.to_dict(),
-                             str(output), cfg.num_iters * len(domains)))
+        self.sink(
+            RunStarted(
+                str(t_path),
+                str(s_path),
+                list(domains),
+                cfg.to_dict(),
+                str(output),
+                cfg.num_iters * len(domains),
+            )
+        )
         t0 = time.perf_counter()
 
         # Teacher pass for every domain (teacher loaded at most once, only on a cache miss).
@@ -199,17 +221,28 @@ class TrueKnowledgeDistiller:
             self.sink(PhaseStarted("teacher", name, len(prompts)))
             started = time.perf_counter()
 
-            def progress(done: int, total: int, what: str, name: str = name,
-                         started: float = started) -> None:
+            def progress(
+                done: int, total: int, what: str, name: str = name, started: float = started
+            ) -> None:
                 el = time.perf_counter() - started
                 eta = el / done * (total - done) if done else None
                 self.sink(Progress("teacher", name, done, total, eta, what))
 
-            out = tpass.run(name, prompts, not online, load_teacher, progress,
-                            warn=lambda m: self.sink(Log(m, "warning")), world=self.world)
+            out = tpass.run(
+                name,
+                prompts,
+                not online,
+                load_teacher,
+                progress,
+                warn=lambda m: self.sink(Log(m, "warning")),
+                world=self.world,
+            )
             outputs[name] = out
-            self.sink(CacheUsed(name, str(out.path), out.from_cache, len(out.sequences),
-                                out.response_tokens))
+            self.sink(
+                CacheUsed(
+                    name, str(out.path), out.from_cache, len(out.sequences), out.response_tokens
+                )
+            )
             if self.control.stop_requested:
                 break
 
@@ -225,8 +258,11 @@ class TrueKnowledgeDistiller:
                 from mlx_lm.utils import load_tokenizer
 
                 t_tok = load_tokenizer(t_path)
-        t_vocab = _vocab_size(t_model) if t_model is not None else next(
-            iter(outputs.values())).teacher_vocab
+        t_vocab = (
+            _vocab_size(t_model)
+            if t_model is not None
+            else next(iter(outputs.values())).teacher_vocab
+        )
 
         results: list[DomainResult] = []
         summary_path = output / SUMMARY_FILE
@@ -237,28 +273,42 @@ class TrueKnowledgeDistiller:
             self.sink(PhaseStarted("student", name, cfg.num_iters))
             student, s_tok = load_model(s_path, "student")
             if alignment is None:
-                alignment = plan_vocab_alignment(t_tok, s_tok, t_vocab, _vocab_size(student),
-                                                 cfg.vocab_strategy)
+                alignment = plan_vocab_alignment(
+                    t_tok, s_tok, t_vocab, _vocab_size(student), cfg.vocab_strategy
+                )
                 self.sink(Log(f"vocabulary: {alignment.explanation}"))
             examples, unmapped = build_examples(prompts, outputs[name], s_tok, alignment, online)
             if not examples:
                 raise ValueError(f"domain: {name!r}: the teacher wrote no response tokens")
             if unmapped:
-                self.sink(Log(f"{name}: {unmapped} response tokens have no student token; "
-                              "masked", "warning"))
+                self.sink(
+                    Log(
+                        f"{name}: {unmapped} response tokens have no student token; masked",
+                        "warning",
+                    )
+                )
             mx.random.seed(cfg.seed)  # same LoRA init for the same seed
             n_layers = apply_lora(student, cfg)
             trainer = StudentTrainer(
-                student, cfg, examples, out_dirs[name],
-                adapter_config(cfg, n_layers, str(s_path), str(t_path), name), domain=name,
-                sink=self.sink, control=self.control, teacher=t_model if online else None,
-                alignment=alignment, world=self.world)
+                student,
+                cfg,
+                examples,
+                out_dirs[name],
+                adapter_config(cfg, n_layers, str(s_path), str(t_path), name),
+                domain=name,
+                sink=self.sink,
+                control=self.control,
+                teacher=t_model if online else None,
+                alignment=alignment,
+                world=self.world,
+            )
             result = trainer.train(resume=resume)
             result.teacher_cache = str(outputs[name].path)
             results.append(result)
             self.sink(DomainFinished(name, result.to_dict()))
-            self._write_summary(summary_path, t_path, s_path, cfg, results,
-                                time.perf_counter() - t0)
+            self._write_summary(
+                summary_path, t_path, s_path, cfg, results, time.perf_counter() - t0
+            )
             del trainer, student
             release()
             if result.stopped:
@@ -278,8 +328,11 @@ class TrueKnowledgeDistiller:
         def on_build(what: str, done: int, total: int) -> None:
             if not announced:
                 announced.append(True)
-                self.sink(PhaseStarted("build", None, total,
-                                       "building the built-in demo pair (first use only)"))
+                self.sink(
+                    PhaseStarted(
+                        "build", None, total, "building the built-in demo pair (first use only)"
+                    )
+                )
             el = time.perf_counter() - started
             eta = el / done * (total - done) if done else None
             self.sink(Progress("build", None, done, total, eta, what))
@@ -297,8 +350,15 @@ class TrueKnowledgeDistiller:
             demo.set_build_progress(None)
         return t_path, s_path
 
-    def _write_summary(self, path: Path, t_path: Path, s_path: Path, cfg: KDConfig,
-                       results: list[DomainResult], seconds: float) -> None:
+    def _write_summary(
+        self,
+        path: Path,
+        t_path: Path,
+        s_path: Path,
+        cfg: KDConfig,
+        results: list[DomainResult],
+        seconds: float,
+    ) -> None:
         """kd_summary.json over all domains; entries of earlier runs for other domains stay."""
         if not self.world.is_main:
             return
@@ -309,11 +369,17 @@ class TrueKnowledgeDistiller:
             except (OSError, json.JSONDecodeError, AttributeError):
                 previous = {}
         domains = dict(previous) | {r.domain: r.to_dict() for r in results}
-        atomic_write_json(path, {
-            "teacher": str(t_path), "student": str(s_path), "config": cfg.to_dict(),
-            "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "run_seconds": round(seconds, 3), "domains": domains,
-        })
+        atomic_write_json(
+            path,
+            {
+                "teacher": str(t_path),
+                "student": str(s_path),
+                "config": cfg.to_dict(),
+                "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "run_seconds": round(seconds, 3),
+                "domains": domains,
+            },
+        )
 
 
 ProgressCallback = Callable[[int, int], None]

@@ -84,8 +84,7 @@ class World:
         """Every rank's array (any first dimension; same trailing shape and dtype)."""
         if not self.distributed:
             return [local]
-        n = mx.distributed.all_gather(mx.array([local.shape[0]], dtype=mx.int32),
-                                      group=self.group)
+        n = mx.distributed.all_gather(mx.array([local.shape[0]], dtype=mx.int32), group=self.group)
         counts = [int(c) for c in np.array(n)]
         width = max(max(counts), 1)
         padded = np.zeros((width, *local.shape[1:]), dtype=local.dtype)

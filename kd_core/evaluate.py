@@ -60,8 +60,9 @@ def _response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> li
     return out
 
 
-def teacher_reference(teacher: str, prompts: list[str], cfg: KDConfig, domain: str,
-                      allow_download: bool = False) -> TeacherReference:
+def teacher_reference(
+    teacher: str, prompts: list[str], cfg: KDConfig, domain: str, allow_download: bool = False
+) -> TeacherReference:
     t_path = resolve_model(teacher, "teacher", allow_download)
     model, tok = load_model(t_path, "teacher")
     tpass = TeacherPass(default_cache_dir(), model_fingerprint(t_path), cfg)
@@ -73,8 +74,13 @@ def teacher_reference(teacher: str, prompts: list[str], cfg: KDConfig, domain: s
     return TeacherReference(prompts, out, lps, tok, vocab)
 
 
-def measure(ref: TeacherReference, student: str, adapter: str | Path | None,
-            cfg: KDConfig, allow_download: bool = False) -> dict[str, float]:
+def measure(
+    ref: TeacherReference,
+    student: str,
+    adapter: str | Path | None,
+    cfg: KDConfig,
+    allow_download: bool = False,
+) -> dict[str, float]:
     """KL, top-1 agreement and CE of a student (optionally + adapter) on the teacher's text."""
     s_path = resolve_model(student, "student", allow_download)
     model, s_tok = load_model(s_path, "student", adapter_path=adapter)
@@ -88,8 +94,9 @@ def measure(ref: TeacherReference, student: str, adapter: str | Path | None,
     return compare_distributions(ref, examples, logits, al)
 
 
-def compare_distributions(ref: TeacherReference, examples: list[Any], student_logits:
-                          list[np.ndarray], al: VocabAlignment) -> dict[str, float]:
+def compare_distributions(
+    ref: TeacherReference, examples: list[Any], student_logits: list[np.ndarray], al: VocabAlignment
+) -> dict[str, float]:
     kl_sum = agree = ce_sum = 0.0
     n = 0
     t_ids, s_ids = al.teacher_ids, al.student_ids
@@ -126,27 +133,39 @@ def heldout_prompts(domain: str, domain_files: list[str] | None = None) -> list[
     raise DomainError(f"domain: unknown domain {domain!r} for eval")
 
 
-def compare_kd_vs_ce(teacher: str | None, student: str | None, domain: str, cfg: KDConfig,
-                     output: Path, allow_download: bool = False, sink: Any = None
-                     ) -> dict[str, Any]:
+def compare_kd_vs_ce(
+    teacher: str | None,
+    student: str | None,
+    domain: str,
+    cfg: KDConfig,
+    output: Path,
+    allow_download: bool = False,
+    sink: Any = None,
+) -> dict[str, Any]:
     """Train KD (alpha 0.7, T 2) and CE-only (alpha 0) students alike; evaluate all three."""
     prompts = DOMAIN_PROMPTS[domain]["examples"] if domain in BUILTIN_DOMAINS else None
     if prompts is None:
         raise DomainError(f"domain: --compare needs a built-in domain, not {domain!r}")
-    runs = {"kd": cfg.replace(alpha=0.7, temperature=2.0, output=str(output / "kd")),
-            "ce_only": cfg.replace(alpha=0.0, temperature=2.0, output=str(output / "ce_only"))}
+    runs = {
+        "kd": cfg.replace(alpha=0.7, temperature=2.0, output=str(output / "kd")),
+        "ce_only": cfg.replace(alpha=0.0, temperature=2.0, output=str(output / "ce_only")),
+    }
     for run_cfg in runs.values():
-        TrueKnowledgeDistiller(teacher, student, run_cfg, on_event=sink,
-                               allow_download=allow_download).distill_domain(domain, prompts)
-    ref = teacher_reference(teacher or "demo-teacher", heldout_prompts(domain), cfg, domain,
-                            allow_download)
+        TrueKnowledgeDistiller(
+            teacher, student, run_cfg, on_event=sink, allow_download=allow_download
+        ).distill_domain(domain, prompts)
+    ref = teacher_reference(
+        teacher or "demo-teacher", heldout_prompts(domain), cfg, domain, allow_download
+    )
     s = student or "demo-student"
     result: dict[str, Any] = {"base": measure(ref, s, None, cfg, allow_download)}
     for name, run_cfg in runs.items():
         result[name] = measure(ref, s, Path(run_cfg.output) / domain, cfg, allow_download)
     base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
     result["summary"] = {
-        "domain": domain, "iters": cfg.num_iters, "seed": cfg.seed,
+        "domain": domain,
+        "iters": cfg.num_iters,
+        "seed": cfg.seed,
         "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
         "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
         "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
@@ -172,20 +191,26 @@ def run_eval_command(args: argparse.Namespace) -> int:
         if args.compare:
             out = check_output_dir(Path(cfg.output) / "compare")
             sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
-            res = compare_kd_vs_ce(spec.teacher, spec.student, domain, cfg, out,
-                                   args.allow_download, sink)
+            res = compare_kd_vs_ce(
+                spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink
+            )
             rows = {k: res[k] for k in ("base", "kd", "ce_only")}
             s = res["summary"]
-            print(f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed} · held-out "
-                  f"prompts {len(heldout_prompts(domain))}")
+            print(
+                f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed} · held-out "
+                f"prompts {len(heldout_prompts(domain))}"
+            )
             print(format_table(rows))
-            print(f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
-                  f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}")
+            print(
+                f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
+                f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
+            )
             report[domain] = res
         else:
             prompts = heldout_prompts(domain, spec.domain_files)
-            ref = teacher_reference(spec.teacher or "demo-teacher", prompts, cfg, domain,
-                                    args.allow_download)
+            ref = teacher_reference(
+                spec.teacher or "demo-teacher", prompts, cfg, domain, args.allow_download
+            )
             s = spec.student or "demo-student"
             rows = {"base": measure(ref, s, None, cfg, args.allow_download)}
             if args.adapter:
@@ -200,5 +225,4 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["measure", "teacher_reference", "compare_kd_vs_ce", "run_eval_command",
-           "format_table"]
+__all__ = ["measure", "teacher_reference", "compare_kd_vs_ce", "run_eval_command", "format_table"]

@@ -159,8 +159,20 @@ class Paused(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, PhaseStarted, Progress, Step, EvalResult, CheckpointSaved,
-                CacheUsed, DomainFinished, RunFinished, RunFailed, Log, Paused)
+    for cls in (
+        RunStarted,
+        PhaseStarted,
+        Progress,
+        Step,
+        EvalResult,
+        CheckpointSaved,
+        CacheUsed,
+        DomainFinished,
+        RunFinished,
+        RunFailed,
+        Log,
+        Paused,
+    )
 }
 
 EventSink = Callable[[Event], None]

@@ -32,13 +32,19 @@ def log_softmax(x: mx.array, temperature: float = 1.0) -> mx.array:
     return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
-def kd_loss_sum(teacher_logits: mx.array, student_logits: mx.array, temperature: float = 2.0,
-                mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
+def kd_loss_sum(
+    teacher_logits: mx.array,
+    student_logits: mx.array,
+    temperature: float = 2.0,
+    mask: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
     """T^2 * sum over valid positions of KL(P_T || Q_T), and the number of valid positions."""
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher logits {teacher_logits.shape} and student logits "
-                         f"{student_logits.shape} differ; align the vocabularies first "
-                         "(align_vocab_sizes)")
+        raise ValueError(
+            f"teacher logits {teacher_logits.shape} and student logits "
+            f"{student_logits.shape} differ; align the vocabularies first "
+            "(align_vocab_sizes)"
+        )
     log_p = log_softmax(mx.stop_gradient(teacher_logits), temperature)
     log_q = log_softmax(student_logits, temperature)
     kl = (mx.exp(log_p) * (log_p - log_q)).sum(axis=-1)
@@ -46,16 +52,24 @@ def kd_loss_sum(teacher_logits: mx.array, student_logits: mx.array, temperature:
     return (temperature**2) * (kl * m).sum(), m.sum()
 
 
-def compute_kd_loss(teacher_logits: mx.array, student_logits: mx.array,
-                    temperature: float = 2.0, mask: mx.array | None = None) -> mx.array:
+def compute_kd_loss(
+    teacher_logits: mx.array,
+    student_logits: mx.array,
+    temperature: float = 2.0,
+    mask: mx.array | None = None,
+) -> mx.array:
     """KL(P_teacher || P_student) at temperature T on [batch, seq, vocab], scaled by T^2,
     averaged over the valid positions (all positions when mask is None)."""
     total, count = kd_loss_sum(teacher_logits, student_logits, temperature, mask)
     return total / mx.maximum(count, 1.0)
 
 
-def ce_loss_sum(logits: mx.array, targets: mx.array, ignore_index: int = IGNORE_INDEX,
-                mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
+def ce_loss_sum(
+    logits: mx.array,
+    targets: mx.array,
+    ignore_index: int = IGNORE_INDEX,
+    mask: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
     """Sum of -log softmax(logits)[target] over valid positions, and their count."""
     valid = targets != ignore_index
     if mask is not None:
@@ -68,16 +82,24 @@ def ce_loss_sum(logits: mx.array, targets: mx.array, ignore_index: int = IGNORE_
     return (nll * v).sum(), v.sum()
 
 
-def compute_ce_loss(logits: mx.array, targets: mx.array, ignore_index: int = IGNORE_INDEX,
-                    mask: mx.array | None = None) -> mx.array:
+def compute_ce_loss(
+    logits: mx.array,
+    targets: mx.array,
+    ignore_index: int = IGNORE_INDEX,
+    mask: mx.array | None = None,
+) -> mx.array:
     """Cross-entropy with hard labels, mean over targets != ignore_index (and mask)."""
     total, count = ce_loss_sum(logits, targets, ignore_index, mask)
     return total / mx.maximum(count, 1.0)
 
 
-def sparse_kd_loss_sum(student_logits: mx.array, topk_ids: mx.array, topk_logprobs: mx.array,
-                       temperature: float = 2.0, mask: mx.array | None = None
-                       ) -> tuple[mx.array, mx.array]:
+def sparse_kd_loss_sum(
+    student_logits: mx.array,
+    topk_ids: mx.array,
+    topk_logprobs: mx.array,
+    temperature: float = 2.0,
+    mask: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
     """KD against cached top-k soft targets, with the rest of the teacher's mass as one tail.
 
     topk_ids [.., k] are student-vocabulary ids; topk_logprobs [.., k] are the teacher's
@@ -101,23 +123,34 @@ def sparse_kd_loss_sum(student_logits: mx.array, topk_ids: mx.array, topk_logpro
     head = (p * (log_p - log_q)).sum(axis=-1)
     p_tail = mx.maximum(1.0 - p.sum(axis=-1), 0.0)
     q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), _EPS)
-    tail = mx.where(p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)),
-                    0.0)
+    tail = mx.where(
+        p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)), 0.0
+    )
     kl = head + tail
     m = _valid_mask(kl.shape, mask)
     return (temperature**2) * (kl * m).sum(), m.sum()
 
 
-def compute_sparse_kd_loss(student_logits: mx.array, topk_ids: mx.array,
-                           topk_logprobs: mx.array, temperature: float = 2.0,
-                           mask: mx.array | None = None) -> mx.array:
+def compute_sparse_kd_loss(
+    student_logits: mx.array,
+    topk_ids: mx.array,
+    topk_logprobs: mx.array,
+    temperature: float = 2.0,
+    mask: mx.array | None = None,
+) -> mx.array:
     total, count = sparse_kd_loss_sum(student_logits, topk_ids, topk_logprobs, temperature, mask)
     return total / mx.maximum(count, 1.0)
 
 
-def offline_loss_sums(logits: mx.array, targets: mx.array, mask: mx.array, topk_ids: mx.array,
-                      topk_logprobs: mx.array, alpha: float, temperature: float
-                      ) -> tuple[mx.array, mx.array]:
+def offline_loss_sums(
+    logits: mx.array,
+    targets: mx.array,
+    mask: mx.array,
+    topk_ids: mx.array,
+    topk_logprobs: mx.array,
+    alpha: float,
+    temperature: float,
+) -> tuple[mx.array, mx.array]:
     """(KD sum, CE sum) of the offline loss; KD is skipped when alpha = 0 (plain CE)."""
     ce, _ = ce_loss_sum(logits, targets, mask=mask)
     if alpha == 0.0:
@@ -131,10 +164,15 @@ def combined_loss(kd: mx.array, ce: mx.array, alpha: float) -> mx.array:
     return alpha * kd + (1.0 - alpha) * ce
 
 
-def compute_combined_loss(teacher_logits: mx.array, student_logits: mx.array,
-                          targets: mx.array, temperature: float = 2.0, alpha: float = 0.7,
-                          ignore_index: int = IGNORE_INDEX, mask: mx.array | None = None
-                          ) -> tuple[mx.array, mx.array, mx.array]:
+def compute_combined_loss(
+    teacher_logits: mx.array,
+    student_logits: mx.array,
+    targets: mx.array,
+    temperature: float = 2.0,
+    alpha: float = 0.7,
+    ignore_index: int = IGNORE_INDEX,
+    mask: mx.array | None = None,
+) -> tuple[mx.array, mx.array, mx.array]:
     """(combined, kd, ce) on full logits; KD positions are those with a valid target."""
     valid = targets != ignore_index
     if mask is not None:
@@ -144,8 +182,7 @@ def compute_combined_loss(teacher_logits: mx.array, student_logits: mx.array,
     return combined_loss(kd, ce, alpha), kd, ce
 
 
-def teacher_topk(teacher_logits: mx.array, k: int, temperature: float
-                 ) -> tuple[mx.array, mx.array]:
+def teacher_topk(teacher_logits: mx.array, k: int, temperature: float) -> tuple[mx.array, mx.array]:
     """Top-k ids and their log P_T (softened over the full vocabulary) per position."""
     log_p = log_softmax(teacher_logits, temperature)
     k = min(k, log_p.shape[-1])

@@ -26,8 +26,9 @@ def _check_folder(path: Path, role: str) -> Path:
     if not path.is_dir():
         raise ModelError(f"{role}: {path} is not a folder")
     if not (path / "config.json").is_file():
-        raise ModelError(f"{role}: {path} has no config.json (expected an mlx-lm / Hugging Face "
-                         "model folder)")
+        raise ModelError(
+            f"{role}: {path} has no config.json (expected an mlx-lm / Hugging Face model folder)"
+        )
     try:
         json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -60,8 +61,9 @@ def resolve_model(name: str | None, role: str = "model", allow_download: bool = 
     if path.exists():
         return _check_folder(path, role)
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise ModelError(f"{role}: {name} is neither a local folder nor a Hugging Face id "
-                         "(owner/name)")
+        raise ModelError(
+            f"{role}: {name} is neither a local folder nor a Hugging Face id (owner/name)"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub comes with mlx-lm
@@ -74,8 +76,10 @@ def resolve_model(name: str | None, role: str = "model", allow_download: bool = 
         raise
     except Exception:
         if not allow_download:
-            raise ModelError(f"{role}: {name} is not in the local Hugging Face cache; pass "
-                             "--allow-download to fetch it") from None
+            raise ModelError(
+                f"{role}: {name} is not in the local Hugging Face cache; pass "
+                "--allow-download to fetch it"
+            ) from None
     import huggingface_hub.constants as hf_constants
 
     hf_constants.HF_HUB_OFFLINE = False  # the user allowed this download explicitly
@@ -86,14 +90,18 @@ def resolve_model(name: str | None, role: str = "model", allow_download: bool = 
     return _check_folder(Path(local), role)
 
 
-def load_model(path: Path, role: str = "model", adapter_path: str | Path | None = None
-               ) -> tuple[Any, Any]:
+def load_model(
+    path: Path, role: str = "model", adapter_path: str | Path | None = None
+) -> tuple[Any, Any]:
     """mlx_lm.load with one-line errors; never runs remote code."""
     from mlx_lm import load
 
     try:
-        model, tokenizer = load(str(path), adapter_path=str(adapter_path) if adapter_path
-                                else None, trust_remote_code=False)
+        model, tokenizer = load(
+            str(path),
+            adapter_path=str(adapter_path) if adapter_path else None,
+            trust_remote_code=False,
+        )
     except Exception as e:  # mlx-lm raises many kinds; the user needs one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ModelError(f"{role}: cannot load {path}: {msg}") from None

@@ -53,18 +53,26 @@ class MemoryEstimate:
         if self.student_pass_gb >= self.teacher_pass_gb:
             if cfg.teacher_mode == "online":
                 tips.append("teacher_mode = 'offline'")
-            tips += [f"a smaller batch_size (now {cfg.batch_size}; grad_accumulation keeps the "
-                     "effective batch)", f"shorter max_seq_length (now {cfg.max_seq_length})"]
+            tips += [
+                f"a smaller batch_size (now {cfg.batch_size}; grad_accumulation keeps the "
+                "effective batch)",
+                f"shorter max_seq_length (now {cfg.max_seq_length})",
+            ]
         else:
-            tips += ["a quantized teacher (e.g. a 4-bit mlx-community build)",
-                     f"fewer max_tokens (now {cfg.max_tokens})"]
-        return (f"memory: this run needs about {self.peak_gb:.1f} GB (teacher pass "
-                f"{self.teacher_pass_gb:.1f} GB, student pass {self.student_pass_gb:.1f} GB) but "
-                f"the machine has {self.available_gb:.1f} GB; try " + ", or ".join(tips))
+            tips += [
+                "a quantized teacher (e.g. a 4-bit mlx-community build)",
+                f"fewer max_tokens (now {cfg.max_tokens})",
+            ]
+        return (
+            f"memory: this run needs about {self.peak_gb:.1f} GB (teacher pass "
+            f"{self.teacher_pass_gb:.1f} GB, student pass {self.student_pass_gb:.1f} GB) but "
+            f"the machine has {self.available_gb:.1f} GB; try " + ", or ".join(tips)
+        )
 
 
-def estimate_memory(teacher: ModelInfo, student: ModelInfo, cfg: KDConfig,
-                    available: int | None = None) -> MemoryEstimate:
+def estimate_memory(
+    teacher: ModelInfo, student: ModelInfo, cfg: KDConfig, available: int | None = None
+) -> MemoryEstimate:
     seq = cfg.max_seq_length
     gen_len = min(seq, cfg.max_tokens + 64)
     t_w = teacher.disk_bytes

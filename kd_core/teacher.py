@@ -59,8 +59,15 @@ def _sha(*parts: Any) -> str:
 
 
 def generation_key(teacher_fp: str, prompts: list[str], cfg: KDConfig) -> str:
-    return _sha(CACHE_FORMAT, teacher_fp, prompts, cfg.teacher_temperature, cfg.max_tokens,
-                cfg.seed, cfg.max_seq_length)
+    return _sha(
+        CACHE_FORMAT,
+        teacher_fp,
+        prompts,
+        cfg.teacher_temperature,
+        cfg.max_tokens,
+        cfg.seed,
+        cfg.max_seq_length,
+    )
 
 
 def targets_key(gen_key: str, cfg: KDConfig) -> str:
@@ -146,8 +153,13 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
     return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True)
 
 
-def generate_responses(model: Any, tokenizer: Any, prompts: list[str], cfg: KDConfig,
-                       progress: ProgressFn | None = None) -> tuple[list[np.ndarray], list[int]]:
+def generate_responses(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    cfg: KDConfig,
+    progress: ProgressFn | None = None,
+) -> tuple[list[np.ndarray], list[int]]:
     """Sample one response per prompt; sequences include the EOS when the teacher stopped."""
     from mlx_lm.generate import batch_generate
     from mlx_lm.sample_utils import make_sampler
@@ -160,8 +172,9 @@ def generate_responses(model: Any, tokenizer: Any, prompts: list[str], cfg: KDCo
     for start in range(0, len(prompt_ids), GEN_CHUNK):
         chunk = prompt_ids[start : start + GEN_CHUNK]
         budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in chunk]
-        res = batch_generate(model, tokenizer, chunk, max_tokens=budgets, sampler=sampler,
-                             return_token_ids=True)
+        res = batch_generate(
+            model, tokenizer, chunk, max_tokens=budgets, sampler=sampler, return_token_ids=True
+        )
         for p, toks, budget in zip(chunk, res.token_ids, budgets, strict=True):
             toks = [int(t) for t in toks]
             if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
@@ -172,9 +185,13 @@ def generate_responses(model: Any, tokenizer: Any, prompts: list[str], cfg: KDCo
     return seqs, [len(p) for p in prompt_ids]
 
 
-def soft_targets(model: Any, sequences: list[np.ndarray], prompt_lens: list[int],
-                 cfg: KDConfig, progress: ProgressFn | None = None
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def soft_targets(
+    model: Any,
+    sequences: list[np.ndarray],
+    prompt_lens: list[int],
+    cfg: KDConfig,
+    progress: ProgressFn | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Top-k ids and log P_T at every response position (teacher-forced forward)."""
     ids_out: list[np.ndarray] = []
     lp_out: list[np.ndarray] = []
@@ -209,8 +226,13 @@ class TeacherPass:
         gpath, tpath = d / f"{domain}-gen-{gkey}.safetensors", d / f"{domain}-{tkey}.safetensors"
         return gkey, tkey, gpath, tpath
 
-    def lookup(self, domain: str, prompts: list[str], with_targets: bool,
-               warn: Callable[[str], None] | None = None) -> TeacherOutputs | None:
+    def lookup(
+        self,
+        domain: str,
+        prompts: list[str],
+        with_targets: bool,
+        warn: Callable[[str], None] | None = None,
+    ) -> TeacherOutputs | None:
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
         for path, key, targets in ((tpath, tkey, True), (gpath, gkey, False)):
             if targets is False and with_targets:
@@ -224,14 +246,21 @@ class TeacherPass:
                     path.unlink(missing_ok=True)
         return None
 
-    def run(self, domain: str, prompts: list[str], with_targets: bool,
-            load_teacher: Callable[[], tuple[Any, Any]],
-            progress: ProgressFn | None = None,
-            warn: Callable[[str], None] | None = None, world: Any = None) -> TeacherOutputs:
+    def run(
+        self,
+        domain: str,
+        prompts: list[str],
+        with_targets: bool,
+        load_teacher: Callable[[], tuple[Any, Any]],
+        progress: ProgressFn | None = None,
+        warn: Callable[[str], None] | None = None,
+        world: Any = None,
+    ) -> TeacherOutputs:
         hit = self.lookup(domain, prompts, with_targets, warn)
         if world is not None and world.distributed:
-            return self._run_shared(domain, prompts, with_targets, load_teacher, progress,
-                                    hit, world)
+            return self._run_shared(
+                domain, prompts, with_targets, load_teacher, progress, hit, world
+            )
         if hit is not None:
             return hit
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
@@ -261,9 +290,16 @@ class TeacherPass:
         out.path = tpath
         return out
 
-    def _run_shared(self, domain: str, prompts: list[str], with_targets: bool,
-                    load_teacher: Callable[[], tuple[Any, Any]], progress: ProgressFn | None,
-                    hit: TeacherOutputs | None, world: Any) -> TeacherOutputs:
+    def _run_shared(
+        self,
+        domain: str,
+        prompts: list[str],
+        with_targets: bool,
+        load_teacher: Callable[[], tuple[Any, Any]],
+        progress: ProgressFn | None,
+        hit: TeacherOutputs | None,
+        world: Any,
+    ) -> TeacherOutputs:
         """Each rank runs the teacher on its share; all ranks end with the whole result."""
         have = int(world.all_sum(mx.array(int(hit is not None))).item())
         if have == world.size:
@@ -293,12 +329,14 @@ def gather_outputs(world: Any, local: TeacherOutputs) -> TeacherOutputs:
     from kd_core.distributed import interleave
 
     lens = np.array([len(s) for s in local.sequences], np.int64)
-    flat = (np.concatenate(local.sequences) if local.sequences else np.zeros(0, np.int32))
+    flat = np.concatenate(local.sequences) if local.sequences else np.zeros(0, np.int32)
     all_lens = world.gather_arrays(lens)
     all_flat = world.gather_arrays(flat.astype(np.int32))
     all_plens = world.gather_arrays(np.array(local.prompt_lens, np.int64))
-    parts_seq = [np.split(f, np.cumsum(n)[:-1]) if len(n) else []
-                 for f, n in zip(all_flat, all_lens, strict=True)]
+    parts_seq = [
+        np.split(f, np.cumsum(n)[:-1]) if len(n) else []
+        for f, n in zip(all_flat, all_lens, strict=True)
+    ]
     sequences = interleave(parts_seq)
     prompt_lens = [int(x) for x in interleave([list(p) for p in all_plens])]
     ids = lps = None
@@ -309,8 +347,16 @@ def gather_outputs(world: Any, local: TeacherOutputs) -> TeacherOutputs:
         all_ids = world.gather_arrays(rows(local.topk_ids, np.int32))
         all_lps = world.gather_arrays(rows(local.topk_logprobs, np.float16))
         resp = [n - p for n, p in zip(all_lens, all_plens, strict=True)]
-        ids = interleave([np.split(a, np.cumsum(r)[:-1]) if len(r) else []
-                          for a, r in zip(all_ids, resp, strict=True)])
-        lps = interleave([[x.astype(np.float32) for x in np.split(a, np.cumsum(r)[:-1])]
-                          if len(r) else [] for a, r in zip(all_lps, resp, strict=True)])
+        ids = interleave(
+            [
+                np.split(a, np.cumsum(r)[:-1]) if len(r) else []
+                for a, r in zip(all_ids, resp, strict=True)
+            ]
+        )
+        lps = interleave(
+            [
+                [x.astype(np.float32) for x in np.split(a, np.cumsum(r)[:-1])] if len(r) else []
+                for a, r in zip(all_lps, resp, strict=True)
+            ]
+        )
     return TeacherOutputs(sequences, prompt_lens, ids, lps, local.teacher_vocab)

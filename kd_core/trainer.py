@@ -74,11 +74,13 @@ class DomainResult:
 def build_schedule(cfg: KDConfig) -> Any:
     main: Any = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
-        main = optim.cosine_decay(cfg.learning_rate, max(1, cfg.num_iters - cfg.warmup_steps),
-                                  cfg.learning_rate * 0.1)
+        main = optim.cosine_decay(
+            cfg.learning_rate, max(1, cfg.num_iters - cfg.warmup_steps), cfg.learning_rate * 0.1
+        )
     if cfg.warmup_steps > 0:
-        warm = optim.linear_schedule(cfg.learning_rate / cfg.warmup_steps, cfg.learning_rate,
-                                     cfg.warmup_steps)
+        warm = optim.linear_schedule(
+            cfg.learning_rate / cfg.warmup_steps, cfg.learning_rate, cfg.warmup_steps
+        )
         const = main if callable(main) else (lambda _: mx.array(cfg.learning_rate))
         return optim.join_schedules([warm, const], [cfg.warmup_steps])
     return main
@@ -99,8 +101,9 @@ def lora_parameters(cfg: KDConfig) -> dict[str, Any]:
     return {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
 
 
-def adapter_config(cfg: KDConfig, num_layers: int, student: str, teacher: str, domain: str
-                   ) -> dict[str, Any]:
+def adapter_config(
+    cfg: KDConfig, num_layers: int, student: str, teacher: str, domain: str
+) -> dict[str, Any]:
     """mlx-lm's adapter_config.json (load/generate/fuse read it) plus our KD settings."""
     return {
         "fine_tune_type": "lora",
@@ -114,10 +117,21 @@ def adapter_config(cfg: KDConfig, num_layers: int, student: str, teacher: str, d
 class StudentTrainer:
     """Trains one domain's adapter; checkpoints and resumes by step."""
 
-    def __init__(self, model: nn.Module, cfg: KDConfig, examples: list[Example], out_dir: Path,
-                 adapter_cfg: dict[str, Any], *, domain: str, sink: EventSink = null_sink,
-                 control: RunControl | None = None, teacher: nn.Module | None = None,
-                 alignment: VocabAlignment | None = None, world: World | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: KDConfig,
+        examples: list[Example],
+        out_dir: Path,
+        adapter_cfg: dict[str, Any],
+        *,
+        domain: str,
+        sink: EventSink = null_sink,
+        control: RunControl | None = None,
+        teacher: nn.Module | None = None,
+        alignment: VocabAlignment | None = None,
+        world: World | None = None,
+    ) -> None:
         if not examples:
             raise ValueError(f"domain {domain!r}: no training examples")
         self.model = model
@@ -133,8 +147,10 @@ class StudentTrainer:
         self.online = teacher is not None
         self.world = world or get_world()
         if cfg.batch_size < self.world.size:
-            raise ValueError(f"batch_size: {cfg.batch_size} is fewer than the "
-                             f"{self.world.size} processes; use at least one per process")
+            raise ValueError(
+                f"batch_size: {cfg.batch_size} is fewer than the "
+                f"{self.world.size} processes; use at least one per process"
+            )
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
         self.metrics: list[dict[str, Any]] = []
@@ -142,14 +158,23 @@ class StudentTrainer:
         self.verify_sync = self.world.distributed and os.environ.get("KD_VERIFY_SYNC") == "1"
 
     # ---- the loss -------------------------------------------------------------------------
-    def _loss(self, model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array,
-              ids: mx.array | None, lps: mx.array | None, t_logits: mx.array | None,
-              inv_count: mx.array) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    def _loss(
+        self,
+        model: nn.Module,
+        inputs: mx.array,
+        targets: mx.array,
+        mask: mx.array,
+        ids: mx.array | None,
+        lps: mx.array | None,
+        t_logits: mx.array | None,
+        inv_count: mx.array,
+    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         cfg = self.cfg
         logits = model(inputs)
         if t_logits is None or cfg.alpha == 0.0:  # alpha = 0 is exactly plain CE fine-tuning
-            kd_sum, ce_sum = offline_loss_sums(logits, targets, mask, ids, lps, cfg.alpha,
-                                               cfg.temperature)
+            kd_sum, ce_sum = offline_loss_sums(
+                logits, targets, mask, ids, lps, cfg.alpha, cfg.temperature
+            )
         else:
             ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
             strategy = self.alignment.strategy if self.alignment else "truncate"
@@ -170,8 +195,9 @@ class StudentTrainer:
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(inputs, targets, mask, ids, lps, t_logits, inv_count, prev_grad, do_update):
-            (loss, (kd, ce)), grad = value_and_grad(self.model, inputs, targets, mask, ids, lps,
-                                                    t_logits, inv_count)
+            (loss, (kd, ce)), grad = value_and_grad(
+                self.model, inputs, targets, mask, ids, lps, t_logits, inv_count
+            )
             if prev_grad is not None:
                 grad = tree_map_add(grad, prev_grad)
             if do_update:
@@ -189,17 +215,30 @@ class StudentTrainer:
         if self.online:
             return None
         vocab = int(self.model(mx.array([[0]], dtype=mx.int32)).shape[-1])
-        chunk = want_chunking(self.cfg.loss_chunk, self.cfg.batch_size,
-                              self.cfg.max_seq_length, vocab)
+        chunk = want_chunking(
+            self.cfg.loss_chunk, self.cfg.batch_size, self.cfg.max_seq_length, vocab
+        )
         if not chunk:
             return None
         split = split_model(self.model)
         if split is None:
-            self.sink(Log(f"{self.domain}: this model cannot be split into body and head; "
-                          "computing the loss unchunked", "warning"))
+            self.sink(
+                Log(
+                    f"{self.domain}: this model cannot be split into body and head; "
+                    "computing the loss unchunked",
+                    "warning",
+                )
+            )
             return None
-        return ChunkedStep(self.model, split, self.optimizer, self.cfg.alpha,
-                           self.cfg.temperature, chunk, reduce=self.world.sum_tree)
+        return ChunkedStep(
+            self.model,
+            split,
+            self.optimizer,
+            self.cfg.alpha,
+            self.cfg.temperature,
+            chunk,
+            reduce=self.world.sum_tree,
+        )
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _adapter_weights(self) -> dict[str, mx.array]:
@@ -223,8 +262,10 @@ class StudentTrainer:
         self.write_metrics()
         # The state file is the commit marker: written last, so a checkpoint is either whole
         # (with its metrics already on disk) or ignored by `latest_checkpoint`.
-        atomic_write_json(folder / STATE_FILE, {"step": step, "domain": self.domain,
-                                                "metrics_rows": len(self.metrics)})
+        atomic_write_json(
+            folder / STATE_FILE,
+            {"step": step, "domain": self.domain, "metrics_rows": len(self.metrics)},
+        )
         self.sink(CheckpointSaved(self.domain, step, str(folder)))
         return folder
 
@@ -237,7 +278,7 @@ class StudentTrainer:
         best = None
         for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
             try:
-                step = int(d.name[len(CHECKPOINT_PREFIX):])
+                step = int(d.name[len(CHECKPOINT_PREFIX) :])
                 state = json.loads((d / STATE_FILE).read_text())
             except (ValueError, OSError, json.JSONDecodeError):
                 continue  # incomplete checkpoint (killed mid-save): ignore it
@@ -246,8 +287,9 @@ class StudentTrainer:
         return best
 
     def restore(self, step: int, folder: Path) -> None:
-        self.model.load_weights(list(mx.load(str(folder / "adapters.safetensors")).items()),
-                                strict=False)
+        self.model.load_weights(
+            list(mx.load(str(folder / "adapters.safetensors")).items()), strict=False
+        )
         opt = mx.load(str(folder / "optimizer.safetensors"))
         self.optimizer.state = tree_unflatten(list(opt.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
@@ -313,10 +355,15 @@ class StudentTrainer:
             # exactly what an uninterrupted one would, with no RNG state to save.
             mx.random.seed((cfg.seed << 20) + it)
             step_idx = [self.plan.indices(it, m, accum) for m in range(accum)]
-            n_tok = sum(valid_tokens(self.examples[i], cfg.max_seq_length)
-                        for idx in step_idx for i in idx)  # the whole step, all ranks
-            batches = [make_batch([self.examples[i] for i in self.world.share(idx)],
-                                  cfg.max_seq_length, top_k) for idx in step_idx]
+            n_tok = sum(
+                valid_tokens(self.examples[i], cfg.max_seq_length) for idx in step_idx for i in idx
+            )  # the whole step, all ranks
+            batches = [
+                make_batch(
+                    [self.examples[i] for i in self.world.share(idx)], cfg.max_seq_length, top_k
+                )
+                for idx in step_idx
+            ]
             inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
             grad = None
             loss_total = kd_total = ce_total = mx.array(0.0)
@@ -332,19 +379,25 @@ class StudentTrainer:
                 loss_total, kd_total, ce_total = loss_total + loss, kd_total + kd, ce_total + ce
             if self.world.distributed:
                 loss_total, kd_total, ce_total = self.world.all_sum(
-                    mx.stack([loss_total, kd_total, ce_total]))
+                    mx.stack([loss_total, kd_total, ce_total])
+                )
             mx.eval(loss_total, kd_total, ce_total, self.model.state, self.optimizer.state)
             if self.verify_sync:
                 self.world.check_same(
-                    sum(v.astype(mx.float32).sum() for _, v in
-                        tree_flatten(self.model.trainable_parameters())), f"weights at step {it}")
+                    sum(
+                        v.astype(mx.float32).sum()
+                        for _, v in tree_flatten(self.model.trainable_parameters())
+                    ),
+                    f"weights at step {it}",
+                )
             dt = time.perf_counter() - tic
             loss_v = loss_total.item()
             if not math.isfinite(loss_v):
                 raise NonFiniteLoss(
                     f"{self.domain}: loss became {loss_v} at step {it}; kept the last good "
                     f"checkpoint (step {last_saved}); lower learning_rate (now "
-                    f"{cfg.learning_rate:g}) or temperature, or check the data")
+                    f"{cfg.learning_rate:g}) or temperature, or check the data"
+                )
             elapsed += dt
             tokens_total += n_tok
             denom = max(n_tok, 1)
@@ -352,12 +405,33 @@ class StudentTrainer:
             lr = float(self.optimizer.learning_rate.item())
             done = it - start + 1
             eta = (elapsed / max(1, it)) * (cfg.num_iters - it) if done else None
-            row = {"step": it, "kd": kd_v, "ce": ce_v, "combined": loss_v, "lr": lr,
-                   "tokens": n_tok, "step_time": dt, "elapsed_s": elapsed}
+            row = {
+                "step": it,
+                "kd": kd_v,
+                "ce": ce_v,
+                "combined": loss_v,
+                "lr": lr,
+                "tokens": n_tok,
+                "step_time": dt,
+                "elapsed_s": elapsed,
+            }
             self.metrics.append(row)
-            self.sink(Step(self.domain, it, cfg.num_iters, kd_v, ce_v, loss_v, lr, n_tok,
-                           n_tok / dt if dt > 0 else 0.0, mx.get_peak_memory() / 1e9, elapsed,
-                           eta))
+            self.sink(
+                Step(
+                    self.domain,
+                    it,
+                    cfg.num_iters,
+                    kd_v,
+                    ce_v,
+                    loss_v,
+                    lr,
+                    n_tok,
+                    n_tok / dt if dt > 0 else 0.0,
+                    mx.get_peak_memory() / 1e9,
+                    elapsed,
+                    eta,
+                )
+            )
             if it % cfg.steps_per_save == 0 or it == cfg.num_iters:
                 checkpoints.append(str(self.save_checkpoint(it)))
                 last_saved = it
@@ -368,22 +442,26 @@ class StudentTrainer:
             checkpoints.append(str(self.save_checkpoint(final_step)))
         self.write_metrics()
         self.save_adapters(self.out_dir)
-        tail = self.metrics[-min(10, len(self.metrics)):] if self.metrics else []
+        tail = self.metrics[-min(10, len(self.metrics)) :] if self.metrics else []
 
         def mean(key: str) -> float:
             return float(np.mean([r[key] for r in tail])) if tail else float("nan")
 
         return DomainResult(
             domain=self.domain,
-            final_kd_loss=mean("kd"), final_ce_loss=mean("ce"),
+            final_kd_loss=mean("kd"),
+            final_ce_loss=mean("ce"),
             final_combined_loss=mean("combined"),
             training_time_seconds=elapsed,
             adapter_path=str(self.out_dir),
-            steps=final_step, tokens=tokens_total,
+            steps=final_step,
+            tokens=tokens_total,
             tokens_per_second=tokens_total / elapsed if elapsed > 0 else 0.0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             metrics_path=str(self.out_dir / "metrics.jsonl"),
-            examples=len(self.examples), resumed_from=resumed_from, stopped=stopped,
+            examples=len(self.examples),
+            resumed_from=resumed_from,
+            stopped=stopped,
             checkpoints=checkpoints,
         )
 

@@ -66,8 +66,13 @@ def _eos_ids(tokenizer: Any) -> list[int]:
     return [int(eid)] if eid is not None else []
 
 
-def plan_vocab_alignment(teacher_tokenizer: Any, student_tokenizer: Any, teacher_size: int,
-                         student_size: int, strategy: str = "auto") -> VocabAlignment:
+def plan_vocab_alignment(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    teacher_size: int,
+    student_size: int,
+    strategy: str = "auto",
+) -> VocabAlignment:
     """Decide how to align two vocabularies from their tokenizers.
 
     auto: truncate when the token strings agree over the shared ids, otherwise project.
@@ -75,8 +80,9 @@ def plan_vocab_alignment(teacher_tokenizer: Any, student_tokenizer: Any, teacher
     vocabularies share too little for distillation to mean anything.
     """
     if strategy not in ("auto", "truncate", "project"):
-        raise VocabError(f"vocab_strategy: {strategy!r} is not allowed; use 'auto', "
-                         "'truncate' or 'project'")
+        raise VocabError(
+            f"vocab_strategy: {strategy!r} is not allowed; use 'auto', 'truncate' or 'project'"
+        )
     t_str = token_strings(teacher_tokenizer)
     s_str = token_strings(student_tokenizer)
     n = min(teacher_size, student_size)
@@ -90,17 +96,24 @@ def plan_vocab_alignment(teacher_tokenizer: Any, student_tokenizer: Any, teacher
         t2s[:n] = np.arange(n)
         ids = np.arange(n, dtype=np.int64)
         same = teacher_size == student_size
-        how = ("identical vocabularies" if same else
-               f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
-               f"compared over the shared {n} ids")
+        how = (
+            "identical vocabularies"
+            if same
+            else f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
+            f"compared over the shared {n} ids"
+        )
         return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how)
     if strategy == "truncate":
         i = mismatched[0] if mismatched else n_tok
-        example = (f"teacher id {i} is {t_str[i]!r} but student id {i} is {s_str[i]!r}"
-                   if mismatched else "the tokenizers define different id ranges")
+        example = (
+            f"teacher id {i} is {t_str[i]!r} but student id {i} is {s_str[i]!r}"
+            if mismatched
+            else "the tokenizers define different id ranges"
+        )
         raise VocabError(
             f"vocab_strategy: 'truncate' would pair unrelated tokens ({example}; "
-            f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'")
+            f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'"
+        )
     # project: match through normalised token strings.
     s_index: dict[str, int] = {}
     for i, tok in enumerate(s_str[:student_size]):
@@ -127,17 +140,31 @@ def plan_vocab_alignment(teacher_tokenizer: Any, student_tokenizer: Any, teacher
             s_ids.append(int(s))
     covered = len(t_ids) / max(1, sum(1 for t in t_str if t is not None))
     if covered < 0.05:
-        raise VocabError(f"vocab_strategy: the tokenizers share only {covered:.1%} of the "
-                         "teacher's tokens; pick a student of the same model family")
-    how = (f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
-           "teacher's); teacher ids are projected onto student ids by token string")
-    return VocabAlignment("project", teacher_size, student_size, np.array(t_ids, np.int64),
-                          np.array(s_ids, np.int64), t2s, how)
+        raise VocabError(
+            f"vocab_strategy: the tokenizers share only {covered:.1%} of the "
+            "teacher's tokens; pick a student of the same model family"
+        )
+    how = (
+        f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
+        "teacher's); teacher ids are projected onto student ids by token string"
+    )
+    return VocabAlignment(
+        "project",
+        teacher_size,
+        student_size,
+        np.array(t_ids, np.int64),
+        np.array(s_ids, np.int64),
+        t2s,
+        how,
+    )
 
 
-def align_vocab_sizes(teacher_logits: mx.array, student_logits: mx.array,
-                      strategy: str = "truncate", alignment: VocabAlignment | None = None
-                      ) -> tuple[mx.array, mx.array]:
+def align_vocab_sizes(
+    teacher_logits: mx.array,
+    student_logits: mx.array,
+    strategy: str = "truncate",
+    alignment: VocabAlignment | None = None,
+) -> tuple[mx.array, mx.array]:
     """Bring teacher and student logits into one vocabulary space (last axis).
 
     truncate: both cut to the shared id range (pass `alignment` to have it checked).
@@ -146,19 +173,25 @@ def align_vocab_sizes(teacher_logits: mx.array, student_logits: mx.array,
     """
     if strategy == "auto":
         if alignment is None:
-            raise VocabError("vocab_strategy: 'auto' needs an alignment planned from the two "
-                             "tokenizers (plan_vocab_alignment)")
+            raise VocabError(
+                "vocab_strategy: 'auto' needs an alignment planned from the two "
+                "tokenizers (plan_vocab_alignment)"
+            )
         strategy = alignment.strategy
     if strategy == "truncate":
         if alignment is not None and alignment.strategy != "truncate":
-            raise VocabError("vocab_strategy: 'truncate' would pair unrelated tokens for these "
-                             "tokenizers; use vocab_strategy = 'project'")
+            raise VocabError(
+                "vocab_strategy: 'truncate' would pair unrelated tokens for these "
+                "tokenizers; use vocab_strategy = 'project'"
+            )
         n = min(teacher_logits.shape[-1], student_logits.shape[-1])
         return teacher_logits[..., :n], student_logits[..., :n]
     if strategy == "project":
         if alignment is None:
-            raise VocabError("vocab_strategy: 'project' needs an alignment planned from the "
-                             "two tokenizers (plan_vocab_alignment)")
+            raise VocabError(
+                "vocab_strategy: 'project' needs an alignment planned from the "
+                "two tokenizers (plan_vocab_alignment)"
+            )
         t_idx = mx.array(alignment.teacher_ids.astype(np.int32))
         s_idx = mx.array(alignment.student_ids.astype(np.int32))
         return mx.take(teacher_logits, t_idx, axis=-1), mx.take(student_logits, s_idx, axis=-1)

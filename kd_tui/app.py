@@ -72,8 +72,10 @@ class KDApp(App[None]):
     TITLE = "kd"
     CSS_PATH = [Path(__file__).with_name("app.tcss"), themes.TCSS_PATH]
     BINDINGS = [
-        *(Binding(str(i + 1), f"show_tab('{tab}')", title, show=False)
-          for i, (tab, title, _, _) in enumerate(PANES)),
+        *(
+            Binding(str(i + 1), f"show_tab('{tab}')", title, show=False)
+            for i, (tab, title, _, _) in enumerate(PANES)
+        ),
         Binding("t", "start_training", "train"),
         Binding("space", "toggle_pause", "pause/resume"),
         Binding("s", "stop_training", "stop"),
@@ -83,9 +85,13 @@ class KDApp(App[None]):
         Binding("f1", "help", "help"),
     ]
 
-    def __init__(self, config_path: Path = Path("kd.toml"),
-                 event_source_factory: EventSourceFactory | None = None, *,
-                 timestamps: bool = True) -> None:
+    def __init__(
+        self,
+        config_path: Path = Path("kd.toml"),
+        event_source_factory: EventSourceFactory | None = None,
+        *,
+        timestamps: bool = True,
+    ) -> None:
         super().__init__()
         self.config_path = Path(config_path)
         self.load_error: str | None = None
@@ -131,8 +137,12 @@ class KDApp(App[None]):
         self._theme_ready = True  # from now on a theme change is the user's choice
         self._update_header()
         if self.load_error:
-            self.notify(f"{self.load_error} — opened with defaults", severity="error",
-                        timeout=12, markup=False)
+            self.notify(
+                f"{self.load_error} — opened with defaults",
+                severity="error",
+                timeout=12,
+                markup=False,
+            )
 
     def watch_theme(self, name: str) -> None:
         # Every change, from the palette or a command, is remembered for the next start.
@@ -181,9 +191,13 @@ class KDApp(App[None]):
             view = None
         if view is not None and view.status != "idle":
             if view.status == "running":
-                phase = {"build": "building demo pair", "load": "loading",
-                         "teacher": "teacher pass", "student": "training",
-                         "eval": "evaluating"}.get(view.phase, view.phase)
+                phase = {
+                    "build": "building demo pair",
+                    "load": "loading",
+                    "teacher": "teacher pass",
+                    "student": "training",
+                    "eval": "evaluating",
+                }.get(view.phase, view.phase)
                 if view.domain and view.phase in ("teacher", "student"):
                     phase += f" {view.domain_index}/{len(view.domains)}"
                 if view.paused:
@@ -228,8 +242,7 @@ class KDApp(App[None]):
             self.notify(f"run {word}", timeout=4)
         elif isinstance(event, RunFailed):
             self._run_ended()
-            self.notify(f"run failed: {event.error}", severity="error", timeout=10,
-                        markup=False)
+            self.notify(f"run failed: {event.error}", severity="error", timeout=10, markup=False)
         if isinstance(event, RunStarted | PhaseStarted | Paused | RunFinished | RunFailed):
             self._update_header()
 
@@ -262,8 +275,9 @@ class KDApp(App[None]):
         config_errors = self._config_errors()
         if config_errors:
             self.action_show_tab("tab-config")
-            self.notify(f"fix the configuration first: {config_errors[0]}",
-                        severity="error", markup=False)
+            self.notify(
+                f"fix the configuration first: {config_errors[0]}", severity="error", markup=False
+            )
             return False
         if self.engine is None:
             self.engine = self.event_source_factory(self)
@@ -326,25 +340,41 @@ class KDApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Start training", "Train with the current settings (t)",
-                            self.action_start_training)
-        yield SystemCommand("Pause / resume training", "Hold or continue the run (space)",
-                            self.action_toggle_pause)
-        yield SystemCommand("Stop training", "Stop after this step with a checkpoint (s)",
-                            self.action_stop_training)
-        yield SystemCommand("Resume stopped run", "Continue from the last checkpoint (r)",
-                            self.action_resume_training)
+        yield SystemCommand(
+            "Start training", "Train with the current settings (t)", self.action_start_training
+        )
+        yield SystemCommand(
+            "Pause / resume training", "Hold or continue the run (space)", self.action_toggle_pause
+        )
+        yield SystemCommand(
+            "Stop training", "Stop after this step with a checkpoint (s)", self.action_stop_training
+        )
+        yield SystemCommand(
+            "Resume stopped run",
+            "Continue from the last checkpoint (r)",
+            self.action_resume_training,
+        )
         yield SystemCommand("Save config", "Write kd.toml (ctrl+s)", self.action_save_config)
-        yield SystemCommand("Cycle plot series", "all → KD → CE → combined (p)",
-                            self.action_cycle_plot)
-        yield SystemCommand("Switch theme (light/dark)", "Toggle kd-dark and kd-light",
-                            self.action_toggle_light_dark)
+        yield SystemCommand(
+            "Cycle plot series", "all → KD → CE → combined (p)", self.action_cycle_plot
+        )
+        yield SystemCommand(
+            "Switch theme (light/dark)",
+            "Toggle kd-dark and kd-light",
+            self.action_toggle_light_dark,
+        )
         for theme in themes.THEMES:
-            yield SystemCommand(f"Theme: {theme.name}", "Use this theme (remembered)",
-                                lambda name=theme.name: self.action_set_theme(name))
+            yield SystemCommand(
+                f"Theme: {theme.name}",
+                "Use this theme (remembered)",
+                lambda name=theme.name: self.action_set_theme(name),
+            )
         for i, (tab, title, _, _) in enumerate(PANES):
-            yield SystemCommand(f"Go to {title}", f"Show the {title} tab ({i + 1})",
-                                lambda tab=tab: self.action_show_tab(tab))
+            yield SystemCommand(
+                f"Go to {title}",
+                f"Show the {title} tab ({i + 1})",
+                lambda tab=tab: self.action_show_tab(tab),
+            )
         yield SystemCommand("Help", "Every key (f1)", self.action_help)
 
 
@@ -352,12 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kd-tui",
         description="Dashboard for true knowledge distillation on MLX: pick the teacher and "
-        "student, edit the hyper-parameters, train with live loss curves, compare outputs.")
-    p.add_argument("--config", metavar="PATH", default="kd.toml",
-                   help="kd.toml to edit and train from (default: ./kd.toml; created on save)")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="train data-parallel in N local processes (mlx.launch, ring backend); "
-                   "the dashboard follows process 0")
+        "student, edit the hyper-parameters, train with live loss curves, compare outputs.",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default="kd.toml",
+        help="kd.toml to edit and train from (default: ./kd.toml; created on save)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N local processes (mlx.launch, ring backend); "
+        "the dashboard follows process 0",
+    )
     return p
 
 

@@ -77,10 +77,20 @@ class EventSource(Protocol):
 EventSourceFactory = Callable[["App"], EventSource]
 
 
-def trainer_command(config_path: Path, resume: bool = False, processes: int = 1,
-                    control_file: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "kd_core", "distill", "--events", "jsonl", "--control-stdin",
-           "--config", str(config_path)]
+def trainer_command(
+    config_path: Path, resume: bool = False, processes: int = 1, control_file: Path | None = None
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kd_core",
+        "distill",
+        "--events",
+        "jsonl",
+        "--control-stdin",
+        "--config",
+        str(config_path),
+    ]
     if resume:
         cmd.append("--resume")
     if processes > 1:
@@ -100,7 +110,7 @@ def one_line_error(stderr_lines: Sequence[str], returncode: int) -> str:
             continue
         for prefix in ERROR_PREFIXES:
             if text.startswith(prefix):
-                return text[len(prefix):]
+                return text[len(prefix) :]
         return text
     if returncode < 0:
         return f"the trainer was killed by signal {-returncode}"
@@ -140,16 +150,22 @@ class TrainerProcess:
         tmpdir = Path(tempfile.mkdtemp(prefix="kd-tui-"))
         processes = int(getattr(getattr(self.app, "state", None), "processes", 1) or 1)
         self._control_file = tmpdir / "control" if processes > 1 else None
-        cmd = trainer_command(save_toml(spec, tmpdir / "kd.toml"), resume, processes,
-                              self._control_file)
+        cmd = trainer_command(
+            save_toml(spec, tmpdir / "kd.toml"), resume, processes, self._control_file
+        )
         if self.python:
             cmd[0] = self.python
         self._active = True
         self._pending.clear()
         self._run_id += 1
         run_id = self._run_id
-        self.app.run_worker(lambda: self._run(cmd, tmpdir, run_id), name="kd-trainer",
-                            group="kd-engine", thread=True, exit_on_error=False)
+        self.app.run_worker(
+            lambda: self._run(cmd, tmpdir, run_id),
+            name="kd-trainer",
+            group="kd-engine",
+            thread=True,
+            exit_on_error=False,
+        )
 
     # ---- the worker thread ------------------------------------------------------------------
     def drain(self) -> list[Event]:
@@ -180,9 +196,17 @@ class TrainerProcess:
                 # A new session: keys typed into the dashboard (or a terminal Ctrl-C) never
                 # reach the trainer as signals; it is controlled through stdin only.
                 proc = subprocess.Popen(
-                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    text=True, encoding="utf-8", errors="replace", bufsize=1,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                    bufsize=1,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    start_new_session=True,
+                )
                 self.proc, self.returncode = proc, None
                 self.stderr_tail.clear()
                 pending, self._pending = self._pending, []
@@ -206,8 +230,9 @@ class TrainerProcess:
     def _follow(self, proc: subprocess.Popen[str], run_id: int) -> None:
         assert proc.stdout is not None
         # stderr has its own reader so a chatty child never blocks on a full pipe.
-        stderr_reader = threading.Thread(target=self._read_stderr, args=(proc,),
-                                         name="kd-trainer-stderr", daemon=True)
+        stderr_reader = threading.Thread(
+            target=self._read_stderr, args=(proc,), name="kd-trainer-stderr", daemon=True
+        )
         stderr_reader.start()
         reaper: threading.Timer | None = None
         for line in proc.stdout:
@@ -254,8 +279,9 @@ class TrainerProcess:
     def _send(self, word: str) -> bool:
         with self._lock:
             proc = self.proc
-            if self._active and (proc is None or proc.returncode is not None
-                                 or proc.poll() is not None):
+            if self._active and (
+                proc is None or proc.returncode is not None or proc.poll() is not None
+            ):
                 self._pending.append(word)  # the child is not up yet: send it when it is
                 return False
             if proc is None or proc.stdin is None:
@@ -298,8 +324,13 @@ class ScriptedEventSource:
     A script without a terminal event leaves the run "in progress" (mid-run snapshots).
     """
 
-    def __init__(self, app: App, events: Sequence[Event], delay: float = 0.001,
-                 resume_events: Sequence[Event] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        events: Sequence[Event],
+        delay: float = 0.001,
+        resume_events: Sequence[Event] | None = None,
+    ) -> None:
         self.app = app
         self.events = list(events)
         self.resume_events = list(resume_events) if resume_events is not None else None
@@ -328,8 +359,9 @@ class ScriptedEventSource:
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._stopped = asyncio.Event()
-        self.app.run_worker(self._replay(list(script)), name="kd-scripted", group="kd-engine",
-                            exit_on_error=False)
+        self.app.run_worker(
+            self._replay(list(script)), name="kd-scripted", group="kd-engine", exit_on_error=False
+        )
 
     def drain(self) -> list[Event]:
         return []  # every event is posted as it is replayed

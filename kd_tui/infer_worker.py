@@ -80,7 +80,8 @@ class Worker:
         self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.pending: collections.deque[dict[str, Any] | None] = collections.deque()
         self.loaded: collections.OrderedDict[tuple[str, str | None], Loaded] = (
-            collections.OrderedDict())
+            collections.OrderedDict()
+        )
         self.rid: Any = None
 
     # ---- I/O ------------------------------------------------------------------------------
@@ -146,8 +147,10 @@ class Worker:
         elif op == "_bad":
             self.emit(type="error", message=f"not a JSON request: {req['line']!r}")
         else:
-            self.emit(type="error", message=f"unknown op {op!r}; use generate, inspect, "
-                      "cancel or shutdown")
+            self.emit(
+                type="error",
+                message=f"unknown op {op!r}; use generate, inspect, cancel or shutdown",
+            )
 
     # ---- models -------------------------------------------------------------------------------
     def get(self, slot: dict[str, Any]) -> Loaded:
@@ -166,8 +169,10 @@ class Worker:
         if adapter:
             a = Path(adapter).expanduser()
             if not (a / "adapters.safetensors").is_file():
-                raise ModelError(f"adapter: {a} has no adapters.safetensors (train a domain "
-                                 "first, or pick its folder)")
+                raise ModelError(
+                    f"adapter: {a} has no adapters.safetensors (train a domain "
+                    "first, or pick its folder)"
+                )
         loaded = Loaded(*load_model(path, role, adapter), str(path))
         self.loaded[key] = loaded
         while len(self.loaded) > MAX_LOADED:
@@ -185,8 +190,10 @@ class Worker:
             pct = done * 100 // max(1, total)
             if pct != last[0]:
                 last[0] = pct
-                self.emit(type="status", message=f"building the demo pair (first use, about "
-                          f"2 minutes): {what} {pct}%")
+                self.emit(
+                    type="status",
+                    message=f"building the demo pair (first use, about 2 minutes): {what} {pct}%",
+                )
 
         demo.set_build_progress(hook)
 
@@ -212,8 +219,8 @@ class Worker:
                 continue
             ids = format_prompt(lm.tokenizer, prompt)
             streams[slot["name"]] = stream_generate(
-                lm.model, lm.tokenizer, ids, max_tokens=max_tokens,
-                sampler=make_sampler(temp=temp))
+                lm.model, lm.tokenizer, ids, max_tokens=max_tokens, sampler=make_sampler(temp=temp)
+            )
             tokens[slot["name"]] = []
             texts[slot["name"]] = ""
         mx.random.seed(int(req.get("seed", 0)))
@@ -232,19 +239,30 @@ class Worker:
                         if r is not None:
                             self._token(name, r, tokens, texts)
                         reason = r.finish_reason if r is not None else "stop"
-                        self.emit(type="done", slot=name, tokens=tokens[name],
-                                  text=texts[name], finish_reason=reason)
+                        self.emit(
+                            type="done",
+                            slot=name,
+                            tokens=tokens[name],
+                            text=texts[name],
+                            finish_reason=reason,
+                        )
                         active.remove(name)
                         continue
                     self._token(name, r, tokens, texts)
         except Cancelled:
             for name in active:
-                self.emit(type="done", slot=name, tokens=tokens[name], text=texts[name],
-                          finish_reason="cancelled")
+                self.emit(
+                    type="done",
+                    slot=name,
+                    tokens=tokens[name],
+                    text=texts[name],
+                    finish_reason="cancelled",
+                )
         self.emit(type="finished")
 
-    def _token(self, name: str, r: Any, tokens: dict[str, list[int]],
-               texts: dict[str, str]) -> None:
+    def _token(
+        self, name: str, r: Any, tokens: dict[str, list[int]], texts: dict[str, str]
+    ) -> None:
         # stream_generate's last response repeats the EOS token when it stopped on one.
         if r.finish_reason == "stop":
             if r.text:
@@ -274,9 +292,13 @@ class Worker:
         ref_tok = ref.tokenizer
         pieces = [ref_tok.decode([t]) for t in answer]
         positions: list[dict[str, Any]] = [
-            {"index": i, "token": token_label(pieces[i]),
-             "slots": {ref_slot["name"]: describe(ref_lp[i], ref_tok, answer[i], k)}}
-            for i in range(len(answer))]
+            {
+                "index": i,
+                "token": token_label(pieces[i]),
+                "slots": {ref_slot["name"]: describe(ref_lp[i], ref_tok, answer[i], k)},
+            }
+            for i in range(len(answer))
+        ]
         for slot in slots[1:]:
             try:
                 lm = self.get(slot)
@@ -299,8 +321,7 @@ class Worker:
                 else:
                     d["kl"] = None
                     a = pos["slots"][ref_slot["name"]]["top"]
-                    d["agree"] = bool(a and d["top"] and a[0][0].strip() == d["top"][0][0]
-                                      .strip())
+                    d["agree"] = bool(a and d["top"] and a[0][0].strip() == d["top"][0][0].strip())
                 pos["slots"][slot["name"]] = d
         self.emit(type="inspection", positions=positions)
 
@@ -322,10 +343,10 @@ def logprobs(model: Any, prompt_ids: list[int], answer: list[int]) -> np.ndarray
 def describe(lp: np.ndarray, tokenizer: Any, token: int | None, k: int) -> dict[str, Any]:
     top = np.argpartition(-lp, min(k, lp.shape[0] - 1))[:k]
     top = top[np.argsort(-lp[top])]
-    return {"top": [[token_label(tokenizer.decode([int(t)])), float(np.exp(lp[t]))]
-                    for t in top],
-            "p_token": float(np.exp(lp[token])) if token is not None and token < len(lp)
-            else None}
+    return {
+        "top": [[token_label(tokenizer.decode([int(t)])), float(np.exp(lp[t]))] for t in top],
+        "p_token": float(np.exp(lp[token])) if token is not None and token < len(lp) else None,
+    }
 
 
 def kl(p_lp: np.ndarray, q_lp: np.ndarray) -> float:
@@ -388,10 +409,13 @@ def verdict(teacher: str, student: str) -> dict[str, Any]:
     except VocabError as e:
         return {"strategy": "none", "explanation": one_line(e)}
     except Exception as e:
-        return {"strategy": "error", "explanation": f"cannot compare the tokenizers: "
-                f"{one_line(e)}"}
-    return {"strategy": a.strategy, "identical": a.identical, "shared": a.shared,
-            "explanation": a.explanation}
+        return {"strategy": "error", "explanation": f"cannot compare the tokenizers: {one_line(e)}"}
+    return {
+        "strategy": a.strategy,
+        "identical": a.identical,
+        "shared": a.shared,
+        "explanation": a.explanation,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,8 +35,12 @@ class Slot:
 
 
 class InferenceClient:
-    def __init__(self, on_reply: Callable[[Reply], None], python: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        on_reply: Callable[[Reply], None],
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.on_reply = on_reply
         self.python = python or sys.executable
         self.env = env
@@ -58,9 +62,16 @@ class InferenceClient:
         self._closing = False
         self._stderr.clear()
         self.proc = subprocess.Popen(
-            [self.python, "-m", "kd_tui.infer_worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-            errors="replace", bufsize=1, env=env)
+            [self.python, "-m", "kd_tui.infer_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            env=env,
+        )
         proc = self.proc
         threading.Thread(target=self._read_stdout, args=(proc,), daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True).start()
@@ -77,8 +88,7 @@ class InferenceClient:
         if not self._closing:
             last = next((s for s in reversed(self._stderr) if s.strip()), "")
             why = last.strip()[:200] or f"exit code {code}"
-            self.on_reply({"type": "exit", "id": None, "message": f"viewer worker stopped: "
-                           f"{why}"})
+            self.on_reply({"type": "exit", "id": None, "message": f"viewer worker stopped: {why}"})
 
     def _read_stderr(self, stream: IO[str] | None) -> None:
         if stream is None:
@@ -99,15 +109,32 @@ class InferenceClient:
                 pass  # the stdout reader reports the exit
             return rid
 
-    def generate(self, prompt: str, slots: list[Slot], temperature: float = 0.7,
-                 max_tokens: int = 64, seed: int = 0) -> int:
-        return self.send("generate", prompt=prompt, temperature=temperature,
-                         max_tokens=max_tokens, seed=seed, slots=[s.to_dict() for s in slots])
+    def generate(
+        self,
+        prompt: str,
+        slots: list[Slot],
+        temperature: float = 0.7,
+        max_tokens: int = 64,
+        seed: int = 0,
+    ) -> int:
+        return self.send(
+            "generate",
+            prompt=prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            slots=[s.to_dict() for s in slots],
+        )
 
     def inspect(self, prompt: str, answer: list[int], slots: list[Slot], top_k: int = 5) -> int:
         """Top-k at every position of `answer` (the first slot's tokens) for every slot."""
-        return self.send("inspect", prompt=prompt, answer=list(answer), top_k=top_k,
-                         slots=[s.to_dict() for s in slots])
+        return self.send(
+            "inspect",
+            prompt=prompt,
+            answer=list(answer),
+            top_k=top_k,
+            slots=[s.to_dict() for s in slots],
+        )
 
     def cancel(self) -> None:
         if self.alive:
@@ -138,8 +165,11 @@ def tokenizer_verdict(teacher: str, student: str, timeout: float = 120.0) -> dic
     try:
         done = subprocess.run(
             [sys.executable, "-m", "kd_tui.infer_worker", "verdict", teacher, student],
-            capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
     except subprocess.TimeoutExpired:
         return {"strategy": "error", "explanation": "comparing the tokenizers took too long"}
     for line in done.stdout.splitlines():

@@ -37,8 +37,9 @@ def demo_built_path(name: str) -> Path | None:
 def check_model(name: str, role: str) -> ModelCheck:
     name = name.strip()
     if not name:
-        return ModelCheck(name, error=f"{role}: type a model folder, a Hugging Face id or "
-                          f"demo-{role}")
+        return ModelCheck(
+            name, error=f"{role}: type a model folder, a Hugging Face id or demo-{role}"
+        )
     if name in DEMO_NAMES:
         try:
             path = demo_built_path(name)
@@ -79,8 +80,11 @@ def info_lines(check: ModelCheck) -> list[tuple[str, str]]:
         ("parameters", f"{human_count(i.parameters)} ({i.layers} layers × {i.hidden_size})"),
         ("quantization", i.quantization),
         ("vocabulary", f"{i.vocab_size:,}"),
-        ("memory", f"{human_gb(i.memory_estimate_gb())} to run · "
-                   f"{human_gb(i.memory_estimate_gb(training=True))} to train"),
+        (
+            "memory",
+            f"{human_gb(i.memory_estimate_gb())} to run · "
+            f"{human_gb(i.memory_estimate_gb(training=True))} to train",
+        ),
         ("folder", i.path),
     ]
 
@@ -90,15 +94,27 @@ def verdict_words(v: dict[str, Any]) -> tuple[str, str]:
     strategy = v.get("strategy")
     detail = str(v.get("explanation", ""))
     if strategy == "truncate" and v.get("identical"):
-        return ("✓ The tokenizers agree: the student learns the teacher's distribution token "
-                "for token.", detail)
+        return (
+            "✓ The tokenizers agree: the student learns the teacher's distribution token "
+            "for token.",
+            detail,
+        )
     if strategy == "truncate":
-        return ("✓ Same tokenizer, different vocabulary sizes: compared over the ids both have "
-                "(truncate).", detail)
+        return (
+            "✓ Same tokenizer, different vocabulary sizes: compared over the ids both have "
+            "(truncate).",
+            detail,
+        )
     if strategy == "project":
-        return ("≈ Different tokenizers: teacher tokens are matched to student tokens by their "
-                "text (project); tokens only the teacher has are left out.", detail)
+        return (
+            "≈ Different tokenizers: teacher tokens are matched to student tokens by their "
+            "text (project); tokens only the teacher has are left out.",
+            detail,
+        )
     if strategy == "none":
-        return ("✗ These tokenizers share too little to distil; pick a student of the same "
-                "model family.", detail)
+        return (
+            "✗ These tokenizers share too little to distil; pick a student of the same "
+            "model family.",
+            detail,
+        )
     return ("? Could not compare the tokenizers.", detail)

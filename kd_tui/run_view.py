@@ -166,7 +166,7 @@ class LossSeries:
         if w < 1:
             return None
         recent = values[-w:]
-        before = values[-2 * w:-w]
+        before = values[-2 * w : -w]
         return sum(recent) / w - sum(before) / w
 
 
@@ -192,8 +192,12 @@ class RunView:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self, domains: list[str] | None = None, config: dict[str, Any] | None = None,
-              keep_series: bool = False) -> None:
+    def reset(
+        self,
+        domains: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        keep_series: bool = False,
+    ) -> None:
         self.status = "idle"  # idle | running | finished | stopped | failed
         self.phase = "idle"
         self.phase_message = ""
@@ -265,9 +269,11 @@ class RunView:
         self.total_steps = e.total_steps
         self.teacher, self.student, self.output = e.teacher, e.student, e.output
         c = e.config
-        return LogLine(f"run started · {len(e.domains)} domain(s) · T {c.get('temperature', 0):g}"
-                       f" · α {c.get('alpha', 0):g} · r {c.get('lora_rank', 0)} · "
-                       f"output {e.output}")
+        return LogLine(
+            f"run started · {len(e.domains)} domain(s) · T {c.get('temperature', 0):g}"
+            f" · α {c.get('alpha', 0):g} · r {c.get('lora_rank', 0)} · "
+            f"output {e.output}"
+        )
 
     def _on_phase_started(self, e: PhaseStarted) -> LogLine | None:
         if self.status == "idle":
@@ -301,8 +307,11 @@ class RunView:
         self.phase_message = e.message
         if e.done >= e.total > 0:
             where = f" · {e.domain}" if e.domain else ""
-            return LogLine(f"{PHASE_WORDS.get(e.phase, e.phase)}{where}: {e.message} "
-                           f"{e.done}/{e.total}".replace("  ", " "), "dim")
+            return LogLine(
+                f"{PHASE_WORDS.get(e.phase, e.phase)}{where}: {e.message} "
+                f"{e.done}/{e.total}".replace("  ", " "),
+                "dim",
+            )
         return None
 
     def _on_cache(self, e: CacheUsed) -> LogLine:
@@ -310,8 +319,9 @@ class RunView:
         if d is not None:
             d.state = "cached"
         how = "reused the cache" if e.hit else "cached"
-        return LogLine(f"teacher pass · {e.domain}: {how} · {e.examples} responses, "
-                       f"{e.response_tokens} tokens")
+        return LogLine(
+            f"teacher pass · {e.domain}: {how} · {e.examples} responses, {e.response_tokens} tokens"
+        )
 
     def _offset(self, domain: str | None) -> int:
         names = list(self.domains)
@@ -354,9 +364,11 @@ class RunView:
             d.final_loss = r.get("final_combined_loss")
             d.adapter_path = r.get("adapter_path")
         self.results = [x for x in self.results if x.get("domain") != e.domain] + [r]
-        return LogLine(f"done {e.domain}: loss {fmt_loss(r.get('final_combined_loss'))} · "
-                       f"{fmt_time(r.get('training_time_seconds'))} · {r.get('adapter_path')}",
-                       "success")
+        return LogLine(
+            f"done {e.domain}: loss {fmt_loss(r.get('final_combined_loss'))} · "
+            f"{fmt_time(r.get('training_time_seconds'))} · {r.get('adapter_path')}",
+            "success",
+        )
 
     def _on_run_finished(self, e: RunFinished) -> LogLine:
         if e.results:
@@ -369,8 +381,9 @@ class RunView:
                 d.state = "stopped"
         if e.stopped:
             return LogLine("run stopped · checkpoint saved · press r to resume", "warning")
-        return LogLine(f"run finished · {len(self.results)} domain(s) · summary "
-                       f"{e.summary_path}", "success")
+        return LogLine(
+            f"run finished · {len(self.results)} domain(s) · summary {e.summary_path}", "success"
+        )
 
     def _on_run_failed(self, e: RunFailed) -> LogLine:
         self.status = "failed"
@@ -399,11 +412,15 @@ class RunView:
         lines = []
         for r in self.results:
             mark = "■" if r.get("stopped") else "✓"
-            lines.append(f"{mark} {r.get('domain', '?'):<12} kd {fmt_loss(r.get('final_kd_loss'))}"
-                         f" · ce {fmt_loss(r.get('final_ce_loss'))} · loss "
-                         f"{fmt_loss(r.get('final_combined_loss'))} · {r.get('steps', '?')} "
-                         f"steps · {fmt_time(r.get('training_time_seconds'))} → "
-                         f"{r.get('adapter_path', '')}")
-        lines.append(f"training time {fmt_time(total)}"
-                     + (f" · summary {self.summary_path}" if self.summary_path else ""))
+            lines.append(
+                f"{mark} {r.get('domain', '?'):<12} kd {fmt_loss(r.get('final_kd_loss'))}"
+                f" · ce {fmt_loss(r.get('final_ce_loss'))} · loss "
+                f"{fmt_loss(r.get('final_combined_loss'))} · {r.get('steps', '?')} "
+                f"steps · {fmt_time(r.get('training_time_seconds'))} → "
+                f"{r.get('adapter_path', '')}"
+            )
+        lines.append(
+            f"training time {fmt_time(total)}"
+            + (f" · summary {self.summary_path}" if self.summary_path else "")
+        )
         return lines

@@ -74,8 +74,13 @@ def read_run(folder: Path) -> RunInfo | None:
         return None
     if not isinstance(data, dict):
         return None
-    run = RunInfo(folder, str(data.get("updated", "")), str(data.get("teacher", "?")),
-                  str(data.get("student", "?")), data.get("config") or {})
+    run = RunInfo(
+        folder,
+        str(data.get("updated", "")),
+        str(data.get("teacher", "?")),
+        str(data.get("student", "?")),
+        data.get("config") or {},
+    )
     domains = data.get("domains") or {}
     if not isinstance(domains, dict):
         return run
@@ -94,9 +99,17 @@ def read_run(folder: Path) -> RunInfo | None:
         if not adapter.is_dir():
             adapter = folder / name
         steps = _float(r.get("steps"))
-        run.domains.append(DomainRun(
-            str(name), _float(r.get("final_kd_loss")), _float(r.get("final_ce_loss")),
-            _float(r.get("final_combined_loss")), int(steps or 0), metrics, adapter))
+        run.domains.append(
+            DomainRun(
+                str(name),
+                _float(r.get("final_kd_loss")),
+                _float(r.get("final_ce_loss")),
+                _float(r.get("final_combined_loss")),
+                int(steps or 0),
+                metrics,
+                adapter,
+            )
+        )
     return run
 
 
@@ -184,11 +197,15 @@ def downsample(xs: list[float], ys: list[float], width: int) -> tuple[list[float
     return out_x, out_y
 
 
-def final_losses(domain: DomainRun, rows: list[dict[str, Any]] | None = None
-                 ) -> dict[str, float | None]:
+def final_losses(
+    domain: DomainRun, rows: list[dict[str, Any]] | None = None
+) -> dict[str, float | None]:
     """Final KD / CE / combined: the summary's, or the mean of the last 10 metric rows."""
-    out: dict[str, float | None] = {"kd": domain.final_kd, "ce": domain.final_ce,
-                                    "combined": domain.final_combined}
+    out: dict[str, float | None] = {
+        "kd": domain.final_kd,
+        "ce": domain.final_ce,
+        "combined": domain.final_combined,
+    }
     if all(v is not None for v in out.values()):
         return out
     rows = read_metrics(domain.metrics_path) if rows is None else rows

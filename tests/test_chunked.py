@@ -26,8 +26,9 @@ def _examples(vocab: int, n: int = 4, k: int = 8) -> list[Example]:
         toks = rng.integers(1, vocab, size=int(rng.integers(20, 40))).astype(np.int32)
         plen = 7
         r = len(toks) - plen
-        ids, lps = teacher_topk(mx.array(rng.normal(size=(r, vocab)).astype(np.float32) * 2),
-                                k, 2.0)
+        ids, lps = teacher_topk(
+            mx.array(rng.normal(size=(r, vocab)).astype(np.float32) * 2), k, 2.0
+        )
         out.append(Example(toks, plen, np.array(ids), np.array(lps)))
     return out
 
@@ -48,14 +49,18 @@ def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha):
     ex = _examples(vocab)
     # Give lora_b non-zero values so every LoRA gradient is non-trivial.
     params = tree_flatten(model.trainable_parameters())
-    model.load_weights([(k, mx.random.normal(v.shape) * 0.01) for k, v in params],
-                       strict=False)
+    model.load_weights([(k, mx.random.normal(v.shape) * 0.01) for k, v in params], strict=False)
     tr = StudentTrainer(model, cfg, ex, tmp_path, {}, domain="t")
     tr.optimizer.init(model.trainable_parameters())
     b = make_batch(ex, cfg.max_seq_length, 8)
     inv = mx.array(1.0 / b.tokens)
-    args = (mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask), mx.array(b.topk_ids),
-            mx.array(b.topk_logprobs))
+    args = (
+        mx.array(b.inputs),
+        mx.array(b.targets),
+        mx.array(b.mask),
+        mx.array(b.topk_ids),
+        mx.array(b.topk_logprobs),
+    )
     fused = tr._build_step()
     l1, kd1, ce1, g1 = fused(*args, None, inv, None, False)
     chunked = tr._chunked_step()
@@ -85,10 +90,17 @@ def test_split_model_checks_the_real_model(tiny_pair):
 def test_chunked_run_matches_fused_run(tiny_pair, tmp_path):
     def run(chunk: int) -> list[float]:
         events: list = []
-        cfg = KDConfig(num_iters=3, max_tokens=12, batch_size=2, max_seq_length=64,
-                       loss_chunk=chunk, output=str(tmp_path / f"o{chunk}"))
-        TrueKnowledgeDistiller(str(tiny_pair.teacher), str(tiny_pair.student), cfg,
-                               on_event=events.append).distill_domain("task")
+        cfg = KDConfig(
+            num_iters=3,
+            max_tokens=12,
+            batch_size=2,
+            max_seq_length=64,
+            loss_chunk=chunk,
+            output=str(tmp_path / f"o{chunk}"),
+        )
+        TrueKnowledgeDistiller(
+            str(tiny_pair.teacher), str(tiny_pair.student), cfg, on_event=events.append
+        ).distill_domain("task")
         return [e.combined for e in events if isinstance(e, Step)]
 
     fused, chunked = run(-1), run(16)

@@ -16,14 +16,21 @@ def test_defaults_match_the_seed():
     assert KDConfig(temperature=3.0).teacher_temperature == KDConfig().teacher_temperature
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("temperature", 20.0, "temperature: 20.0 is out of range; allowed a number from 0.5 to 10"),
-    ("alpha", -0.1, "alpha: -0.1 is out of range"),
-    ("alpha", True, "alpha: expected a number"),
-    ("lora_rank", 2.5, "lora_rank: expected a whole number"),
-    ("teacher_mode", "live", "teacher_mode: 'live' is not allowed; use one of 'offline', 'online'"),
-    ("learning_rate", 0.0, "learning_rate: 0.0 is out of range; allowed a number above 0"),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("temperature", 20.0, "temperature: 20.0 is out of range; allowed a number from 0.5 to 10"),
+        ("alpha", -0.1, "alpha: -0.1 is out of range"),
+        ("alpha", True, "alpha: expected a number"),
+        ("lora_rank", 2.5, "lora_rank: expected a whole number"),
+        (
+            "teacher_mode",
+            "live",
+            "teacher_mode: 'live' is not allowed; use one of 'offline', 'online'",
+        ),
+        ("learning_rate", 0.0, "learning_rate: 0.0 is out of range; allowed a number above 0"),
+    ],
+)
 def test_bad_values_name_field_and_range(field, value, words):
     with pytest.raises(ConfigError) as e:
         KDConfig(**{field: value})
@@ -32,8 +39,12 @@ def test_bad_values_name_field_and_range(field, value, words):
 
 
 def test_toml_round_trip(tmp_path):
-    spec = RunSpec(teacher="t", student="s", domains=["task"],
-                   config=KDConfig(temperature=3.0, alpha=0.5, num_iters=7))
+    spec = RunSpec(
+        teacher="t",
+        student="s",
+        domains=["task"],
+        config=KDConfig(temperature=3.0, alpha=0.5, num_iters=7),
+    )
     path = save_toml(spec, tmp_path / "kd.toml")
     back = load_toml(path)
     assert back.teacher == "t" and back.domains == ["task"]
@@ -55,8 +66,19 @@ def test_coerce_value():
 def test_cli_flags_override_file_and_save_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kd.toml").write_text("alpha = 0.2\ntemperature = 4.0\n")
-    rc = main(["distill", "--alpha", "0.9", "--iters", "12", "--domain", "task",
-               "--save-config", "out.toml"])
+    rc = main(
+        [
+            "distill",
+            "--alpha",
+            "0.9",
+            "--iters",
+            "12",
+            "--domain",
+            "task",
+            "--save-config",
+            "out.toml",
+        ]
+    )
     assert rc == 0
     spec = load_toml(tmp_path / "out.toml")
     assert spec.config.alpha == 0.9 and spec.config.temperature == 4.0

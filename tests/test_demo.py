@@ -13,9 +13,17 @@ from kd_core.demo.build import DemoRecipe
 from kd_core.demo.tiny import LlamaSize
 from kd_core.models import resolve_model
 
-SMALL = DemoRecipe(vocab_size=320, teacher=LlamaSize(48, 1, 96, 2),
-                   student=LlamaSize(32, 1, 64, 2), teacher_steps=3, student_steps=2,
-                   batch_size=4, samples_per_prompt=1, extra_prompts_per_domain=5, max_len=96)
+SMALL = DemoRecipe(
+    vocab_size=320,
+    teacher=LlamaSize(48, 1, 96, 2),
+    student=LlamaSize(32, 1, 64, 2),
+    teacher_steps=3,
+    student_steps=2,
+    batch_size=4,
+    samples_per_prompt=1,
+    extra_prompts_per_domain=5,
+    max_len=96,
+)
 
 
 @pytest.fixture

@@ -20,23 +20,55 @@ LR, ITERS = 0.01, 4
 
 
 def _args(tiny_pair, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "kd_core", "--teacher", str(tiny_pair.teacher),
-            "--student", str(tiny_pair.student), "--domain", "task", "--iters", str(ITERS),
-            "--max-tokens", "12", "--batch-size", "4", "--max-seq-length", "64",
-            "--learning-rate", str(LR), "--steps-per-save", "2", "--output", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "kd_core",
+        "--teacher",
+        str(tiny_pair.teacher),
+        "--student",
+        str(tiny_pair.student),
+        "--domain",
+        "task",
+        "--iters",
+        str(ITERS),
+        "--max-tokens",
+        "12",
+        "--batch-size",
+        "4",
+        "--max-seq-length",
+        "64",
+        "--learning-rate",
+        str(LR),
+        "--steps-per-save",
+        "2",
+        "--output",
+        str(out),
+        *extra,
+    ]
 
 
 def test_two_ranks_match_one_process(tiny_pair, tmp_path):
     env = {**os.environ, "KD_VERIFY_SYNC": "1"}  # every step: identical weights on all ranks
-    two = subprocess.run(_args(tiny_pair, tmp_path / "two", "--distributed", "2", "--events",
-                               "jsonl"), env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        _args(tiny_pair, tmp_path / "two", "--distributed", "2", "--events", "jsonl"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr
     events = [json.loads(x) for x in two.stdout.splitlines()]
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4]  # rank 0 only
     assert events[-1]["kind"] == "run_finished"
     # The teacher pass was shared out; a single-process rerun reuses the complete cache.
-    one = subprocess.run(_args(tiny_pair, tmp_path / "one", "--events", "jsonl"), env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        _args(tiny_pair, tmp_path / "one", "--events", "jsonl"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
     cache = [json.loads(x) for x in one.stdout.splitlines() if '"kind":"cache"' in x][0]
     assert cache["hit"] and cache["examples"] == 60
@@ -54,7 +86,9 @@ def test_two_ranks_match_one_process(tiny_pair, tmp_path):
         assert np.abs(np.array(a[k]) - np.array(b[k])).max() <= tol, k
     # One writer: checkpoints exactly once, whole.
     assert sorted(p.name for p in (tmp_path / "two" / "task").glob("checkpoint_*")) == [
-        "checkpoint_2", "checkpoint_4"]
+        "checkpoint_2",
+        "checkpoint_4",
+    ]
 
 
 def _rank_pids(parent: int, rank: str) -> list[int]:
@@ -66,8 +100,10 @@ def _rank_pids(parent: int, rank: str) -> list[int]:
             environ = (d / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"MLX_RANK={rank}".encode() in environ and b"KD_TEST_RUN=" + str(parent).encode() in \
-                environ:
+        if (
+            f"MLX_RANK={rank}".encode() in environ
+            and b"KD_TEST_RUN=" + str(parent).encode() in environ
+        ):
             pids.append(int(d.name))
     return pids
 
@@ -77,8 +113,14 @@ def test_a_dead_rank_stops_the_others_with_an_error(tiny_pair, tmp_path):
     env = {**os.environ, "KD_TEST_RUN": marker}
     args = _args(tiny_pair, tmp_path / "dead", "--distributed", "2", "--events", "jsonl")
     args[args.index("--iters") + 1] = "400"
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

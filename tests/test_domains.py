@@ -31,16 +31,21 @@ def test_custom_domain_files(tmp_path):
     jl = tmp_path / "ops.jsonl"
     jl.write_text('{"prompt": "Restart the service."}\n{"prompt": "Rotate the keys."}\n')
     got = resolve_domains(["ops", "task"], [str(jl)])
-    assert list(got) == ["ops", "task"] and got["ops"] == ["Restart the service.",
-                                                           "Rotate the keys."]
+    assert list(got) == ["ops", "task"] and got["ops"] == [
+        "Restart the service.",
+        "Rotate the keys.",
+    ]
 
 
-@pytest.mark.parametrize("content,words", [
-    ("", "holds no prompts"),
-    ("\n  \n", "holds no prompts"),
-    ('{"text": "x"}\n', "no text 'prompt' field"),
-    ('{"prompt": \n', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        ("", "holds no prompts"),
+        ("\n  \n", "holds no prompts"),
+        ('{"text": "x"}\n', "no text 'prompt' field"),
+        ('{"prompt": \n', "not valid JSON"),
+    ],
+)
 def test_bad_prompt_files_one_line(tmp_path, content, words):
     f = tmp_path / "bad.jsonl"
     f.write_text(content)

@@ -29,8 +29,21 @@ def test_student_equal_to_teacher_gives_zero_kl_full_agreement(tiny_pair):
 
 def test_eval_cli_table_and_json(tiny_pair, tmp_path, capsys):
     out = tmp_path / "r.json"
-    rc = main(["eval", "--domain", "memory", "--teacher", str(tiny_pair.teacher),
-               "--student", str(tiny_pair.teacher), "--max-tokens", "8", "--json", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--domain",
+            "memory",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(tiny_pair.teacher),
+            "--max-tokens",
+            "8",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "KL(T||S)" in printed and "base" in printed
@@ -40,9 +53,28 @@ def test_eval_cli_table_and_json(tiny_pair, tmp_path, capsys):
 
 def test_compare_reports_base_kd_ce_only(tiny_pair, tmp_path, capsys):
     out = tmp_path / "cmp.json"
-    rc = main(["eval", "--compare", "--domain", "task", "--teacher", str(tiny_pair.teacher),
-               "--student", str(tiny_pair.student), "--iters", "3", "--max-tokens", "8",
-               "--batch-size", "2", "--output", str(tmp_path / "cmp"), "--json", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--compare",
+            "--domain",
+            "task",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(tiny_pair.student),
+            "--iters",
+            "3",
+            "--max-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--output",
+            str(tmp_path / "cmp"),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     for run in ("base", "kd", "ce_only"):

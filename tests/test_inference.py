@@ -77,9 +77,11 @@ def test_bad_model_is_one_line_and_worker_lives(tiny_pair, tmp_path, worker) -> 
     client, replies = worker
     bad = tmp_path / "no-model"
     bad.mkdir()
-    rid = client.generate("hi", [Slot("teacher", str(bad)),
-                                 Slot("student", str(tiny_pair.student), str(tmp_path))],
-                          max_tokens=3)
+    rid = client.generate(
+        "hi",
+        [Slot("teacher", str(bad)), Slot("student", str(tiny_pair.student), str(tmp_path))],
+        max_tokens=3,
+    )
     replies.until(lambda r: r.get("id") == rid and r["type"] == "finished")
     errors = {r["slot"]: r["message"] for r in replies.of(rid) if r["type"] == "error"}
     assert "no config.json" in errors["teacher"] and "\n" not in errors["teacher"]
@@ -103,9 +105,12 @@ def test_inspect_same_model_has_zero_kl(tiny_pair, worker) -> None:
     done = replies.until(lambda r: r.get("id") == rid and r["type"] == "done")
     answer = done["tokens"]
     assert answer
-    rid = client.inspect("Plan a picnic.", answer,
-                         [teacher, Slot("student", str(tiny_pair.teacher)),
-                          Slot("other", str(tiny_pair.student))], top_k=4)
+    rid = client.inspect(
+        "Plan a picnic.",
+        answer,
+        [teacher, Slot("student", str(tiny_pair.teacher)), Slot("other", str(tiny_pair.student))],
+        top_k=4,
+    )
     r = replies.until(lambda r: r.get("id") == rid and r["type"] != "status")
     assert r["type"] == "inspection"
     positions = r["positions"]
@@ -124,8 +129,12 @@ def test_inspect_same_model_has_zero_kl(tiny_pair, worker) -> None:
 
 def test_cancel_stops_generation(tiny_pair, worker) -> None:
     client, replies = worker
-    rid = client.generate("Tell a long story.", [Slot("teacher", str(tiny_pair.teacher))],
-                          temperature=1.0, max_tokens=4000)
+    rid = client.generate(
+        "Tell a long story.",
+        [Slot("teacher", str(tiny_pair.teacher))],
+        temperature=1.0,
+        max_tokens=4000,
+    )
     replies.until(lambda r: r.get("id") == rid and r["type"] == "token")
     client.cancel()
     r = replies.until(lambda r: r.get("id") == rid and r["type"] == "done", timeout=30)
@@ -173,8 +182,9 @@ def test_inspect_other_vocabulary(tiny_pair, tmp_path, worker) -> None:
     teacher = Slot("teacher", str(tiny_pair.teacher))
     rid = client.generate("Name three colours.", [teacher], temperature=0.0, max_tokens=6)
     answer = replies.until(lambda r: r.get("id") == rid and r["type"] == "done")["tokens"]
-    rid = client.inspect("Name three colours.", answer,
-                         [teacher, Slot("student", str(tmp_path / "other"))], top_k=3)
+    rid = client.inspect(
+        "Name three colours.", answer, [teacher, Slot("student", str(tmp_path / "other"))], top_k=3
+    )
     r = replies.until(lambda r: r.get("id") == rid and r["type"] != "status")
     assert r["type"] == "inspection" and len(r["positions"]) == len(answer)
     for pos in r["positions"]:

@@ -34,8 +34,10 @@ def np_kd(teacher: np.ndarray, student: np.ndarray, t: float, mask: np.ndarray |
 @pytest.fixture
 def logits() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return (rng.normal(size=(2, 5, 11)).astype(np.float32) * 3,
-            rng.normal(size=(2, 5, 11)).astype(np.float32) * 3)
+    return (
+        rng.normal(size=(2, 5, 11)).astype(np.float32) * 3,
+        rng.normal(size=(2, 5, 11)).astype(np.float32) * 3,
+    )
 
 
 @pytest.mark.parametrize("t", [0.5, 1.0, 2.0, 5.0])
@@ -74,8 +76,9 @@ def test_ce_ignore_index_and_mask(logits):
     assert (mlx_ce * mx.array(valid)).sum().item() / valid.sum() == pytest.approx(ref, rel=1e-5)
     mask = np.ones((2, 5), np.float32)
     mask[0, 0] = 0
-    ref2 = -np.mean([lp[b, t, targets[b, t]] for b, t in zip(*np.nonzero(valid & (mask > 0)),
-                                                             strict=True)])
+    ref2 = -np.mean(
+        [lp[b, t, targets[b, t]] for b, t in zip(*np.nonzero(valid & (mask > 0)), strict=True)]
+    )
     got = compute_ce_loss(mx.array(sl), mx.array(targets), mask=mx.array(mask)).item()
     assert got == pytest.approx(ref2, rel=1e-5)
 

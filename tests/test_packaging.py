@@ -10,13 +10,16 @@ import pytest
 
 
 def _run(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=120).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
 
 
 def test_engine_never_imports_textual():
-    out = _run("import sys, kd_core, kd_core.cli, kd_core.distiller, kd_core.evaluate, "
-               "kd_core.trainer; print('textual' in sys.modules)")
+    out = _run(
+        "import sys, kd_core, kd_core.cli, kd_core.distiller, kd_core.evaluate, "
+        "kd_core.trainer; print('textual' in sys.modules)"
+    )
     assert out == "False"
 
 
@@ -34,7 +37,8 @@ def test_openblas_preloaded_before_mlx():
 def test_console_scripts_help():
     bindir = __import__("pathlib").Path(sys.executable).parent
     for script in ("kd", "kd-tui"):
-        proc = subprocess.run([str(bindir / script), "--help"], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [str(bindir / script), "--help"], capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         assert "usage" in proc.stdout.lower()

@@ -52,8 +52,22 @@ def test_a_whole_run_never_opens_a_network_connection(tiny_pair, tmp_path, monke
     monkeypatch.setattr(socket, "create_connection", refuse)
     from kd_core.cli import main
 
-    rc = main(["distill", "--teacher", str(tiny_pair.teacher), "--student",
-               str(tiny_pair.student), "--domain", "action", "--iters", "2",
-               "--max-tokens", "8", "--output", str(tmp_path / "o")])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(tiny_pair.student),
+            "--domain",
+            "action",
+            "--iters",
+            "2",
+            "--max-tokens",
+            "8",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "o" / "action" / "adapters.safetensors").is_file()

@@ -29,33 +29,42 @@ from kd_core.config import CONFIG_FIELDS, ConfigError, load_toml
 def _bad_value(name: str) -> st.SearchStrategy:
     m = CONFIG_FIELDS[name].metadata
     kind = CONFIG_FIELDS[name].type
-    wrong_type = st.one_of(st.booleans(), st.lists(st.integers(), max_size=2),
-                           st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+    wrong_type = st.one_of(
+        st.booleans(),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+    )
     if m["choices"]:
-        return st.one_of(st.text(max_size=12).filter(lambda s: s not in m["choices"]),
-                         st.integers(), wrong_type)
+        return st.one_of(
+            st.text(max_size=12).filter(lambda s: s not in m["choices"]), st.integers(), wrong_type
+        )
     if kind == "str":
         return st.one_of(st.just(""), st.just("   "), st.integers(), wrong_type)
     lo, hi = m["lo"], m["hi"]
-    below = st.floats(max_value=lo - 1e-6 if not m["lo_open"] else lo, allow_nan=False,
-                      allow_infinity=False)
-    above = st.floats(min_value=hi + 1e-6 if not m["hi_open"] else hi, allow_nan=False,
-                      allow_infinity=False)
+    below = st.floats(
+        max_value=lo - 1e-6 if not m["lo_open"] else lo, allow_nan=False, allow_infinity=False
+    )
+    above = st.floats(
+        min_value=hi + 1e-6 if not m["hi_open"] else hi, allow_nan=False, allow_infinity=False
+    )
     out_of_range = st.one_of(below, above)
     if kind == "int":
-        out_of_range = st.one_of(st.integers(max_value=int(math.floor(lo)) - 1),
-                                 st.integers(min_value=int(math.ceil(hi)) + 1),
-                                 st.floats(min_value=lo, max_value=hi).filter(
-                                     lambda x: x != int(x)))
-    return st.one_of(out_of_range, st.just(float("nan")), st.just(float("inf")),
-                     st.text(max_size=6), wrong_type)
+        out_of_range = st.one_of(
+            st.integers(max_value=int(math.floor(lo)) - 1),
+            st.integers(min_value=int(math.ceil(hi)) + 1),
+            st.floats(min_value=lo, max_value=hi).filter(lambda x: x != int(x)),
+        )
+    return st.one_of(
+        out_of_range, st.just(float("nan")), st.just(float("inf")), st.text(max_size=6), wrong_type
+    )
 
 
 bad_pair = st.sampled_from(sorted(CONFIG_FIELDS)).flatmap(
-    lambda name: st.tuples(st.just(name), _bad_value(name)))
+    lambda name: st.tuples(st.just(name), _bad_value(name))
+)
 unknown_key = st.from_regex(r"[a-z][a-z_]{2,14}", fullmatch=True).filter(
-    lambda k: k not in CONFIG_FIELDS and k not in ("teacher", "student", "domains",
-                                                    "domain_files"))
+    lambda k: k not in CONFIG_FIELDS and k not in ("teacher", "student", "domains", "domain_files")
+)
 
 
 def _toml_text(data: dict) -> str:
@@ -66,8 +75,11 @@ def _toml_text(data: dict) -> str:
         return f"{k} = {v!r}\n"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(pair=bad_pair)
 def test_bad_values_in_kd_toml_one_line_status_2(pair, tmp_path_factory, capsys):
     name, value = pair
@@ -83,8 +95,11 @@ def test_bad_values_in_kd_toml_one_line_status_2(pair, tmp_path_factory, capsys)
     assert not (d / "out.toml").exists()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(pair=bad_pair)
 def test_bad_values_as_flags_one_line_status_2(pair, tmp_path_factory, capsys):
     name, value = pair
@@ -93,21 +108,24 @@ def test_bad_values_as_flags_one_line_status_2(pair, tmp_path_factory, capsys):
         value = json.dumps(value)
     if name == "output":  # on the command line any non-blank text is a folder name
         value = "   "
-    rc = main(["distill", f"--{name.replace('_', '-')}", str(value),
-               "--save-config", str(d / "out.toml")])
+    rc = main(
+        ["distill", f"--{name.replace('_', '-')}", str(value), "--save-config", str(d / "out.toml")]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and err.startswith("kd: error:")
     assert not (d / "out.toml").exists()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(key=unknown_key, text=st.text(max_size=40))
 def test_unknown_keys_and_garbage_toml(key, text, tmp_path_factory, capsys):
     d = tmp_path_factory.mktemp("unk")
     (d / "a.toml").write_text(f"{key} = 1\n")
-    assert main(["distill", "--config", str(d / "a.toml"), "--save-config",
-                 str(d / "o.toml")]) == 2
+    assert main(["distill", "--config", str(d / "a.toml"), "--save-config", str(d / "o.toml")]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{key}: unknown setting" in err and "\n" not in err
     (d / "b.toml").write_text("[[[" + text)
@@ -123,13 +141,16 @@ def _copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("damage,words", [
-    ("no_config", "has no config.json"),
-    ("bad_config", "config.json is not valid JSON"),
-    ("truncated_weights", "is damaged"),
-    ("no_weights", "has no *.safetensors"),
-    ("no_tokenizer", "has no tokenizer"),
-])
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        ("no_config", "has no config.json"),
+        ("bad_config", "config.json is not valid JSON"),
+        ("truncated_weights", "is damaged"),
+        ("no_weights", "has no *.safetensors"),
+        ("no_tokenizer", "has no tokenizer"),
+    ],
+)
 def test_damaged_model_folder(tiny_pair, tmp_path, capsys, damage, words):
     m = _copy_model(tiny_pair.student, tmp_path / "student")
     if damage == "no_config":
@@ -144,19 +165,54 @@ def test_damaged_model_folder(tiny_pair, tmp_path, capsys, damage, words):
     else:
         (m / "tokenizer.json").unlink()
         (m / "tokenizer_config.json").unlink()
-    rc = main(["distill", "--teacher", str(tiny_pair.teacher), "--student", str(m),
-               "--domain", "task", "--output", str(tmp_path / "out")])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(m),
+            "--domain",
+            "task",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and words in err and "\n" not in err
     assert not (tmp_path / "out" / "task").exists()
 
 
 def test_missing_model_and_hub_id_offline(tmp_path, capsys):
-    assert main(["distill", "--teacher", str(tmp_path / "nope"), "--domain", "task",
-                 "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(tmp_path / "nope"),
+                "--domain",
+                "task",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "neither a local folder nor a Hugging Face id" in capsys.readouterr().err
-    assert main(["distill", "--teacher", "no-such-org/no-such-model", "--domain", "task",
-                 "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                "no-such-org/no-such-model",
+                "--domain",
+                "task",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "--allow-download" in capsys.readouterr().err
 
 
@@ -171,8 +227,19 @@ def test_unwritable_output(tmp_path, capsys):
 def test_output_that_is_a_file(tiny_pair, tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
-    rc = main(["distill", "--teacher", str(tiny_pair.teacher), "--student",
-               str(tiny_pair.student), "--domain", "task", "--output", str(f)])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(tiny_pair.student),
+            "--domain",
+            "task",
+            "--output",
+            str(f),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("kd: error: output: cannot write")
 
@@ -181,8 +248,18 @@ FAST = ["--iters", "4", "--max-tokens", "10", "--batch-size", "2", "--max-seq-le
 
 
 def test_damaged_teacher_cache_is_rebuilt(tiny_pair, tmp_path, capsys):
-    args = ["distill", "--teacher", str(tiny_pair.teacher), "--student", str(tiny_pair.student),
-            "--domain", "memory", "--output", str(tmp_path / "o"), *FAST]
+    args = [
+        "distill",
+        "--teacher",
+        str(tiny_pair.teacher),
+        "--student",
+        str(tiny_pair.student),
+        "--domain",
+        "memory",
+        "--output",
+        str(tmp_path / "o"),
+        *FAST,
+    ]
     assert main(args) == 0
     cache = next((Path(os.environ["KD_CACHE_DIR"]) / "teacher").glob("memory-[!g]*"))
     data = bytearray(cache.read_bytes())
@@ -195,10 +272,19 @@ def test_damaged_teacher_cache_is_rebuilt(tiny_pair, tmp_path, capsys):
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_pair, tmp_path, capsys):
     out = tmp_path / "o"
-    base = ["distill", "--teacher", str(tiny_pair.teacher), "--domain", "debug",
-            "--output", str(out), "--steps-per-save", "2", *FAST]
-    assert main([*base[:1], *base[1:], "--student", str(tiny_pair.student),
-                 "--iters", "2"]) == 0
+    base = [
+        "distill",
+        "--teacher",
+        str(tiny_pair.teacher),
+        "--domain",
+        "debug",
+        "--output",
+        str(out),
+        "--steps-per-save",
+        "2",
+        *FAST,
+    ]
+    assert main([*base[:1], *base[1:], "--student", str(tiny_pair.student), "--iters", "2"]) == 0
     good = (out / "debug" / "checkpoint_2" / "adapters.safetensors").read_bytes()
     final_before = (out / "debug" / "adapters.safetensors").read_bytes()
     # A student whose weights hold a NaN: the loss becomes NaN on the next step.
@@ -221,14 +307,41 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_pair, tmp_path, caps
 @pytest.mark.slow
 def test_kill9_five_times_then_resume_matches_uninterrupted(tiny_pair, tmp_path):
     iters = 12
-    common = [sys.executable, "-m", "kd_core", "--teacher", str(tiny_pair.teacher),
-              "--student", str(tiny_pair.student), "--domain", "reflection",
-              "--iters", str(iters), "--steps-per-save", "1", "--max-tokens", "10",
-              "--batch-size", "2", "--max-seq-length", "64", "--learning-rate", "0.01",
-              "--lora-dropout", "0.1", "--events", "jsonl"]
+    common = [
+        sys.executable,
+        "-m",
+        "kd_core",
+        "--teacher",
+        str(tiny_pair.teacher),
+        "--student",
+        str(tiny_pair.student),
+        "--domain",
+        "reflection",
+        "--iters",
+        str(iters),
+        "--steps-per-save",
+        "1",
+        "--max-tokens",
+        "10",
+        "--batch-size",
+        "2",
+        "--max-seq-length",
+        "64",
+        "--learning-rate",
+        "0.01",
+        "--lora-dropout",
+        "0.1",
+        "--events",
+        "jsonl",
+    ]
     env = dict(os.environ)
-    straight = subprocess.run([*common, "--output", str(tmp_path / "straight")], env=env,
-                              capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [*common, "--output", str(tmp_path / "straight")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr
 
     rng = random.Random(1234)
@@ -237,8 +350,13 @@ def test_kill9_five_times_then_resume_matches_uninterrupted(tiny_pair, tmp_path)
     for _ in range(12):
         if kills >= 5:
             break
-        proc = subprocess.Popen([*common, "--output", str(out), "--resume"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [*common, "--output", str(out), "--resume"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         # Kill after a random number of step events, at a random moment after it.
         target = rng.randint(1, 3)
         seen = 0
@@ -258,8 +376,13 @@ def test_kill9_five_times_then_resume_matches_uninterrupted(tiny_pair, tmp_path)
         if finished:
             break
     assert kills >= 5
-    final = subprocess.run([*common, "--output", str(out), "--resume"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    final = subprocess.run(
+        [*common, "--output", str(out), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert final.returncode == 0, final.stderr
     a = mx.load(str(out / "reflection" / "adapters.safetensors"))
     b = mx.load(str(tmp_path / "straight" / "reflection" / "adapters.safetensors"))

@@ -46,8 +46,7 @@ async def test_tabs_in_order_and_number_keys(tmp_path: Path) -> None:
 
 
 async def test_header_names_pair_and_follows_state(tmp_path: Path) -> None:
-    save_toml(RunSpec(teacher="/models/big-teacher", student="small-student"),
-              tmp_path / "kd.toml")
+    save_toml(RunSpec(teacher="/models/big-teacher", student="small-student"), tmp_path / "kd.toml")
     app = KDApp(config_path=tmp_path / "kd.toml")
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.sub_title == "big-teacher → small-student · idle"
@@ -58,7 +57,8 @@ async def test_header_names_pair_and_follows_state(tmp_path: Path) -> None:
 
 
 async def test_state_changed_is_rebroadcast_once_without_loops(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     received: list[tuple[str, str, bool]] = []
 
     def spy(self, message: StateChanged) -> None:
@@ -75,10 +75,12 @@ async def test_state_changed_is_rebroadcast_once_without_loops(
 
 
 async def test_run_completed_reaches_panes_and_sets_last_output(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     outputs: list[Path] = []
-    monkeypatch.setattr(ConfigPane, "on_run_completed",
-                        lambda self, m: outputs.append(m.output), raising=False)
+    monkeypatch.setattr(
+        ConfigPane, "on_run_completed", lambda self, m: outputs.append(m.output), raising=False
+    )
     app = scripted_app(scripted_run(output=str(tmp_path / "out")), tmp_path / "kd.toml")
     async with app.run_test(size=(120, 40)) as pilot:
         await run_script_to_end(pilot, app)
@@ -143,9 +145,18 @@ async def test_f1_help_and_command_palette(tmp_path: Path) -> None:
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         commands = {c.title: c for c in app.get_system_commands(app.screen)}
-        for title in ("Start training", "Pause / resume training", "Stop training",
-                      "Resume stopped run", "Save config", "Switch theme (light/dark)",
-                      "Theme: kd-dark", "Go to Models", "Go to Runs", "Help"):
+        for title in (
+            "Start training",
+            "Pause / resume training",
+            "Stop training",
+            "Resume stopped run",
+            "Save config",
+            "Switch theme (light/dark)",
+            "Theme: kd-dark",
+            "Go to Models",
+            "Go to Runs",
+            "Help",
+        ):
             assert title in commands
         commands["Go to Config"].callback()
         await pilot.pause()
@@ -177,8 +188,9 @@ def test_trainer_command_for_a_multi_process_run(tmp_path):
 
     one = trainer_command(tmp_path / "kd.toml")
     assert "--distributed" not in one
-    two = trainer_command(tmp_path / "kd.toml", resume=True, processes=2,
-                          control_file=tmp_path / "control")
+    two = trainer_command(
+        tmp_path / "kd.toml", resume=True, processes=2, control_file=tmp_path / "control"
+    )
     assert two[two.index("--distributed") + 1] == "2"
     assert two[two.index("--control-file") + 1] == str(tmp_path / "control")
     assert "--resume" in two

@@ -50,8 +50,9 @@ def test_every_field_is_in_one_group() -> None:
 
 
 async def test_fields_loaded_from_config_path(tmp_path: Path) -> None:
-    save_toml(RunSpec(config=KDConfig(alpha=0.3, lora_rank=8, lr_schedule="cosine")),
-              tmp_path / "kd.toml")
+    save_toml(
+        RunSpec(config=KDConfig(alpha=0.3, lora_rank=8, lr_schedule="cosine")), tmp_path / "kd.toml"
+    )
     app = KDApp(config_path=tmp_path / "kd.toml")
     async with app.run_test(size=(120, 40)) as pilot:
         await open_config(pilot, app)
@@ -59,8 +60,9 @@ async def test_fields_loaded_from_config_path(tmp_path: Path) -> None:
         assert app.query_one("#cfg-alpha", Input).value == "0.3"
         assert app.query_one("#cfg-lora_rank", Input).value == "8"
         assert app.query_one("#cfg-lr_schedule", Select).value == "cosine"
-        assert "alpha" in str(app.query_one("#row-alpha .field-help", Static).render()) \
-            or "KD term" in str(app.query_one("#row-alpha .field-help", Static).render())
+        assert "alpha" in str(
+            app.query_one("#row-alpha .field-help", Static).render()
+        ) or "KD term" in str(app.query_one("#row-alpha .field-help", Static).render())
 
 
 async def test_validated_as_you_type_and_selects(tmp_path: Path) -> None:
@@ -136,8 +138,7 @@ async def test_save_refused_with_errors_and_training_refused(tmp_path: Path) -> 
         assert any("fix the configuration" in n.message for n in app._notifications)
 
 
-async def test_state_changes_between_panes(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_state_changes_between_panes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The state follows every key; the other panes hear about it once typing pauses. And
     a change made elsewhere shows in the fields."""
 

@@ -33,8 +33,6 @@ class _Host(App):
         self.changes.append(message.what)
 
 
-
-
 wait_for = partial(wait_until, timeout=10.0)
 
 
@@ -62,7 +60,8 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         lst = app.query_one("#dom-list", SelectionList)
         assert [lst.get_option_at_index(i).value for i in range(lst.option_count)] == list(
-            BUILTIN_DOMAINS)
+            BUILTIN_DOMAINS
+        )
         assert set(lst.selected) == set(BUILTIN_DOMAINS)  # nothing named: all built-ins
         # the first domain is shown: description, training and held-out prompts
         assert DOMAIN_PROMPTS["thinking"]["description"][:30] in text(app, "#dom-desc")
@@ -75,8 +74,9 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
         lst.focus()
         lst.highlighted = 1
         await pilot.press("space")
-        await wait_for(pilot, lambda: "task" not in app.state.spec.domains and
-                       app.state.spec.domains != [])
+        await wait_for(
+            pilot, lambda: "task" not in app.state.spec.domains and app.state.spec.domains != []
+        )
         assert app.state.spec.domains == [d for d in BUILTIN_DOMAINS if d != "task"]
         assert "domains" in app.changes
         assert "task" in text(app, "#dom-desc")  # the highlighted domain is shown
@@ -112,8 +112,11 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
         train.insert("\nCan I change my plan?")
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert read_prompts_file(mine) == ["How do I reset my password?",
-                                           "Where is my invoice?", "Can I change my plan?"]
+        assert read_prompts_file(mine) == [
+            "How do I reset my password?",
+            "Where is my invoice?",
+            "Can I change my plan?",
+        ]
         assert "3 prompts" in text(app, "#dom-desc")
         assert not list(tmp_path.glob(".support.txt.*"))  # no temp file left behind
 

@@ -32,8 +32,7 @@ def _app(tiny_pair, tmp_path: Path, **config) -> KDApp:
 
 
 async def test_train_tiny_pair_from_the_ui(tiny_pair, tmp_path: Path) -> None:
-    app = _app(tiny_pair, tmp_path, num_iters=6, max_tokens=16, batch_size=2,
-               steps_per_save=6)
+    app = _app(tiny_pair, tmp_path, num_iters=6, max_tokens=16, batch_size=2, steps_per_save=6)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
         assert isinstance(app.engine, TrainerProcess)
@@ -59,15 +58,22 @@ async def test_pause_stop_and_resume_a_real_run(tiny_pair, tmp_path: Path) -> No
     prompts = tmp_path / "quick.txt"
     prompts.write_text("Name a colour.\nCount to three.\nSay hello.\nPick a number.\n")
     # So many steps that the run cannot end before the test stops it, however fast it is.
-    app = _app(tiny_pair, tmp_path, num_iters=1_000_000, max_tokens=8, batch_size=1,
-               steps_per_save=1_000_000)
+    app = _app(
+        tiny_pair,
+        tmp_path,
+        num_iters=1_000_000,
+        max_tokens=8,
+        batch_size=1,
+        steps_per_save=1_000_000,
+    )
     app.state.spec.domains = []
     app.state.spec.domain_files = [str(prompts)]
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
         view = app.train_pane.view
-        await wait_until(pilot, lambda: view.last_step is not None or not app.running,
-                         timeout=RUN_TIMEOUT)
+        await wait_until(
+            pilot, lambda: view.last_step is not None or not app.running, timeout=RUN_TIMEOUT
+        )
         assert app.running, view.error
         await pilot.press("space")
         await wait_until(pilot, lambda: view.paused, timeout=RUN_TIMEOUT)
@@ -93,8 +99,7 @@ async def test_pause_stop_and_resume_a_real_run(tiny_pair, tmp_path: Path) -> No
 async def test_a_two_process_run_from_the_ui(tiny_pair, tmp_path: Path) -> None:
     # kd-tui --processes 2: the dashboard starts `kd distill --distributed 2` and follows
     # process 0's events; a stop reaches process 0 through the control file.
-    app = _app(tiny_pair, tmp_path, num_iters=4, max_tokens=12, batch_size=2,
-               steps_per_save=4)
+    app = _app(tiny_pair, tmp_path, num_iters=4, max_tokens=12, batch_size=2, steps_per_save=4)
     app.state.processes = 2
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")

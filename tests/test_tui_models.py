@@ -33,8 +33,6 @@ class _Host(App):
         self.changes.append(message.what)
 
 
-
-
 wait_for = partial(wait_until, timeout=30.0)
 
 
@@ -67,8 +65,9 @@ def test_verdict_words() -> None:
     assert "too little" in verdict_words({"strategy": "none"})[0]
 
 
-async def test_models_pane_pick_pair(tiny_pair, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_models_pane_pick_pair(
+    tiny_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "no-demo"))  # demo pair not built
     monkeypatch.setattr("kd_tui.panes.models.list_cached_models", lambda: ["acme/tiny-lm"])
     app = _Host()
@@ -79,7 +78,10 @@ async def test_models_pane_pick_pair(tiny_pair, tmp_path: Path,
         options = app.query_one("#teacher-choices", OptionList)
         await wait_for(pilot, lambda: options.option_count == 3)
         assert [options.get_option_at_index(i).id for i in range(3)] == [
-            "demo-teacher", "demo-student", "acme/tiny-lm"]  # + the local HF cache
+            "demo-teacher",
+            "demo-student",
+            "acme/tiny-lm",
+        ]  # + the local HF cache
 
         await type_and_enter(pilot, app, "#teacher-input", str(tiny_pair.teacher))
         await wait_for(pilot, lambda: "llama" in text(app, "#teacher-info"))

@@ -25,9 +25,14 @@ pytestmark = pytest.mark.anyio
 
 def write_run(output: Path, domains: dict[str, int], updated: str, offset: float = 0.0) -> Path:
     """A run as kd_core.distiller writes it: <output>/kd_summary.json + <domain>/metrics.jsonl."""
-    summary = {"teacher": "/models/teacher-big", "student": "/models/student-small",
-               "config": KDConfig(output=str(output)).to_dict(), "updated": updated,
-               "run_seconds": 12.5, "domains": {}}
+    summary = {
+        "teacher": "/models/teacher-big",
+        "student": "/models/student-small",
+        "config": KDConfig(output=str(output)).to_dict(),
+        "updated": updated,
+        "run_seconds": 12.5,
+        "domains": {},
+    }
     for name, steps in domains.items():
         d = output / name
         d.mkdir(parents=True)
@@ -35,8 +40,18 @@ def write_run(output: Path, domains: dict[str, int], updated: str, offset: float
         for s in range(1, steps + 1):
             kd = 3.0 / s + offset
             ce = 2.0 / math.sqrt(s) + offset
-            rows.append({"step": s, "kd": kd, "ce": ce, "combined": 0.7 * kd + 0.3 * ce,
-                         "lr": 1e-4, "tokens": 100, "step_time": 0.1, "elapsed_s": 0.1 * s})
+            rows.append(
+                {
+                    "step": s,
+                    "kd": kd,
+                    "ce": ce,
+                    "combined": 0.7 * kd + 0.3 * ce,
+                    "lr": 1e-4,
+                    "tokens": 100,
+                    "step_time": 0.1,
+                    "elapsed_s": 0.1 * s,
+                }
+            )
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         tail = rows[-10:]
         summary["domains"][name] = {
@@ -44,10 +59,19 @@ def write_run(output: Path, domains: dict[str, int], updated: str, offset: float
             "final_kd_loss": sum(r["kd"] for r in tail) / len(tail),
             "final_ce_loss": sum(r["ce"] for r in tail) / len(tail),
             "final_combined_loss": sum(r["combined"] for r in tail) / len(tail),
-            "training_time_seconds": 1.0, "adapter_path": str(d), "steps": steps,
-            "tokens": 100 * steps, "tokens_per_second": 1000.0, "peak_memory_gb": 0.1,
-            "metrics_path": str(d / "metrics.jsonl"), "examples": 4, "teacher_cache": None,
-            "resumed_from": None, "stopped": False, "checkpoints": []}
+            "training_time_seconds": 1.0,
+            "adapter_path": str(d),
+            "steps": steps,
+            "tokens": 100 * steps,
+            "tokens_per_second": 1000.0,
+            "peak_memory_gb": 0.1,
+            "metrics_path": str(d / "metrics.jsonl"),
+            "examples": 4,
+            "teacher_cache": None,
+            "resumed_from": None,
+            "stopped": False,
+            "checkpoints": [],
+        }
     output.mkdir(parents=True, exist_ok=True)
     (output / "kd_summary.json").write_text(json.dumps(summary, indent=2))
     return output
@@ -101,8 +125,9 @@ async def test_runs_pane_lists_plots_and_compares(tmp_path: Path) -> None:
         assert "40 steps" in str(plot.render())  # the title names the run and its steps
 
         # a run in another folder, added by hand; then a finished run shows up on RunCompleted
-        other = write_run(tmp_path / "elsewhere" / "exp1", {"task": 12}, "2025-01-03T09:00:00",
-                          offset=0.25)
+        other = write_run(
+            tmp_path / "elsewhere" / "exp1", {"task": 12}, "2025-01-03T09:00:00", offset=0.25
+        )
         box = app.query_one("#runs-add", Input)
         box.focus()
         box.value = str(other.parent)
@@ -147,12 +172,21 @@ async def test_runs_pane_bad_folder_and_empty(tmp_path: Path) -> None:
 def test_odd_summaries_do_not_break_the_scan(tmp_path: Path) -> None:
     odd = tmp_path / "odd"
     odd.mkdir()
-    (odd / "kd_summary.json").write_text(json.dumps(
-        {"domains": {"x": {"steps": "many", "metrics_path": 3, "final_kd_loss": "nan"},
-                     "y": "not a dict"}}))
+    (odd / "kd_summary.json").write_text(
+        json.dumps(
+            {
+                "domains": {
+                    "x": {"steps": "many", "metrics_path": 3, "final_kd_loss": "nan"},
+                    "y": "not a dict",
+                }
+            }
+        )
+    )
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "kd_summary.json").write_text("[1, 2]")
     runs = find_runs(odd)
     assert [r.path.name for r in runs] == ["odd"]
-    assert [(d.name, d.steps, d.final_kd) for d in runs[0].domains] == [("x", 0, None),
-                                                                        ("y", 0, None)]
+    assert [(d.name, d.steps, d.final_kd) for d in runs[0].domains] == [
+        ("x", 0, None),
+        ("y", 0, None),
+    ]

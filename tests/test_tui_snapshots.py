@@ -21,8 +21,9 @@ def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KD_CONFIG_DIR", str(tmp_path / "kd-config"))  # default theme
     path = tmp_path / "kd.toml"
     # The pair named explicitly: nothing on this machine can change the header.
-    save_toml(RunSpec(teacher="demo-teacher", student="demo-student",
-                      domains=["thinking", "task"]), path)
+    save_toml(
+        RunSpec(teacher="demo-teacher", student="demo-student", domains=["thinking", "task"]), path
+    )
     return path
 
 

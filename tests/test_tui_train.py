@@ -72,14 +72,14 @@ async def test_scripted_run_fills_plot_progress_and_summary(tmp_path: Path) -> N
 
 
 async def test_now_panel_shows_latest_step_and_hyper_parameters(tmp_path: Path) -> None:
-    app = scripted_app(scripted_run(iters=12, finish=False), tmp_path / "kd.toml",
-                       timestamps=False)
+    app = scripted_app(scripted_run(iters=12, finish=False), tmp_path / "kd.toml", timestamps=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await run_script_to_end(pilot, app)
         last = app.train_pane.view.last_step
         assert last is not None
-        assert label(app, "#now-combined").startswith(f"{last.combined:7.3f}".strip()[:4]) \
-            or f"{last.combined:.3f}" in label(app, "#now-combined")
+        assert label(app, "#now-combined").startswith(
+            f"{last.combined:7.3f}".strip()[:4]
+        ) or f"{last.combined:.3f}" in label(app, "#now-combined")
         assert "↓" in label(app, "#now-kd")  # the scripted KD falls
         assert label(app, "#now-hyper") == "T 2 · α 0.7 · r 16"
         assert "student pass" in label(app, "#phase-text")
@@ -178,8 +178,22 @@ async def test_plot_is_built_from_the_buffer_not_per_event(tmp_path: Path) -> No
         await pilot.pause()
         before = plot.builds
         for i in range(1, 501):  # a burst of steps between two timer ticks
-            pane.handle_event(Step("thinking", i, 500, 1.0, 2.0, 1.3, 1e-4, 64, 1e3, 0.1,
-                                   i * 0.01, (500 - i) * 0.01))
+            pane.handle_event(
+                Step(
+                    "thinking",
+                    i,
+                    500,
+                    1.0,
+                    2.0,
+                    1.3,
+                    1e-4,
+                    64,
+                    1e3,
+                    0.1,
+                    i * 0.01,
+                    (500 - i) * 0.01,
+                )
+            )
         assert plot.points == 500 and plot.builds == before  # buffered, not drawn
         pane.flush()
         await pilot.pause()

@@ -28,13 +28,39 @@ def trained(tiny_pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run of the CLI: <output>/thinking/adapters.safetensors (3 steps, seconds)."""
     root = tmp_path_factory.mktemp("viewer_run")
     out = root / "adapters_kd"
-    env = {**os.environ, "KD_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "KD_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "kd_core", "distill", "--teacher", str(tiny_pair.teacher),
-         "--student", str(tiny_pair.student), "--domain", "thinking", "--iters", "3",
-         "--max-tokens", "8", "--batch-size", "2", "--output", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=120, env=env)
+        [
+            sys.executable,
+            "-m",
+            "kd_core",
+            "distill",
+            "--teacher",
+            str(tiny_pair.teacher),
+            "--student",
+            str(tiny_pair.student),
+            "--domain",
+            "thinking",
+            "--iters",
+            "3",
+            "--max-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "thinking" / "adapters.safetensors").is_file()
     return out
@@ -68,9 +94,14 @@ def test_bar_and_find_adapter(tmp_path: Path) -> None:
 
 
 async def test_viewer_three_answers_and_inspector(tiny_pair, trained: Path) -> None:
-    state = AppState(spec=RunSpec(teacher=str(tiny_pair.teacher),
-                                  student=str(tiny_pair.student), domains=["thinking"],
-                                  config=KDConfig(output=str(trained), max_tokens=8)))
+    state = AppState(
+        spec=RunSpec(
+            teacher=str(tiny_pair.teacher),
+            student=str(tiny_pair.student),
+            domains=["thinking"],
+            config=KDConfig(output=str(trained), max_tokens=8),
+        )
+    )
     app = _Host(state)
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one(ViewerPane)
@@ -83,8 +114,9 @@ async def test_viewer_three_answers_and_inspector(tiny_pair, trained: Path) -> N
         await pilot.press("enter")
         assert app.query_one("#view-prompt", Input).value
         # every column streams (tokens arrive before the run finishes) ...
-        await wait_for(pilot, lambda: all(pane.answers[s].tokens for s in
-                                          ("teacher", "student", "adapted")))
+        await wait_for(
+            pilot, lambda: all(pane.answers[s].tokens for s in ("teacher", "student", "adapted"))
+        )
         # ... then the inspector fills in for the teacher's answer
         inspector = app.query_one(TokenInspector)
         await wait_for(pilot, lambda: bool(inspector.positions))
@@ -118,9 +150,13 @@ async def test_viewer_three_answers_and_inspector(tiny_pair, trained: Path) -> N
 
 
 async def test_viewer_without_adapter_and_bad_settings(tiny_pair, tmp_path: Path) -> None:
-    state = AppState(spec=RunSpec(teacher=str(tiny_pair.teacher),
-                                  student=str(tiny_pair.student),
-                                  config=KDConfig(output=str(tmp_path / "none"))))
+    state = AppState(
+        spec=RunSpec(
+            teacher=str(tiny_pair.teacher),
+            student=str(tiny_pair.student),
+            config=KDConfig(output=str(tmp_path / "none")),
+        )
+    )
     app = _Host(state)
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one(ViewerPane)
@@ -142,5 +178,6 @@ async def test_viewer_without_adapter_and_bad_settings(tiny_pair, tmp_path: Path
         (run / "thinking").mkdir(parents=True)
         (run / "thinking" / "adapters.safetensors").write_bytes(b"")
         pane.post_message(RunCompleted(run))  # (the app also sets state.last_output)
-        await wait_for(pilot, lambda: app.query_one("#view-adapter", Input).value ==
-                       str(run / "thinking"))
+        await wait_for(
+            pilot, lambda: app.query_one("#view-adapter", Input).value == str(run / "thinking")
+        )

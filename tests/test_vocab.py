@@ -12,9 +12,11 @@ from mlx_lm.utils import load_tokenizer
 from kd_core.demo.tiny import SPECIAL_TOKENS, train_tokenizer, write_tokenizer
 from kd_core.vocab import VocabError, align_vocab_sizes, plan_vocab_alignment
 
-ENGLISH = ["the quick brown fox jumps over the lazy dog " * 3,
-           "distillation transfers dark knowledge from a teacher to a student " * 3,
-           "a student learns the relative confidence of the teacher " * 3]
+ENGLISH = [
+    "the quick brown fox jumps over the lazy dog " * 3,
+    "distillation transfers dark knowledge from a teacher to a student " * 3,
+    "a student learns the relative confidence of the teacher " * 3,
+]
 OTHER = ["zzyx qqv wwk " * 5, "0123 4567 89 " * 5, "kkkk llll mmmm nnnn " * 5]
 
 

@@ -24,15 +24,23 @@ from kd_core.events import (
 from kd_tui.app import KDApp
 from kd_tui.engine import ScriptedEventSource
 
-CONFIG = {"temperature": 2.0, "alpha": 0.7, "lora_rank": 16, "num_iters": 0,
-          "steps_per_report": 5}
+CONFIG = {"temperature": 2.0, "alpha": 0.7, "lora_rank": 16, "num_iters": 0, "steps_per_report": 5}
 
 
 def result(domain: str, iters: int, output: str) -> dict[str, Any]:
-    return {"domain": domain, "final_kd_loss": 0.512, "final_ce_loss": 2.25,
-            "final_combined_loss": 1.0334, "training_time_seconds": 12.5,
-            "adapter_path": f"{output}/{domain}", "steps": iters, "tokens": 64 * iters,
-            "tokens_per_second": 400.0, "peak_memory_gb": 0.5, "stopped": False}
+    return {
+        "domain": domain,
+        "final_kd_loss": 0.512,
+        "final_ce_loss": 2.25,
+        "final_combined_loss": 1.0334,
+        "training_time_seconds": 12.5,
+        "adapter_path": f"{output}/{domain}",
+        "steps": iters,
+        "tokens": 64 * iters,
+        "tokens_per_second": 400.0,
+        "peak_memory_gb": 0.5,
+        "stopped": False,
+    }
 
 
 def domain_events(domain: str, iters: int, output: str, prompts: int = 8) -> list[Event]:
@@ -40,39 +48,66 @@ def domain_events(domain: str, iters: int, output: str, prompts: int = 8) -> lis
     for i in range(1, iters + 1):
         kd = 2.0 * math.exp(-i / 8) + 0.3
         ce = 4.0 - 0.04 * i
-        events.append(Step(domain, i, iters, kd, ce, 0.7 * kd + 0.3 * ce, 1e-4, 64, 400.0,
-                           0.5, 0.5 * i, 0.5 * (iters - i)))
+        events.append(
+            Step(
+                domain,
+                i,
+                iters,
+                kd,
+                ce,
+                0.7 * kd + 0.3 * ce,
+                1e-4,
+                64,
+                400.0,
+                0.5,
+                0.5 * i,
+                0.5 * (iters - i),
+            )
+        )
     events.append(CheckpointSaved(domain, iters, f"{output}/{domain}/checkpoint_{iters}"))
     events.append(DomainFinished(domain, result(domain, iters, output)))
     return events
 
 
-def scripted_run(domains: Sequence[str] = ("thinking",), iters: int = 12,
-                 output: str = "/runs/out", finish: bool = True,
-                 build: bool = False, prompts: int = 8) -> list[Event]:
+def scripted_run(
+    domains: Sequence[str] = ("thinking",),
+    iters: int = 12,
+    output: str = "/runs/out",
+    finish: bool = True,
+    build: bool = False,
+    prompts: int = 8,
+) -> list[Event]:
     """A realistic event stream: (build) → run started → teacher pass with progress and
     cache → student pass steps → checkpoint → domain finished → run finished."""
     config = dict(CONFIG, num_iters=iters)
     events: list[Event] = []
     if build:
-        events += [PhaseStarted("build", None, 3, "demo pair"),
-                   Progress("build", None, 1, 3, 4.0, "tokenizer"),
-                   Progress("build", None, 3, 3, 0.0, "models")]
-    events.append(RunStarted("demo-teacher", "demo-student", list(domains), config, output,
-                             iters * len(domains)))
+        events += [
+            PhaseStarted("build", None, 3, "demo pair"),
+            Progress("build", None, 1, 3, 4.0, "tokenizer"),
+            Progress("build", None, 3, 3, 0.0, "models"),
+        ]
+    events.append(
+        RunStarted(
+            "demo-teacher", "demo-student", list(domains), config, output, iters * len(domains)
+        )
+    )
     for d in domains:
-        events += [PhaseStarted("teacher", d, prompts),
-                   Progress("teacher", d, prompts // 2, prompts, 2.0, "generating"),
-                   Progress("teacher", d, prompts, prompts, 0.0, "generating"),
-                   CacheUsed(d, f"/cache/{d}.safetensors", False, prompts, 20 * prompts)]
+        events += [
+            PhaseStarted("teacher", d, prompts),
+            Progress("teacher", d, prompts // 2, prompts, 2.0, "generating"),
+            Progress("teacher", d, prompts, prompts, 0.0, "generating"),
+            CacheUsed(d, f"/cache/{d}.safetensors", False, prompts, 20 * prompts),
+        ]
     events.append(Log("vocabulary: identical vocabularies"))
     for d in domains:
         events += domain_events(d, iters, output)
     if finish:
-        events.append(RunFinished(f"{output}/kd_summary.json",
-                                  [result(d, iters, output) for d in domains]))
+        events.append(
+            RunFinished(f"{output}/kd_summary.json", [result(d, iters, output) for d in domains])
+        )
     else:  # mid-run: halfway through the last domain's steps
-        events = events[:-(iters // 2 + 2)]
+        events = events[: -(iters // 2 + 2)]
     return events
 
 
@@ -81,11 +116,14 @@ def failing_run(error: str = "student: out of memory at step 3") -> list[Event]:
     return events + [RunFailed(error, domain="thinking", step=3)]
 
 
-def scripted_app(events: Sequence[Event], config_path: Path | None = None,
-                 resume_events: Sequence[Event] | None = None, **kwargs: Any) -> KDApp:
+def scripted_app(
+    events: Sequence[Event],
+    config_path: Path | None = None,
+    resume_events: Sequence[Event] | None = None,
+    **kwargs: Any,
+) -> KDApp:
     factory = lambda app: ScriptedEventSource(app, events, resume_events=resume_events)
-    return KDApp(config_path=config_path or Path("kd.toml"), event_source_factory=factory,
-                 **kwargs)
+    return KDApp(config_path=config_path or Path("kd.toml"), event_source_factory=factory, **kwargs)
 
 
 def text(app: Any, selector: str) -> str:

@@ -38,8 +38,11 @@ def built_demo_path(name: str, recipe: DemoRecipe | None = None) -> Path | None:
     return folder / ("teacher" if name == "demo-teacher" else "student")
 
 
-def ensure_demo_pair(recipe: DemoRecipe | None = None, rebuild: bool = False,
-                     progress: Callable[[str], None] | None = None) -> DemoPair:
+def ensure_demo_pair(
+    recipe: DemoRecipe | None = None,
+    rebuild: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DemoPair:
     """The cached demo pair, built (or rebuilt if missing or damaged) when needed."""
     recipe = recipe or DemoRecipe()
     folder = _folder(recipe)
@@ -64,5 +67,11 @@ def demo_model_path(name: str) -> Path:
     return pair.teacher if name == "demo-teacher" else pair.student
 
 
-__all__ = ["DemoPair", "DemoRecipe", "ensure_demo_pair", "demo_model_path", "built_demo_path",
-           "verify"]
+__all__ = [
+    "DemoPair",
+    "DemoRecipe",
+    "ensure_demo_pair",
+    "demo_model_path",
+    "built_demo_path",
+    "verify",
+]

@@ -91,8 +91,9 @@ def verify(folder: Path) -> bool:
         return False
 
 
-def _encode_examples(tok_folder: Path, triples: list[tuple[str, str, str]], max_len: int
-                     ) -> list[tuple[np.ndarray, int]]:
+def _encode_examples(
+    tok_folder: Path, triples: list[tuple[str, str, str]], max_len: int
+) -> list[tuple[np.ndarray, int]]:
     """Token ids exactly as the engine will see them: chat-formatted prompt, response, EOS."""
     from tokenizers import Tokenizer
 
@@ -108,8 +109,15 @@ def _encode_examples(tok_folder: Path, triples: list[tuple[str, str, str]], max_
     return out
 
 
-def _train(size: LlamaSize, vocab: int, data: list[tuple[np.ndarray, int]], steps: int,
-           recipe: DemoRecipe, seed: int, report: Callable[[int], None]) -> tuple[Any, dict]:
+def _train(
+    size: LlamaSize,
+    vocab: int,
+    data: list[tuple[np.ndarray, int]],
+    steps: int,
+    recipe: DemoRecipe,
+    seed: int,
+    report: Callable[[int], None],
+) -> tuple[Any, dict]:
     """Plain CE language-model training on the responses (prompt tokens masked)."""
     from functools import partial
 
@@ -120,9 +128,14 @@ def _train(size: LlamaSize, vocab: int, data: list[tuple[np.ndarray, int]], step
     model, config = new_llama(size, vocab, seed)
     warm = max(1, steps // 10)
     schedule = optim.join_schedules(
-        [optim.linear_schedule(recipe.learning_rate / warm, recipe.learning_rate, warm),
-         optim.cosine_decay(recipe.learning_rate, max(1, steps - warm), recipe.learning_rate / 20)],
-        [warm])
+        [
+            optim.linear_schedule(recipe.learning_rate / warm, recipe.learning_rate, warm),
+            optim.cosine_decay(
+                recipe.learning_rate, max(1, steps - warm), recipe.learning_rate / 20
+            ),
+        ],
+        [warm],
+    )
     opt = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
 
     def loss_fn(m, x, y, mask):
@@ -158,8 +171,9 @@ def _train(size: LlamaSize, vocab: int, data: list[tuple[np.ndarray, int]], step
     return model, config
 
 
-def build_demo_pair(folder: Path, recipe: DemoRecipe = DemoRecipe(),
-                    progress: ProgressFn | None = None) -> DemoPair:
+def build_demo_pair(
+    folder: Path, recipe: DemoRecipe = DemoRecipe(), progress: ProgressFn | None = None
+) -> DemoPair:
     """Build tokenizer, teacher and student into `folder` (replaced atomically at the end)."""
     from kd_core.demo.corpus import build_corpus
 
@@ -169,31 +183,47 @@ def build_demo_pair(folder: Path, recipe: DemoRecipe = DemoRecipe(),
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        triples = build_corpus(recipe.seed, recipe.samples_per_prompt,
-                               recipe.extra_prompts_per_domain)
-        train_tokenizer((f"{p}\n{r}" for _, p, r in triples), recipe.vocab_size,
-                        tmp / "tokenizer")
+        triples = build_corpus(
+            recipe.seed, recipe.samples_per_prompt, recipe.extra_prompts_per_domain
+        )
+        train_tokenizer((f"{p}\n{r}" for _, p, r in triples), recipe.vocab_size, tmp / "tokenizer")
         progress("tokenizer", 1, total)
         data = _encode_examples(tmp / "tokenizer", triples, recipe.max_len)
         eos = eos_id(tmp / "tokenizer")
         progress("corpus", 2, total)
         done = 2
-        t_model, t_cfg = _train(recipe.teacher, recipe.vocab_size, data, recipe.teacher_steps,
-                                recipe, recipe.seed + 1,
-                                lambda i: progress("teacher", done + i, total))
+        t_model, t_cfg = _train(
+            recipe.teacher,
+            recipe.vocab_size,
+            data,
+            recipe.teacher_steps,
+            recipe,
+            recipe.seed + 1,
+            lambda i: progress("teacher", done + i, total),
+        )
         save_model(t_model, t_cfg, tmp / "teacher", tmp / "tokenizer", eos)
         done += recipe.teacher_steps
         # The student sees a different, short slice of training: it learns the format,
         # not the domains' distributions.
-        s_model, s_cfg = _train(recipe.student, recipe.vocab_size, data, recipe.student_steps,
-                                recipe, recipe.seed + 2,
-                                lambda i: progress("student", done + i, total))
+        s_model, s_cfg = _train(
+            recipe.student,
+            recipe.vocab_size,
+            data,
+            recipe.student_steps,
+            recipe,
+            recipe.seed + 2,
+            lambda i: progress("student", done + i, total),
+        )
         save_model(s_model, s_cfg, tmp / "student", tmp / "tokenizer", eos)
         shutil.rmtree(tmp / "tokenizer")
-        atomic_write_json(tmp / MANIFEST, {
-            "recipe": asdict(recipe), "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
-        })
+        atomic_write_json(
+            tmp / MANIFEST,
+            {
+                "recipe": asdict(recipe),
+                "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
+            },
+        )
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

@@ -28,9 +28,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> None
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     write_tokenizer(tok, folder)
 
@@ -86,8 +89,9 @@ def new_llama(size: LlamaSize, vocab_size: int, seed: int) -> tuple[Any, dict[st
     return model, config
 
 
-def save_model(model: Any, config: dict[str, Any], folder: Path, tokenizer_folder: Path,
-               eos_token_id: int) -> None:
+def save_model(
+    model: Any, config: dict[str, Any], folder: Path, tokenizer_folder: Path, eos_token_id: int
+) -> None:
     """model.safetensors + config.json + the tokenizer files, as mlx_lm.load expects."""
     import shutil
 
@@ -97,8 +101,9 @@ def save_model(model: Any, config: dict[str, Any], folder: Path, tokenizer_folde
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": eos_token_id},
-                                                   indent=2))
+    (folder / "config.json").write_text(
+        json.dumps({**config, "eos_token_id": eos_token_id}, indent=2)
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (tokenizer_folder / name).resolve() != (folder / name).resolve():
             shutil.copy(tokenizer_folder / name, folder / name)
@@ -107,5 +112,4 @@ def save_model(model: Any, config: dict[str, Any], folder: Path, tokenizer_folde
 def eos_id(tokenizer_folder: Path) -> int:
     from tokenizers import Tokenizer
 
-    return int(Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
-               .token_to_id("<|eos|>"))
+    return int(Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json")).token_to_id("<|eos|>"))

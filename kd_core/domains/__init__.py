@@ -25,16 +25,21 @@ class DomainError(ValueError):
 def check_domain_name(name: str) -> str:
     """Domain names become folder names: refuse separators, '..' and anything odd."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise DomainError(f"domain: {name!r} is not a valid name; use letters, digits, '_', "
-                          "'-' or '.', starting with a letter or digit (no '/' or '..')")
+        raise DomainError(
+            f"domain: {name!r} is not a valid name; use letters, digits, '_', "
+            "'-' or '.', starting with a letter or digit (no '/' or '..')"
+        )
     return name
 
 
 @cache
 def _builtin(name: str) -> dict[str, Any]:
     data = json.loads((_DATA / f"{name}.json").read_text(encoding="utf-8"))
-    return {"description": data["description"], "examples": list(data["train"]),
-            "heldout": list(data["heldout"])}
+    return {
+        "description": data["description"],
+        "examples": list(data["train"]),
+        "heldout": list(data["heldout"]),
+    }
 
 
 class _DomainPrompts(dict):
@@ -105,8 +110,9 @@ def domain_from_file(path: str | Path) -> tuple[str, list[str]]:
     return check_domain_name(p.stem), read_prompts_file(p)
 
 
-def resolve_domains(names: list[str], domain_files: list[str] | None = None
-                    ) -> dict[str, list[str]]:
+def resolve_domains(
+    names: list[str], domain_files: list[str] | None = None
+) -> dict[str, list[str]]:
     """Ordered {domain: training prompts} for the names asked (all built-ins if none)."""
     custom = dict(domain_from_file(f) for f in (domain_files or []))
     wanted = list(names) or (list(custom) if custom else list(BUILTIN_DOMAINS))
@@ -119,8 +125,10 @@ def resolve_domains(names: list[str], domain_files: list[str] | None = None
             out[name] = DOMAIN_PROMPTS[name]["examples"]
         else:
             known = ", ".join(list(BUILTIN_DOMAINS) + list(custom))
-            raise DomainError(f"domain: unknown domain {name!r}; known: {known} (or add one "
-                              "with --domain-file PATH)")
+            raise DomainError(
+                f"domain: unknown domain {name!r}; known: {known} (or add one "
+                "with --domain-file PATH)"
+            )
         if not out[name]:
             raise DomainError(f"domain: {name!r} has no prompts")
     return out

@@ -32,8 +32,16 @@ GROUPS: tuple[tuple[str, str], ...] = (
 ANNOUNCE_DELAY_S = 0.3
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "quick": ("quick demo", {"num_iters": 20, "max_tokens": 32, "batch_size": 2,
-                             "steps_per_report": 5, "steps_per_save": 20}),
+    "quick": (
+        "quick demo",
+        {
+            "num_iters": 20,
+            "max_tokens": 32,
+            "batch_size": 2,
+            "steps_per_report": 5,
+            "steps_per_save": 20,
+        },
+    ),
     "recommended": ("recommended", {"temperature": 2.0, "alpha": 0.7, "lora_rank": 16}),
     "pure-kd": ("pure KD", {"alpha": 1.0}),
     "ce-only": ("CE only", {"alpha": 0.0}),
@@ -43,14 +51,18 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 def all_groups() -> list[tuple[str, str]]:
     """GROUPS, plus any group a newer KDConfig uses that this list does not know yet."""
     known = {g for g, _ in GROUPS}
-    extra = [g for g in dict.fromkeys(f.metadata.get("group", "training")
-                                      for f in CONFIG_FIELDS.values()) if g not in known]
+    extra = [
+        g
+        for g in dict.fromkeys(f.metadata.get("group", "training") for f in CONFIG_FIELDS.values())
+        if g not in known
+    ]
     return list(GROUPS) + [(g, g.replace("_", " ").capitalize()) for g in extra]
 
 
 def fields_of(group: str) -> list[str]:
-    return [name for name, f in CONFIG_FIELDS.items()
-            if f.metadata.get("group", "training") == group]
+    return [
+        name for name, f in CONFIG_FIELDS.items() if f.metadata.get("group", "training") == group
+    ]
 
 
 def text_of(value: Any) -> str:
@@ -74,11 +86,20 @@ class FieldRow(Vertical):
         with Horizontal(classes="field-line"):
             yield Label(name, classes="field-name")
             if choices:
-                yield Select([(c, c) for c in choices], value=self.value, allow_blank=False,
-                             id=f"cfg-{name}", classes="field-editor")
+                yield Select(
+                    [(c, c) for c in choices],
+                    value=self.value,
+                    allow_blank=False,
+                    id=f"cfg-{name}",
+                    classes="field-editor",
+                )
             else:
-                yield Input(text_of(self.value), id=f"cfg-{name}", classes="field-editor",
-                            select_on_focus=False)
+                yield Input(
+                    text_of(self.value),
+                    id=f"cfg-{name}",
+                    classes="field-editor",
+                    select_on_focus=False,
+                )
             note = Static(allowed_text(name), id=f"err-{name}", classes="field-note")
             note._kd_text_key = allowed_text(name)  # type: ignore[attr-defined]  # (set_text)
             yield note
@@ -125,8 +146,11 @@ class ConfigPane(Container):
         cfg = self.app.state.spec.config  # type: ignore[attr-defined]
         groups = []
         for group, title in all_groups():
-            box = Vertical(*(FieldRow(name, getattr(cfg, name)) for name in fields_of(group)),
-                           classes="config-group", id=f"group-{group}")
+            box = Vertical(
+                *(FieldRow(name, getattr(cfg, name)) for name in fields_of(group)),
+                classes="config-group",
+                id=f"group-{group}",
+            )
             box.border_title = title
             groups.append(box)
         await self.query_one("#config-fields", VerticalScroll).mount_all(groups)
@@ -225,8 +249,9 @@ class ConfigPane(Container):
                     self._set_editor(name, value)
                     self.errors.pop(name, None)
                     self.query_one(f"#row-{name}").remove_class("-invalid")
-                    set_text(self.query_one(f"#err-{name}", Static), allowed_text(name),
-                             layout=True)
+                    set_text(
+                        self.query_one(f"#err-{name}", Static), allowed_text(name), layout=True
+                    )
             elif editor.value != value:  # type: ignore[attr-defined]
                 self._set_editor(name, value)
         self._show_status()

@@ -72,8 +72,9 @@ def prompts_file_text(path: Path, prompts: list[str]) -> str:
         pass
     if not jsonl:
         return "".join(p + "\n" for p in prompts)
-    return "".join(json.dumps(originals.get(p, {"prompt": p}), ensure_ascii=False) + "\n"
-                   for p in prompts)
+    return "".join(
+        json.dumps(originals.get(p, {"prompt": p}), ensure_ascii=False) + "\n" for p in prompts
+    )
 
 
 class DomainsPane(Container):
@@ -106,16 +107,20 @@ class DomainsPane(Container):
     def compose(self) -> ComposeResult:
         with Vertical(id="dom-left"):
             yield SelectionList[str](id="dom-list")
-            yield Input(placeholder="add a domain: prompts file path (enter)", id="dom-add",
-                        suggester=PathSuggester())
+            yield Input(
+                placeholder="add a domain: prompts file path (enter)",
+                id="dom-add",
+                suggester=PathSuggester(),
+            )
             yield Static("", id="dom-error")
             yield Static("", id="dom-note")
         with Vertical(id="dom-right"):
             yield Static("", id="dom-desc")
             yield Label("Training prompts", classes="dom-label", id="dom-train-label")
             yield TextArea(id="dom-train", read_only=True, soft_wrap=True)
-            yield Label("Held-out prompts (never trained on; the Viewer offers them)",
-                        classes="dom-label")
+            yield Label(
+                "Held-out prompts (never trained on; the Viewer offers them)", classes="dom-label"
+            )
             yield TextArea(id="dom-heldout", read_only=True, soft_wrap=True)
             yield Static("space pick · delete drop custom · ctrl+s save prompts", id="dom-keys")
 
@@ -142,8 +147,7 @@ class DomainsPane(Container):
             lst.clear_options()
             for name in BUILTIN_DOMAINS:
                 n = len(DOMAIN_PROMPTS[name]["examples"])
-                lst.add_option(Selection(self._label(name, f"{n} prompts"), name,
-                                         name in picked))
+                lst.add_option(Selection(self._label(name, f"{n} prompts"), name, name in picked))
             for name, c in self.custom.items():
                 extra = "⚠ unreadable" if c.error else f"custom · {len(c.prompts)} prompts"
                 lst.add_option(Selection(self._label(name, extra), name, name in picked))
@@ -206,8 +210,10 @@ class DomainsPane(Container):
         desc = Text(name, style="bold")
         if name in BUILTIN_DOMAINS:
             d = DOMAIN_PROMPTS[name]
-            desc.append(f" · built in · {len(d['examples'])} training, {len(d['heldout'])} "
-                        f"held-out prompts\n{d['description']}")
+            desc.append(
+                f" · built in · {len(d['examples'])} training, {len(d['heldout'])} "
+                f"held-out prompts\n{d['description']}"
+            )
             train.read_only = True
             train.load_text("\n".join(d["examples"]))
             held.load_text("\n".join(d["heldout"]))
@@ -217,8 +223,10 @@ class DomainsPane(Container):
                 desc.append(f" · custom · {c.path}\n")
                 desc.append(c.error, style="red")
             else:
-                desc.append(f" · custom · {len(c.prompts)} prompts · {c.path}\n"
-                            "Edit the prompts below (one per line); ctrl+s saves the file.")
+                desc.append(
+                    f" · custom · {len(c.prompts)} prompts · {c.path}\n"
+                    "Edit the prompts below (one per line); ctrl+s saves the file."
+                )
             if c.draft is not None:
                 desc.append("  (unsaved changes)", style="yellow")
             train.read_only = bool(c.error)
@@ -226,7 +234,8 @@ class DomainsPane(Container):
             held.load_text("(a custom domain has no held-out prompts: all of them train)")
         self.query_one("#dom-desc", Static).update(desc)
         self.query_one("#dom-train-label", Label).update(
-            "Training prompts" + ("" if train.read_only else " (editable)"))
+            "Training prompts" + ("" if train.read_only else " (editable)")
+        )
 
     def _keep_draft(self) -> None:
         c = self.custom.get(self.current or "")
@@ -257,8 +266,11 @@ class DomainsPane(Container):
         if c.error:
             self._error(c.error)
             return
-        prompts = [ln.strip() for ln in self.query_one("#dom-train", TextArea).text.splitlines()
-                   if ln.strip()]
+        prompts = [
+            ln.strip()
+            for ln in self.query_one("#dom-train", TextArea).text.splitlines()
+            if ln.strip()
+        ]
         if not prompts:
             self._error(f"domain: {c.name!r} needs at least one prompt; nothing saved")
             return
@@ -314,8 +326,9 @@ class DomainsPane(Container):
         if c is None:
             self._error("built-in domains stay; space unpicks them")
             return
-        self.spec.domain_files = [f for f in self.spec.domain_files
-                                  if Path(f).expanduser() != c.path]
+        self.spec.domain_files = [
+            f for f in self.spec.domain_files if Path(f).expanduser() != c.path
+        ]
         self.spec.domains = [n for n in self.spec.domains if n != name]
         self.current = None
         self.reload()

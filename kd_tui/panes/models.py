@@ -37,8 +37,11 @@ class ModelColumn(Vertical):
         self.suggester = PathSuggester(extra=DEMO_NAMES)
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder=f"{self.role}: folder, Hugging Face id or demo-{self.role}",
-                    id=f"{self.role}-input", suggester=self.suggester)
+        yield Input(
+            placeholder=f"{self.role}: folder, Hugging Face id or demo-{self.role}",
+            id=f"{self.role}-input",
+            suggester=self.suggester,
+        )
         yield Static("", id=f"{self.role}-error", classes="model-error")
         yield OptionList(id=f"{self.role}-choices", classes="model-choices")
         yield Static("", id=f"{self.role}-info", classes="model-info")
@@ -76,8 +79,7 @@ class ModelColumn(Vertical):
         info.update(text.rstrip() or text)
 
     def checking(self, name: str) -> None:
-        self.query_one(f"#{self.role}-info", Static).update(Text(f"checking {name} …",
-                                                                 style="dim"))
+        self.query_one(f"#{self.role}-info", Static).update(Text(f"checking {name} …", style="dim"))
 
 
 class ModelsPane(Container):
@@ -176,8 +178,10 @@ class ModelsPane(Container):
             return
         if t.path is None or s.path is None:
             self._verdict_key = None
-            box.update("Known once the demo pair is built (it is built on first use, about 2 "
-                       "minutes; `kd demo` builds it now).")
+            box.update(
+                "Known once the demo pair is built (it is built on first use, about 2 "
+                "minutes; `kd demo` builds it now)."
+            )
             return
         key = (str(t.path), str(s.path))
         if key == self._verdict_key:

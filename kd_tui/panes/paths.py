@@ -43,8 +43,9 @@ def complete_path(value: str, dirs_only: bool = False) -> str | None:
             for n, entry in enumerate(it):
                 if n >= MAX_ENTRIES:
                     break
-                if entry.name.startswith(prefix) and (prefix.startswith(".")
-                                                      or not entry.name.startswith(".")):
+                if entry.name.startswith(prefix) and (
+                    prefix.startswith(".") or not entry.name.startswith(".")
+                ):
                     is_dir = entry.is_dir()
                     if is_dir or not dirs_only:
                         entries.append(entry.name + ("/" if is_dir else ""))

@@ -78,16 +78,21 @@ class RunsPane(Container):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="runs-top"):
-            yield Input(placeholder="add a folder to scan for runs (enter)", id="runs-add",
-                        suggester=PathSuggester(dirs_only=True))
+            yield Input(
+                placeholder="add a folder to scan for runs (enter)",
+                id="runs-add",
+                suggester=PathSuggester(dirs_only=True),
+            )
             yield Static("", id="runs-note")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="runs-bottom"):
             yield PlotextPlot(id="runs-plot")
             with Vertical(id="runs-compare", classes="-hidden"):
                 yield DataTable(id="runs-final", cursor_type="none", show_cursor=False)
-        yield Static("↑↓ pick · m mark for compare · x stop comparing · c curves · ctrl+r rescan",
-                     id="runs-keys")
+        yield Static(
+            "↑↓ pick · m mark for compare · x stop comparing · c curves · ctrl+r rescan",
+            id="runs-keys",
+        )
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
@@ -123,12 +128,22 @@ class RunsPane(Container):
         for i, row in enumerate(self.rows):
             d = row.domain
             f = final_losses(d) if d else {"kd": None, "ce": None, "combined": None}
-            table.add_row(row.run.date, row.run.pair, d.name if d else "—",
-                          str(d.steps) if d else "—", _fmt(f["kd"]), _fmt(f["ce"]),
-                          _fmt(f["combined"]), str(row.run.path), key=str(i))
-        self._note(f"{len(runs)} run{'s' * (len(runs) != 1)} found"
-                   if runs else f"no runs yet under {self._output()} (train one, or add a "
-                   "folder)")
+            table.add_row(
+                row.run.date,
+                row.run.pair,
+                d.name if d else "—",
+                str(d.steps) if d else "—",
+                _fmt(f["kd"]),
+                _fmt(f["ce"]),
+                _fmt(f["combined"]),
+                str(row.run.path),
+                key=str(i),
+            )
+        self._note(
+            f"{len(runs)} run{'s' * (len(runs) != 1)} found"
+            if runs
+            else f"no runs yet under {self._output()} (train one, or add a folder)"
+        )
         labels = [r.label for r in self.rows]
         if current in labels:
             table.move_cursor(row=labels.index(current))
@@ -240,7 +255,10 @@ class RunsPane(Container):
         fb = final_losses(b.domain) if b.domain else {}
         for key in ("kd", "ce", "combined"):
             table.add_row(LABELS[key], _fmt(fa.get(key)), _fmt(fb.get(key)))
-        table.add_row("steps", str(a.domain.steps if a.domain else "—"),
-                      str(b.domain.steps if b.domain else "—"))
+        table.add_row(
+            "steps",
+            str(a.domain.steps if a.domain else "—"),
+            str(b.domain.steps if b.domain else "—"),
+        )
         for name, pick in (("T", "temperature"), ("alpha", "alpha"), ("rank", "lora_rank")):
             table.add_row(name, str(a.run.config.get(pick, "—")), str(b.run.config.get(pick, "—")))

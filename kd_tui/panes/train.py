@@ -80,8 +80,7 @@ class TrainPane(Container):
         with Horizontal(id="train-bottom"):
             yield DomainList(id="domain-list")
             with Vertical(id="log-box"):
-                yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000,
-                              min_width=20)
+                yield RichLog(id="train-log", wrap=True, markup=False, max_lines=2000, min_width=20)
 
     def on_mount(self) -> None:
         self.query_one("#log-box").border_title = "Log"
@@ -112,8 +111,13 @@ class TrainPane(Container):
         self.view.phase_message = "starting the trainer…"
         self.query_one(LossPlot).set_series(self.view.series, self.view.boundaries)
         word = "resuming the stopped run" if resume else "starting a run"
-        self.log_line(LogLine(f"── {word}: {self.app.state.teacher_name} → "  # type: ignore[attr-defined]
-                              f"{self.app.state.student_name} ──", "success"))
+        self.log_line(
+            LogLine(
+                f"── {word}: {self.app.state.teacher_name} → "  # type: ignore[attr-defined]
+                f"{self.app.state.student_name} ──",
+                "success",
+            )
+        )
         self.flush(force=True)
 
     def handle_event(self, event: Event) -> None:
@@ -168,10 +172,13 @@ class TrainPane(Container):
         overall = self.query_one("#overall-bar", ProgressBar)
         overall.update(total=max(1, v.total_steps), progress=min(v.steps_done, v.total_steps))
         eta = f" · ETA {fmt_time(v.overall_eta)}" if v.status == "running" else ""
-        set_text(self.query_one("#overall-count", Label),
-                 f"{v.steps_done}/{v.total_steps}{eta}" if v.total_steps else "")
-        self.query_one(NowPanel).show(v.last_step, v.series, v.config, v.paused,
-                                      since_x=v.domain_start_x)
+        set_text(
+            self.query_one("#overall-count", Label),
+            f"{v.steps_done}/{v.total_steps}{eta}" if v.total_steps else "",
+        )
+        self.query_one(NowPanel).show(
+            v.last_step, v.series, v.config, v.paused, since_x=v.domain_start_x
+        )
         self.query_one(DomainList).show(list(v.domains.values()))
         self._show_end()
 

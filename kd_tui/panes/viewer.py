@@ -155,8 +155,10 @@ class TokenInspector(Widget, can_focus=True):
     def _show_position(self) -> None:
         if self.positions:
             pos = self.positions[min(self.position, len(self.positions) - 1)]
-            self.border_title = (f"Token inspector · position {pos['index'] + 1}/"
-                                 f"{len(self.positions)} · “{pos['token']}”")
+            self.border_title = (
+                f"Token inspector · position {pos['index'] + 1}/"
+                f"{len(self.positions)} · “{pos['token']}”"
+            )
         self.refresh(layout=True)
         self.post_message(self.Moved(self.position))
 
@@ -169,14 +171,18 @@ class TokenInspector(Widget, can_focus=True):
 
 def answer_summary(positions: list[dict[str, Any]], slot: str) -> tuple[float | None, int, int]:
     """(mean KL, top-1 agreements, positions compared) of a slot over the whole answer."""
-    kls = [p["slots"][slot]["kl"] for p in positions
-           if slot in p["slots"] and p["slots"][slot].get("kl") is not None]
+    kls = [
+        p["slots"][slot]["kl"]
+        for p in positions
+        if slot in p["slots"] and p["slots"][slot].get("kl") is not None
+    ]
     agree = [bool(p["slots"][slot].get("agree")) for p in positions if slot in p["slots"]]
     return (sum(kls) / len(kls) if kls else None), sum(agree), len(agree)
 
 
-def inspector_table(pos: dict[str, Any], titles: dict[str, str],
-                    positions: list[dict[str, Any]] | None = None) -> Table:
+def inspector_table(
+    pos: dict[str, Any], titles: dict[str, str], positions: list[dict[str, Any]] | None = None
+) -> Table:
     slots = [s for s in titles if s in pos["slots"]]
     table = Table(box=None, padding=(0, 1), expand=False, show_edge=False)
     table.add_column("", style="dim", no_wrap=True)
@@ -211,8 +217,9 @@ def inspector_table(pos: dict[str, Any], titles: dict[str, str],
             continue
         kl = d.get("kl")
         kl_cells.append(Text("— (other vocabulary)" if kl is None else f"{kl:.3f}"))
-        agree_cells.append(Text("✓ agrees", style="green") if d.get("agree")
-                           else Text("✗ differs", style="red"))
+        agree_cells.append(
+            Text("✓ agrees", style="green") if d.get("agree") else Text("✗ differs", style="red")
+        )
     table.add_row("KL(teacher‖·)", *kl_cells)
     table.add_row("top-1", *agree_cells)
     if positions:
@@ -262,22 +269,35 @@ class ViewerPane(Container):
     def compose(self) -> ComposeResult:
         cfg = self.app.state.spec.config  # type: ignore[attr-defined]
         with Horizontal(id="view-top"):
-            yield Input(placeholder="prompt (enter: answer · empty: a held-out prompt)",
-                        id="view-prompt")
-            yield Input(str(cfg.teacher_temperature), placeholder="T", id="view-temp",
-                        tooltip="sampling temperature (0 = greedy)")
-            yield Input(str(min(cfg.max_tokens, 256)), placeholder="max tokens", id="view-max",
-                        tooltip="longest answer, in tokens")
+            yield Input(
+                placeholder="prompt (enter: answer · empty: a held-out prompt)", id="view-prompt"
+            )
+            yield Input(
+                str(cfg.teacher_temperature),
+                placeholder="T",
+                id="view-temp",
+                tooltip="sampling temperature (0 = greedy)",
+            )
+            yield Input(
+                str(min(cfg.max_tokens, 256)),
+                placeholder="max tokens",
+                id="view-max",
+                tooltip="longest answer, in tokens",
+            )
         with Horizontal(id="view-mid"):
-            yield Input(placeholder="adapter folder (holds adapters.safetensors)",
-                        id="view-adapter", suggester=PathSuggester(dirs_only=True))
+            yield Input(
+                placeholder="adapter folder (holds adapters.safetensors)",
+                id="view-adapter",
+                suggester=PathSuggester(dirs_only=True),
+            )
             yield Static("", id="view-status")
         with Horizontal(id="view-answers"):
             for s in SLOTS:
                 yield AnswerBox(s)
         yield TokenInspector()
-        yield Static("enter answer · esc stop · tab to the inspector: ←/→ token, home/end",
-                     id="view-keys")
+        yield Static(
+            "enter answer · esc stop · tab to the inspector: ←/→ token, home/end", id="view-keys"
+        )
 
     def on_mount(self) -> None:
         self.query_one("#view-temp").border_title = "T"
@@ -313,8 +333,7 @@ class ViewerPane(Container):
     def default_adapter(self) -> Path | None:
         domains = self._domains()
         first = domains[0] if domains else None
-        for base in (self._last_run, self.state.last_output,
-                     Path(self.state.spec.config.output)):
+        for base in (self._last_run, self.state.last_output, Path(self.state.spec.config.output)):
             if base is not None:
                 found = find_adapter(Path(base).expanduser(), first)
                 if found is not None:
@@ -328,7 +347,8 @@ class ViewerPane(Container):
             self._auto_adapter = str(found) if found else ""
             box.value = self._auto_adapter
         self.query_one("#view-prompt", Input).suggester = SuggestFromList(
-            self._heldout(), case_sensitive=False)
+            self._heldout(), case_sensitive=False
+        )
         self._titles()
 
     def _titles(self) -> None:
@@ -404,23 +424,28 @@ class ViewerPane(Container):
             return
         temp, max_tokens = settings
         self.prompt = box.value.strip()
-        self.slots = [Slot("teacher", self.state.teacher_name),
-                      Slot("student", self.state.student_name)]
+        self.slots = [
+            Slot("teacher", self.state.teacher_name),
+            Slot("student", self.state.student_name),
+        ]
         self.answers = {s: Answer() for s in SLOTS}
         adapter = self.query_one("#view-adapter", Input).value.strip()
         if adapter:
-            self.slots.append(Slot("adapted", self.state.student_name,
-                                   str(Path(adapter).expanduser())))
+            self.slots.append(
+                Slot("adapted", self.state.student_name, str(Path(adapter).expanduser()))
+            )
         else:
-            self.answers["adapted"].error = ("no adapter yet: train a domain, or type an "
-                                             "adapter folder above")
+            self.answers["adapted"].error = (
+                "no adapter yet: train a domain, or type an adapter folder above"
+            )
         self._titles()
         for s in SLOTS:
             self._box(s).show(self.answers[s])
         self.query_one(TokenInspector).clear("waiting for the answers …")
         self.inspect_id = None
-        self.gen_id = self.client.generate(self.prompt, self.slots, temp, max_tokens,
-                                           seed=int(self.state.spec.config.seed))
+        self.gen_id = self.client.generate(
+            self.prompt, self.slots, temp, max_tokens, seed=int(self.state.spec.config.seed)
+        )
         self._status("starting the models …")
 
     def action_stop(self) -> None:
@@ -472,15 +497,19 @@ class ViewerPane(Container):
             self._finished()
 
     def _progress(self) -> None:
-        counts = " · ".join(f"{s} {len(self.answers[s].tokens)}" for s in SLOTS
-                            if any(sl.name == s for sl in self.slots))
+        counts = " · ".join(
+            f"{s} {len(self.answers[s].tokens)}"
+            for s in SLOTS
+            if any(sl.name == s for sl in self.slots)
+        )
         self._status(f"answering · {counts} tokens")
 
     def _finished(self) -> None:
         teacher = self.answers["teacher"]
         if teacher.error or not teacher.tokens:
-            self._status("done" + ("" if teacher.tokens else " · the teacher wrote nothing to "
-                                   "inspect"))
+            self._status(
+                "done" + ("" if teacher.tokens else " · the teacher wrote nothing to inspect")
+            )
             self.query_one(TokenInspector).clear("nothing to inspect")
             return
         if teacher.done == "cancelled":
@@ -494,8 +523,7 @@ class ViewerPane(Container):
     def _inspection_reply(self, r: dict[str, Any]) -> None:
         if r.get("type") == "inspection":
             self.inspect_id = None
-            titles = {s.name: TITLES[s.name] for s in self.slots
-                      if not self.answers[s.name].error}
+            titles = {s.name: TITLES[s.name] for s in self.slots if not self.answers[s.name].error}
             self.query_one(TokenInspector).set_data(r.get("positions", []), titles)
             self._status("done · tab to the inspector, ←/→ to move along the teacher's answer")
         elif r.get("type") == "error":

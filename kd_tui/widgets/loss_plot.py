@@ -23,8 +23,9 @@ class LossPlot(PlotextPlot):
 
     mode: reactive[str] = reactive("all")
 
-    def __init__(self, series: LossSeries | None = None, *, id: str | None = None,
-                 classes: str | None = None) -> None:
+    def __init__(
+        self, series: LossSeries | None = None, *, id: str | None = None, classes: str | None = None
+    ) -> None:
         super().__init__(id=id, classes=classes)
         # Plotext's "clear" theme leaves canvas and axes in the default colours, so the
         # widget's own (theme) background and foreground show through; only the series are

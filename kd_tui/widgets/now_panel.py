@@ -44,8 +44,14 @@ class NowPanel(Grid):
     def on_mount(self) -> None:
         self.border_title = "Now"
 
-    def show(self, step: Step | None, series: LossSeries, config: dict[str, Any],
-             paused: bool = False, since_x: int = 0) -> None:
+    def show(
+        self,
+        step: Step | None,
+        series: LossSeries,
+        config: dict[str, Any],
+        paused: bool = False,
+        since_x: int = 0,
+    ) -> None:
         def put(key: str, text: str) -> None:
             set_text(self.query_one(f"#now-{key}", Label), text)
 
@@ -67,5 +73,7 @@ class NowPanel(Grid):
 def hyper_text(config: dict[str, Any]) -> str:
     if not config:
         return ""
-    return (f"T {config.get('temperature', 0):g} · α {config.get('alpha', 0):g} · "
-            f"r {config.get('lora_rank', 0)}")
+    return (
+        f"T {config.get('temperature', 0):g} · α {config.get('alpha', 0):g} · "
+        f"r {config.get('lora_rank', 0)}"
+    )
