@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from kd_core.cpu_streams import StreamSet, row_slices
 from kd_core.losses import offline_loss_sums
 
 AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
@@ -80,8 +81,10 @@ class ChunkedStep:
         temperature: float,
         chunk: int,
         reduce: Callable[[Any], Any] = lambda g: g,
+        streams: StreamSet | None = None,
     ) -> None:
         self.model = model
+        self.streams = streams or StreamSet(1)
         self.split = split
         self.optimizer = optimizer
         self.chunk = chunk
@@ -123,25 +126,52 @@ class ChunkedStep:
         prev_grad: Any,
         do_update: bool,
     ) -> tuple[mx.array, mx.array, mx.array, Any]:
-        h = self.split.body(inputs)
-        mx.eval(h)
-        B, L, D = h.shape
-        n = B * L
-        hf, tf, mf = h.reshape(n, D), targets.reshape(n), mask.reshape(n)
-        idf, lpf = ids.reshape(n, -1), lps.reshape(n, -1)
-        loss = kd = ce = mx.array(0.0)
-        grads = []
-        for s in range(0, n, self.chunk):
-            e = min(n, s + self.chunk)
-            (l_c, (kd_c, ce_c)), g = self._chunk_grad(
-                hf[s:e], tf[s:e], mf[s:e], idf[s:e], lpf[s:e], inv
+        # Rows are split over the parallel streams (kd_core/cpu_streams.py); each phase builds
+        # one piece per stream and evaluates them together, so the streams run at once.
+        streams = self.streams
+        shards = row_slices(inputs.shape[0], streams.n)
+        hs = []
+        for i, rows in enumerate(shards):
+            with streams.on(i):
+                hs.append(self.split.body(inputs[rows]))
+        mx.eval(hs)
+        pieces = []  # per shard: flattened h, targets, mask, ids, log-probs
+        for h, rows in zip(hs, shards, strict=True):
+            n = h.shape[0] * h.shape[1]
+            pieces.append(
+                (
+                    h.reshape(n, h.shape[2]),
+                    targets[rows].reshape(n),
+                    mask[rows].reshape(n),
+                    ids[rows].reshape(n, ids.shape[-1]),
+                    lps[rows].reshape(n, lps.shape[-1]),
+                )
             )
-            loss, kd, ce = loss + l_c, kd + kd_c, ce + ce_c
-            mx.eval(g, loss, kd, ce)  # one chunk's logits at a time
-            grads.append(g)
-        dh = mx.concatenate(grads, axis=0).reshape(B, L, D).astype(mx.float32)
-        del h, grads
-        grad = self._body_backward(inputs, dh, prev_grad, do_update)
+        loss = kd = ce = mx.array(0.0)
+        grads: list[list[mx.array]] = [[] for _ in shards]
+        longest = max(p[0].shape[0] for p in pieces)
+        for s in range(0, longest, self.chunk):  # one chunk per stream alive at a time
+            e = s + self.chunk
+            wave = []
+            for i, (hf, tf, mf, idf, lpf) in enumerate(pieces):
+                if s >= hf.shape[0]:
+                    continue
+                with streams.on(i):
+                    (l_c, (kd_c, ce_c)), g = self._chunk_grad(
+                        hf[s:e], tf[s:e], mf[s:e], idf[s:e], lpf[s:e], inv
+                    )
+                    loss, kd, ce = loss + l_c, kd + kd_c, ce + ce_c
+                grads[i].append(g)
+                wave.append(g)
+            mx.eval(wave, loss, kd, ce)
+        del hs, pieces
+        grad = prev_grad
+        for i, rows in enumerate(shards):
+            x = inputs[rows]
+            dh = mx.concatenate(grads[i], axis=0).reshape(*x.shape, -1).astype(mx.float32)
+            grads[i] = []
+            with streams.on(i):
+                grad = self._body_backward(x, dh, grad, do_update and i == len(shards) - 1)
         return loss, kd, ce, grad
 
 

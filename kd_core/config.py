@@ -157,6 +157,14 @@ class KDConfig:
         lo=-1,
         hi=1 << 20,
     )
+    cpu_streams: int = _spec(
+        0,
+        "Parallel MLX streams per step, the batch's rows split among them (MLX runs each "
+        "element-wise op on one CPU thread; this uses every core). 0 = auto (one per core on "
+        "the CPU, 1 on a GPU), 1 = off.",
+        lo=0,
+        hi=256,
+    )
     seed: int = _spec(
         0, "Random seed (teacher sampling, data order, LoRA init).", lo=0, hi=2**32 - 1
     )

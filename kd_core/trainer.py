@@ -31,6 +31,7 @@ from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json, atomic
 from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
+from kd_core.cpu_streams import StreamSet, row_slices, shard_batch, stream_count
 from kd_core.data import Batch, BatchPlan, Example, make_batch, valid_tokens
 from kd_core.distributed import World
 from kd_core.distributed import world as get_world
@@ -153,6 +154,8 @@ class StudentTrainer:
             )
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
+        rows = max(1, cfg.batch_size // self.world.size)  # sequences per micro-batch per rank
+        self.streams = StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed))
         self.metrics: list[dict[str, Any]] = []
         # KD_VERIFY_SYNC=1: check every step that all ranks hold identical weights (tests).
         self.verify_sync = self.world.distributed and os.environ.get("KD_VERIFY_SYNC") == "1"
@@ -238,7 +241,18 @@ class StudentTrainer:
             self.cfg.temperature,
             chunk,
             reduce=self.world.sum_tree,
+            streams=self.streams,
         )
+
+    def _parts(self, batches: list[Batch], chunked: bool) -> list[tuple[Batch, int]]:
+        """(micro-batch shard, stream index) in order; the chunked step shards internally."""
+        if chunked or self.streams.n == 1:
+            return [(b, 0) for b in batches]
+        return [
+            (shard_batch(b, sl), i)
+            for b in batches
+            for i, sl in enumerate(row_slices(len(b.inputs), self.streams.n))
+        ]
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _adapter_weights(self) -> dict[str, mx.array]:
@@ -307,7 +321,6 @@ class StudentTrainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self, resume: bool = False) -> DomainResult:
-        cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         start = 1
         resumed_from = None
@@ -330,13 +343,25 @@ class StudentTrainer:
         chunked = self._chunked_step()
         self.model.train()
         top_k = None if self.online else self.examples[0].topk_ids.shape[1]
+        mx.reset_peak_memory()
+        with self.streams.active():
+            return self._loop(start, resumed_from, step_fn, chunked, top_k)
+
+    def _loop(
+        self,
+        start: int,
+        resumed_from: int | None,
+        step_fn: Any,
+        chunked: ChunkedStep | None,
+        top_k: int | None,
+    ) -> DomainResult:
+        cfg = self.cfg
         accum = cfg.grad_accumulation
         elapsed = sum(r.get("step_time", 0.0) for r in self.metrics)
         tokens_total = sum(r.get("tokens", 0) for r in self.metrics)
         checkpoints: list[str] = []
         stopped = False
         last_saved = resumed_from or 0
-        mx.reset_peak_memory()
         it = start - 1
         for it in range(start, cfg.num_iters + 1):
             if self.control.paused:
@@ -367,16 +392,19 @@ class StudentTrainer:
             inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
             grad = None
             loss_total = kd_total = ce_total = mx.array(0.0)
-            for m, b in enumerate(batches):
-                t_logits = self._teacher_logits(b) if self.online else None
-                ids = None if b.topk_ids is None else mx.array(b.topk_ids)
-                lps = None if b.topk_logprobs is None else mx.array(b.topk_logprobs)
-                fn = chunked if chunked is not None else step_fn
-                args = (mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask), ids, lps)
-                if chunked is None:
-                    args = (*args, t_logits)
-                loss, kd, ce, grad = fn(*args, inv, grad, m == accum - 1)
-                loss_total, kd_total, ce_total = loss_total + loss, kd_total + kd, ce_total + ce
+            for j, (b, s) in enumerate(parts := self._parts(batches, chunked is not None)):
+                # Built lazily on stream s; evaluated once below, so the shards run at once.
+                with self.streams.on(s):
+                    t_logits = self._teacher_logits(b) if self.online else None
+                    ids = None if b.topk_ids is None else mx.array(b.topk_ids)
+                    lps = None if b.topk_logprobs is None else mx.array(b.topk_logprobs)
+                    fn = chunked if chunked is not None else step_fn
+                    args = (mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask), ids, lps)
+                    if chunked is None:
+                        args = (*args, t_logits)
+                    loss, kd, ce, grad = fn(*args, inv, grad, j == len(parts) - 1)
+                    loss_total, kd_total = loss_total + loss, kd_total + kd
+                    ce_total = ce_total + ce
             if self.world.distributed:
                 loss_total, kd_total, ce_total = self.world.all_sum(
                     mx.stack([loss_total, kd_total, ce_total])
