@@ -27,22 +27,29 @@ class Matmul:
 
         self.mx = mx
 
+    # Each sample is the mean of INNER back-to-back calls on the same inputs (each evaluated
+    # on its own): a single cold call mostly measured BLAS threads waking up (MLX 17-20 ms vs
+    # 8 ms warm at 1024^3 here), and numpy's single calls swung 10-35 ms.
+    INNER = 10
+
     def _mlx(self, n: int) -> float:
         mx = self.mx
         a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
         mx.eval(a, b)
         t0 = time.perf_counter()
-        mx.eval(a @ b)
-        return time.perf_counter() - t0
+        for _ in range(self.INNER):
+            mx.eval(a @ b)
+        return (time.perf_counter() - t0) / self.INNER
 
-    @staticmethod
-    def _numpy(n: int) -> float:
+    @classmethod
+    def _numpy(cls, n: int) -> float:
         rng = np.random.default_rng(0)
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
         t0 = time.perf_counter()
-        a @ b
-        return time.perf_counter() - t0
+        for _ in range(cls.INNER):
+            a @ b
+        return (time.perf_counter() - t0) / cls.INNER
 
     def compare(self, n: int = 1024, repeats: int = 5) -> dict[str, Any]:
         """MLX and numpy alternated (one warm-up each, not counted); per-call seconds."""

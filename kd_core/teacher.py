@@ -31,6 +31,7 @@ import numpy as np
 
 from kd_core.atomic_io import atomic_save_safetensors
 from kd_core.config import KDConfig
+from kd_core.cpu_streams import StreamSet, row_slices, stream_count
 from kd_core.data import format_prompt, forward_inputs
 from kd_core.losses import teacher_topk
 
@@ -191,23 +192,34 @@ def soft_targets(
     prompt_lens: list[int],
     cfg: KDConfig,
     progress: ProgressFn | None = None,
+    streams: int = 1,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Top-k ids and log P_T at every response position (teacher-forced forward)."""
+    """Top-k ids and log P_T at every response position (teacher-forced forward).
+
+    With streams > 1 each forward's sequences are split over that many parallel streams
+    (kd_core/cpu_streams.py: MLX's CPU element-wise ops use one thread per stream)."""
     ids_out: list[np.ndarray] = []
     lp_out: list[np.ndarray] = []
-    for start in range(0, len(sequences), FWD_CHUNK):
-        chunk = sequences[start : start + FWD_CHUNK]
-        logits = model(mx.array(forward_inputs(chunk)))
-        ids, lps = teacher_topk(logits, cfg.top_k, cfg.temperature)
-        mx.eval(ids, lps)
-        ids_np, lps_np = np.array(ids), np.array(lps)
-        for b, s in enumerate(chunk):
-            p0 = prompt_lens[start + b] - 1
-            r = len(s) - prompt_lens[start + b]
-            ids_out.append(ids_np[b, p0 : p0 + r].astype(np.int32))
-            lp_out.append(lps_np[b, p0 : p0 + r].astype(np.float32))
-        if progress:
-            progress(min(start + FWD_CHUNK, len(sequences)), len(sequences), "soft targets")
+    pool = StreamSet(streams)
+    with pool.active():
+        for start in range(0, len(sequences), FWD_CHUNK):
+            chunk = sequences[start : start + FWD_CHUNK]
+            parts = []
+            for i, rows in enumerate(row_slices(len(chunk), pool.n)):
+                with pool.on(i):  # each part padded to its own longest sequence
+                    logits = model(mx.array(forward_inputs(chunk[rows])))
+                    parts.append(teacher_topk(logits, cfg.top_k, cfg.temperature))
+            mx.eval(parts)
+            rows_out: list[tuple[np.ndarray, np.ndarray]] = []
+            for ids, lps in parts:
+                rows_out += zip(np.array(ids), np.array(lps), strict=True)
+            for b, (s, (ids_b, lps_b)) in enumerate(zip(chunk, rows_out, strict=True)):
+                p0 = prompt_lens[start + b] - 1
+                r = len(s) - prompt_lens[start + b]
+                ids_out.append(ids_b[p0 : p0 + r].astype(np.int32))
+                lp_out.append(lps_b[p0 : p0 + r].astype(np.float32))
+            if progress:
+                progress(min(start + FWD_CHUNK, len(sequences)), len(sequences), "soft targets")
     return ids_out, lp_out
 
 
@@ -281,7 +293,14 @@ class TeacherPass:
         if not with_targets:
             return seq_out
         t0 = time.perf_counter()
-        ids, lps = soft_targets(model, seq_out.sequences, seq_out.prompt_lens, self.cfg, progress)
+        ids, lps = soft_targets(
+            model,
+            seq_out.sequences,
+            seq_out.prompt_lens,
+            self.cfg,
+            progress,
+            streams=stream_count(self.cfg.cpu_streams, FWD_CHUNK),
+        )
         # Train on exactly what the cache holds (float16), so a run that built the cache and
         # a run that reads it see the same targets.
         lps = [lp.astype(np.float16).astype(np.float32) for lp in lps]
@@ -310,7 +329,7 @@ class TeacherPass:
         seqs, plens = generate_responses(model, tokenizer, mine, self.cfg, progress)
         ids = lps = None
         if with_targets:
-            ids, lps = soft_targets(model, seqs, plens, self.cfg, progress)
+            ids, lps = soft_targets(model, seqs, plens, self.cfg, progress)  # one stream per rank
         out = gather_outputs(world, TeacherOutputs(seqs, plens, ids, lps, vocab))
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
         path, key = (tpath, tkey) if with_targets else (gpath, gkey)
