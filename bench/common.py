@@ -64,6 +64,10 @@ class LlamaShape:
 # Intermediate sizes follow llama's ~8/3 ratio rounded to a multiple of 64; head dim 64.
 TEACHER = LlamaShape(8, 768, 2048, 12, 8192)
 STUDENT = LlamaShape(4, 512, 1408, 8, 8192)
+# A second teacher for the offline-vs-online figure only. Real distillation pairs put far more
+# parameters in the teacher than the pair does (3.7x matmul parameters here):
+# Llama-3.1-8B -> 3.2-1B ~6.5x, Qwen2.5-7B -> 0.5B ~15x. This one is 9.4x the student's.
+BIG_TEACHER = LlamaShape(12, 1024, 2816, 16, 8192)
 # The large-vocabulary figure: a 2 x 256 student at Qwen's 151,936-token vocabulary.
 LARGE_STUDENT = LlamaShape(2, 256, 704, 4, 151_936)
 

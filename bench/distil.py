@@ -53,7 +53,15 @@ def _safetensors_sizes(path: Path) -> dict[str, int]:
 
 
 class Distil:
-    def run(self, pair: str, mode: str, iters: int, cache_dir: str, output: str) -> dict[str, Any]:
+    def run(
+        self,
+        pair: str,
+        mode: str,
+        iters: int,
+        cache_dir: str,
+        output: str,
+        teacher: str = "teacher",
+    ) -> dict[str, Any]:
         """One domain end to end; wall time and where it went (from the run's own events)."""
         from kd_core.distiller import TrueKnowledgeDistiller
 
@@ -78,7 +86,10 @@ class Distil:
                 info["result"] = e.result
 
         d = TrueKnowledgeDistiller(
-            f"{pair}/teacher", f"{pair}/student", distil_config(mode, iters, output), on_event=sink
+            f"{pair}/{teacher}",
+            f"{pair}/student",
+            distil_config(mode, iters, output),
+            on_event=sink,
         )
         d.distill_domain(DOMAIN, prompts())
         wall = time.perf_counter() - t0

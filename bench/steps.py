@@ -30,6 +30,7 @@ from mlx.utils import tree_map
 from bench.common import (
     ALPHA,
     BATCH,
+    BIG_TEACHER,
     LARGE_SEQ,
     LARGE_STUDENT,
     LEARNING_RATE,
@@ -87,6 +88,15 @@ class Builder:
             save_model(model, config, out / name, tok, eos)
             del model
         return {"teacher": str(out / "teacher"), "student": str(out / "student"), **mlx_facts()}
+
+    def build_big_teacher(self, root: str) -> str:
+        """`root`/teacher-big (BIG_TEACHER), with the tokenizer `build` wrote."""
+        from kd_core.demo.tiny import eos_id, save_model
+
+        out, tok = Path(root), Path(root) / "tokenizer"
+        model, config = new_llama(_size(BIG_TEACHER), BIG_TEACHER.vocab, 3)
+        save_model(model, {**BIG_TEACHER.config(), **config}, out / "teacher-big", tok, eos_id(tok))
+        return str(out / "teacher-big")
 
     def teacher_logits(self, root: str, path: str, n: int = 16) -> None:
         """Teacher logits on the first n positions of the batch (cross-framework check)."""

@@ -14,7 +14,8 @@ from kd_core.config import KDConfig
 from kd_core.models import ModelInfo
 
 GB = 1e9
-GEN_BATCH = 16  # kd_core.teacher.GEN_CHUNK
+GEN_KV_BUDGET = 2 * 2**30  # kd_core.teacher.GEN_KV_BUDGET
+GEN_MAX_BATCH = 64  # kd_core.teacher.GEN_MAX_BATCH
 FWD_BATCH = 8  # kd_core.teacher.FWD_CHUNK
 
 
@@ -78,7 +79,8 @@ def estimate_memory(
     t_w = teacher.disk_bytes
     s_w = student.disk_bytes
     # Teacher pass: weights, the KV cache of a generation batch, the logits of a forward batch.
-    kv = 2 * teacher.layers * teacher.hidden_size * gen_len * GEN_BATCH * 2
+    kv_one = 2 * teacher.layers * teacher.hidden_size * gen_len * 2  # one sequence
+    kv = min(GEN_KV_BUDGET, kv_one * GEN_MAX_BATCH)
     fwd = FWD_BATCH * seq * (teacher.vocab_size * 4 * 3 + teacher.hidden_size * 4 * 8)
     teacher_gb = (t_w * 1.1 + kv + fwd) / GB
     # Student pass: weights, LoRA + Adam (small), activations kept for the backward pass,

@@ -36,7 +36,12 @@ from kd_core.data import format_prompt, forward_inputs
 from kd_core.losses import teacher_topk
 
 CACHE_FORMAT = 1
-GEN_CHUNK = 16  # prompts per batch_generate call (progress granularity)
+# Sequences decoded together. Decoding reads every weight once per step whatever the batch,
+# so bigger batches are much cheaper per token (measured, 8 x 768 teacher on 2 CPU cores:
+# 50 prompts x 128 tokens in 35.7 s as batches of 16, 22.3 s as one batch) - as many as the
+# KV-cache budget allows, up to GEN_MAX_BATCH.
+GEN_MAX_BATCH = 64
+GEN_KV_BUDGET = 2 * 2**30  # bytes of KV cache the generation batch may hold
 FWD_CHUNK = 8  # sequences per teacher forward when extracting targets
 
 ProgressFn = Callable[[int, int, str], None]
@@ -154,6 +159,29 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
     return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True)
 
 
+def kv_bytes_per_token(model: Any) -> int:
+    """KV-cache bytes one token costs this model (0 if its caches do not say)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    model(mx.array([[0]], dtype=mx.int32), cache=cache)
+    total = 0.0
+    for c in cache:
+        for a in (getattr(c, "keys", None), getattr(c, "values", None)):
+            if isinstance(a, mx.array) and a.ndim >= 3 and a.shape[2]:
+                total += a.nbytes / a.shape[2]  # caches allocate ahead in steps of tokens
+    return int(total)
+
+
+def generation_batch(model: Any, longest: int) -> int:
+    """Sequences to decode at once: GEN_MAX_BATCH, or fewer if their KV cache would pass
+    GEN_KV_BUDGET (16 when the model's cache size cannot be read)."""
+    per_token = kv_bytes_per_token(model)
+    if per_token <= 0:
+        return 16
+    return max(1, min(GEN_MAX_BATCH, GEN_KV_BUDGET // (per_token * max(1, longest))))
+
+
 def generate_responses(
     model: Any,
     tokenizer: Any,
@@ -161,28 +189,52 @@ def generate_responses(
     cfg: KDConfig,
     progress: ProgressFn | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Sample one response per prompt; sequences include the EOS when the teacher stopped."""
-    from mlx_lm.generate import batch_generate
+    """Sample one response per prompt; sequences include the EOS when the teacher stopped.
+
+    mlx-lm's BatchGenerator (what its batch_generate drives), fed every prompt at once so
+    finished sequences are replaced by waiting ones, with progress as sequences finish."""
+    from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
     mx.random.seed(cfg.seed)
-    sampler = make_sampler(temp=cfg.teacher_temperature)
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     prompt_ids = [format_prompt(tokenizer, p)[: cfg.max_seq_length - 2] for p in prompts]
+    if not prompt_ids:
+        return [], []
+    budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
+    batch = generation_batch(
+        model, max(len(p) + b for p, b in zip(prompt_ids, budgets, strict=True))
+    )
+    gen = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in eos],
+        sampler=make_sampler(temp=cfg.teacher_temperature),
+        completion_batch_size=batch,
+        prefill_batch_size=min(batch, 16),
+    )
+    uids = gen.insert(prompt_ids, budgets)
+    tokens: dict[int, list[int]] = {u: [] for u in uids}
+    done, last = 0, time.monotonic()
+    try:
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":  # "stop": the EOS, appended below
+                    tokens[r.uid].append(int(r.token))
+                if r.finish_reason is not None:
+                    done += 1
+            if progress and (done == len(uids) or time.monotonic() - last > 0.5):
+                progress(done, len(uids), "generating")
+                last = time.monotonic()
+    finally:
+        gen.close()
     seqs: list[np.ndarray] = []
-    for start in range(0, len(prompt_ids), GEN_CHUNK):
-        chunk = prompt_ids[start : start + GEN_CHUNK]
-        budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in chunk]
-        res = batch_generate(
-            model, tokenizer, chunk, max_tokens=budgets, sampler=sampler, return_token_ids=True
-        )
-        for p, toks, budget in zip(chunk, res.token_ids, budgets, strict=True):
-            toks = [int(t) for t in toks]
-            if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
-                toks.append(eos[0])
-            seqs.append(np.array(p + toks[:budget], np.int32))
-        if progress:
-            progress(min(start + GEN_CHUNK, len(prompt_ids)), len(prompt_ids), "generating")
+    for p, uid, budget in zip(prompt_ids, uids, budgets, strict=True):
+        toks = tokens[uid][:budget]
+        if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
+            toks.append(eos[0])
+        seqs.append(np.array(p + toks, np.int32))
+    if progress:
+        progress(len(uids), len(uids), "generating")
     return seqs, [len(p) for p in prompt_ids]
 
 
