@@ -48,8 +48,10 @@ def preload_fast_blas() -> str | None:
     # one branch per shard, each hundreds of ops long: at 20 MLX queued one shard's ops ahead
     # of the other's and the streams ran one after the other (LoRA value_and_grad, 4 x 512
     # student, batch 4 x 256, two streams: 1.49 s at 20, 0.80 s at 256; one stream: 1.24 s
-    # either way). Read once by MLX, so it is set before MLX loads.
-    os.environ.setdefault("MLX_BFS_MAX_WIDTH", "256")
+    # either way). Read once by MLX, so it is set before MLX loads; not with a CUDA build, where
+    # MLX's own scheduling is what was tuned.
+    if not _cuda_build_installed():
+        os.environ.setdefault("MLX_BFS_MAX_WIDTH", "256")
     override = os.environ.get("KD_BLAS_LIBRARY")
     for path in ((override,) if override else ()) + _CANDIDATES:
         try:
@@ -61,6 +63,18 @@ def preload_fast_blas() -> str | None:
         loaded_blas = path
         return path
     return None
+
+
+def _cuda_build_installed() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("mlx-cuda", "mlx-cuda-12", "mlx-cuda-13"):
+        try:
+            version(name)
+            return True
+        except PackageNotFoundError:
+            continue
+    return False
 
 
 def blas_threads() -> int | None:

@@ -34,6 +34,26 @@ def test_openblas_preloaded_before_mlx():
     assert "openblas" in out.lower()
 
 
+@pytest.mark.skipif(platform.system() != "Linux", reason="Linux CPU wheel only")
+def test_blas_threads_can_be_set_at_run_time_and_bfs_width_widened():
+    # cpu_streams sets one BLAS thread per call while it trains, then restores the count.
+    out = _run(
+        "import os, kd_core, kd_core.blas as b; n = b.blas_threads(); p = b.set_blas_threads(1);"
+        "print(n == p, b.blas_threads(), b.set_blas_threads(n), b.blas_threads() == n,"
+        " os.environ['MLX_BFS_MAX_WIDTH'])"
+    )
+    assert out == "True 1 1 True 256"
+    kept = subprocess.run(
+        [sys.executable, "-c", "import os, kd_core; print(os.environ['MLX_BFS_MAX_WIDTH'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**__import__("os").environ, "MLX_BFS_MAX_WIDTH": "7"},
+    ).stdout.strip()
+    assert kept == "7"  # the user's own setting wins
+
+
 def test_console_scripts_help():
     bindir = __import__("pathlib").Path(sys.executable).parent
     for script in ("kd", "kd-tui"):
