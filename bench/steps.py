@@ -228,19 +228,46 @@ class KDStep(_Student):
         }
 
     def profile(self, repeats: int = 2) -> dict[str, float]:
-        """Where an online step's time goes: teacher forward vs the student's CE-only step."""
+        """Where an online step's time goes, measured as the trainer runs it (rows split over
+        its parallel CPU streams): the teacher forward alone, and kd's own step with alpha = 0
+        (plain CE, no teacher) on the same student and batch. Best of `repeats`."""
+        from kd_core.cpu_streams import StreamSet, row_slices, stream_count
+
         batch = make_batch(self.examples, self.cfg.max_seq_length, None)
         teacher_s = []
         if self.teacher is not None:
-            inputs = mx.array(batch.teacher_inputs)
-            for _ in range(repeats + 1):
-                t0 = time.perf_counter()
-                mx.eval(self.teacher(inputs))
-                teacher_s.append(time.perf_counter() - t0)
-        ce = MlxLmCEStep.__new__(MlxLmCEStep)
-        ce.model, ce.tokens, ce.seq = self.model, self.tokens, self.seq
-        ce._build()
-        ce_s = ce.steps(repeats)["times"]
+            pool = StreamSet(stream_count(self.cfg.cpu_streams, BATCH))
+            x = batch.teacher_inputs
+            with pool.active():
+                for _ in range(repeats + 1):
+                    t0 = time.perf_counter()
+                    outs = []
+                    for i, rows in enumerate(row_slices(len(x), pool.n)):
+                        with pool.on(i):
+                            outs.append(self.teacher(mx.array(x[rows])))
+                    mx.eval(outs)
+                    teacher_s.append(time.perf_counter() - t0)
+        # alpha = 0 never reads the soft targets: zeros stand in for them.
+        ce_examples = [
+            Example(
+                e.tokens,
+                e.prompt_len,
+                topk_ids=np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.int32),
+                topk_logprobs=np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.float32),
+            )
+            for e in self.examples
+        ]
+        cfg = self.cfg.replace(alpha=0.0, teacher_mode="offline", num_iters=repeats + 1)
+        trainer = StudentTrainer(
+            self.model,
+            cfg,
+            ce_examples,
+            self.work / "profile-ce",
+            adapter_config(cfg, len(self.model.layers), "student", "none", "bench"),
+            domain="bench",
+        )
+        trainer.train()
+        ce_s = [row["step_time"] for row in trainer.metrics[1:]]
         return {
             "teacher_forward_s": min(teacher_s[1:]) if teacher_s else 0.0,
             "student_ce_step_s": min(ce_s),
