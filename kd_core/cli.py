@@ -314,8 +314,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from kd_core.distiller import TrueKnowledgeDistiller
     from kd_core.domains import resolve_domains
 
-    spec = spec_from_args(args)
-    domains = resolve_domains(spec.domains, spec.domain_files)
+    try:
+        spec = spec_from_args(args)
+        domains = resolve_domains(spec.domains, spec.domain_files)
+    except Exception as e:
+        if args.events == "jsonl":
+            # A parent reading the event protocol gets the error as its terminal event too
+            # (errors once the run has started are reported by the distiller itself).
+            one = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            JsonLinesPrinter(sys.stdout)(RunFailed(one, detail=e.__class__.__name__))
+        raise
     if (args.distributed or args.hostfile) and "MLX_RANK" not in os.environ:
         return launch_distributed(args)
     if args.save_config:

@@ -95,3 +95,21 @@ def test_cli_bad_input_one_line_status_2(tmp_path, monkeypatch, capsys):
     assert main(["distill", "--domain", "../etc"]) == 2
     assert "not a valid name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_event_protocol_reports_input_errors_as_run_failed(tmp_path, monkeypatch, capsys):
+    """A parent reading `--events jsonl` (the TUI) gets a terminal event even when the run
+    never starts, exactly one, besides the one line on stderr."""
+    from kd_core.events import RunFailed, event_from_json
+
+    monkeypatch.chdir(tmp_path)
+    for argv, field in (
+        (["--domain", "cooking"], "domain"),
+        (["--temperature", "50"], "temperature"),
+    ):
+        assert main(["distill", "--events", "jsonl", *argv]) == 2
+        out, err = capsys.readouterr()
+        events = [event_from_json(line) for line in out.splitlines()]
+        assert len(events) == 1 and isinstance(events[0], RunFailed)
+        assert events[0].error.startswith(field) and field in err
+    assert list(tmp_path.iterdir()) == []
