@@ -84,10 +84,12 @@ class StreamSet:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """While training on several streams, one BLAS thread per call (the streams are the
-        parallelism; more would oversubscribe the cores). Restored afterwards, so generation
-        and evaluation get every core for their single stream."""
-        previous = set_blas_threads(1) if self.n > 1 else None
+        """While training on several streams, the cores are shared out among them: BLAS
+        threads per call = cores // streams (1 on the 2-core machine this was measured on;
+        more would oversubscribe the cores). Restored afterwards, so generation and
+        evaluation get every core for their single stream."""
+        per_stream = max(1, (os.cpu_count() or 1) // self.n)
+        previous = set_blas_threads(per_stream) if self.n > 1 else None
         try:
             yield
         finally:
