@@ -46,9 +46,9 @@ def preload_fast_blas() -> str | None:
     # MLX evaluates a graph breadth-first up to this many independent branches (default 20),
     # then depth-first. A training step split over parallel CPU streams (cpu_streams.py) has
     # one branch per shard, each hundreds of ops long: at 20 MLX queued one shard's ops ahead
-    # of the other's and the streams ran one after the other (LoRA value_and_grad, 4 x 512
-    # student, batch 4 x 256, two streams: 1.49 s at 20, 0.80-0.82 s at 200-2,000; one
-    # stream: 1.24 s either way). Read once by MLX, so it is set before MLX loads; not with a
+    # of the other's and the streams ran one after the other (`python bench/streams.py`: LoRA
+    # value_and_grad, 4 x 512 student, batch 4 x 256, two streams 1.5-1.6 s at 20, 0.9 s at
+    # 256; one stream 1.4 s either way). Read once by MLX, so it is set before MLX loads; not with a
     # CUDA build, where MLX's own scheduling is what was tuned.
     if not _cuda_build_installed():
         os.environ.setdefault("MLX_BFS_MAX_WIDTH", "256")

@@ -79,3 +79,23 @@ def test_two_streams_train_what_one_stream_trains(tiny_pair, tmp_path, mode):
         assert np.abs(one_w[k] - two_w[k]).max() <= 1e-3 * scale, k
     # The trainer gives BLAS its threads back (generation and eval run on one stream).
     assert blas.blas_threads() == threads_before
+
+
+def test_soft_targets_on_streams_equal_one_stream(tiny_pair):
+    from mlx_lm import load
+
+    from kd_core.teacher import soft_targets
+
+    model, _ = load(str(tiny_pair.teacher))
+    rng = np.random.default_rng(0)
+    # Uneven lengths, more sequences than one forward takes: shards pad on their own.
+    seqs = [
+        rng.integers(1, 300, size=int(rng.integers(12, 40))).astype(np.int32) for _ in range(11)
+    ]
+    plens = [int(rng.integers(3, 8)) for _ in seqs]
+    cfg = KDConfig(top_k=8)
+    ids1, lps1 = soft_targets(model, seqs, plens, cfg, streams=1)
+    ids3, lps3 = soft_targets(model, seqs, plens, cfg, streams=3)
+    for s, p, a, b, c, d in zip(seqs, plens, ids1, ids3, lps1, lps3, strict=True):
+        assert a.shape == (len(s) - p, 8) and np.array_equal(a, b)
+        assert np.allclose(c, d, atol=1e-5)
