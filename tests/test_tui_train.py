@@ -294,6 +294,8 @@ async def test_trainer_process_reports_an_early_error(tmp_path: Path) -> None:
         assert view.status == "failed"
         assert view.error is not None and "no-such-domain" in view.error
         assert "\n" not in view.error
+        # The RunFailed event (kd distill --events jsonl) can arrive before the process exits.
+        await wait_until(pilot, lambda: proc.returncode is not None, timeout=60)
         assert proc.returncode == 2
 
 
