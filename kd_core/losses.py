@@ -169,6 +169,49 @@ def offline_loss_sums(
     return kd, ce
 
 
+class _SoftPair:
+    """softmax(z) and softmax(z / T) of the same logits, for the hand-written backward passes.
+
+    For a whole-number T (the default 2) one exponential per element serves both: with
+    u = exp((z - max) / T), sum(u) gives the log-sum-exp at T and sum(u^T) the one at 1; and
+    e = exp((z - lse1) / T) gives softmax(z) = e^T and softmax(z/T) = e * exp(lse1/T - lseT).
+    exp is the costly op on MLX's CPU backend: this took a [256, 151936] chunk's two
+    log-sum-exps from 1.27 s to 0.98 s and its soft-max pass from 1.18 s to 0.64 s."""
+
+    def __init__(self, temperature: float) -> None:
+        self.inv_t = 1.0 / temperature
+        t = float(temperature)
+        self.whole = int(t) if t.is_integer() and 1 <= t <= 8 else 0
+
+    def _power(self, x: mx.array) -> mx.array:  # x ** whole, by multiplication
+        out = x
+        for _ in range(self.whole - 1):
+            out = out * x
+        return out
+
+    def log_sum_exps(self, z: mx.array) -> tuple[mx.array, mx.array]:
+        """(logsumexp(z), logsumexp(z / T)) over the last axis."""
+        if not self.whole:
+            return mx.logsumexp(z, axis=-1), mx.logsumexp(z * self.inv_t, axis=-1)
+        top = mx.max(z, axis=-1)
+        u = mx.exp((z - top[..., None]) * self.inv_t)  # the max gives u = 1: no log(0)
+        return top + mx.log(self._power(u).sum(axis=-1)), top * self.inv_t + mx.log(u.sum(axis=-1))
+
+    def softmaxes(self, z: mx.array, lse1: mx.array, lse_t: mx.array) -> tuple[mx.array, mx.array]:
+        """(softmax(z), softmax(z / T)) from the log-sum-exps above."""
+        if not self.whole:
+            return mx.exp(z - lse1[..., None]), mx.exp(z * self.inv_t - lse_t[..., None])
+        e = mx.exp((z - lse1[..., None]) * self.inv_t)
+        return self._power(e), e * mx.exp(lse1 * self.inv_t - lse_t)[..., None]
+
+
+def _add_at(dz: mx.array, cols: mx.array, vals: mx.array) -> mx.array:
+    """dz[.., cols[.., j]] += vals[.., j] for every row (the sparse part of a gradient)."""
+    n, v = int(np.prod(cols.shape[:-1])), dz.shape[-1]
+    rows = mx.broadcast_to(mx.arange(n)[:, None], (n, cols.shape[-1]))
+    return dz.reshape(n, v).at[rows, cols.reshape(n, -1)].add(vals.reshape(n, -1))
+
+
 @cache
 def _fused_offline(temperature: float) -> Any:
     """KD + CE sums on logits [.., V] with their gradient in one pass over V.
@@ -178,35 +221,12 @@ def _fused_offline(temperature: float) -> Any:
         d KL / d(z/T) = (P - c Q) q + scatter_k(c q_k - p)
         d CE / dz     = s - onehot(target)
     so dz is two exponentials of z in one element-wise pass plus k + 1 sparse updates per row.
-    tests/test_losses.py checks values and gradients against the autodiff reference.
-
-    For a whole-number T (the default 2) one exponential per element serves both soft-maxes:
-    with u = exp((z - max) / T), sum(u) gives the log-sum-exp at T and sum(u^T) the one at 1;
-    in the backward pass e = exp((z - lse1) / T) gives s = e^T and q = e * exp(lse1/T - lseT).
-    exp is the costly op on MLX's CPU backend: this took a [256, 151936] chunk's two
-    log-sum-exps from 1.27 s to 0.98 s and its soft-max pass from 1.18 s to 0.64 s."""
+    The two soft-maxes share their exponentials (`_SoftPair`). tests/test_losses.py checks
+    values and gradients against the autodiff reference."""
     t = temperature
     inv_t = 1.0 / t
-    whole = int(t) if float(t).is_integer() and 1 <= t <= 8 else 0
-
-    def power(x: mx.array) -> mx.array:  # x ** whole, by multiplication (cheap, exact enough)
-        out = x
-        for _ in range(whole - 1):
-            out = out * x
-        return out
-
-    def log_sum_exps(z: mx.array) -> tuple[mx.array, mx.array]:
-        if not whole:
-            return mx.logsumexp(z, axis=-1), mx.logsumexp(z * inv_t, axis=-1)
-        top = mx.max(z, axis=-1)
-        u = mx.exp((z - top[..., None]) * inv_t)  # the max gives u = 1: no log(0)
-        return top + mx.log(power(u).sum(axis=-1)), top * inv_t + mx.log(u.sum(axis=-1))
-
-    def softmaxes(z: mx.array, lse1: mx.array, lse_t: mx.array) -> tuple[mx.array, mx.array]:
-        if not whole:
-            return mx.exp(z - lse1[..., None]), mx.exp(z * inv_t - lse_t[..., None])
-        e = mx.exp((z - lse1[..., None]) * inv_t)
-        return power(e), e * mx.exp(lse1 * inv_t - lse_t)[..., None]
+    pair = _SoftPair(t)
+    log_sum_exps, softmaxes = pair.log_sum_exps, pair.softmaxes
 
     @mx.custom_function
     def sums(z, targets, mask, ids, lps):
@@ -249,10 +269,66 @@ def _fused_offline(temperature: float) -> Any:
         vals = mx.concatenate(
             [-w_ce[..., None], w_kd[..., None] * (c[..., None] * q_k - p)], axis=-1
         )
-        n, v = int(np.prod(cols.shape[:-1])), z.shape[-1]
-        rows = mx.broadcast_to(mx.arange(n)[:, None], (n, cols.shape[-1]))
-        dz = dz.reshape(n, v).at[rows, cols.reshape(n, -1)].add(vals.reshape(n, -1))
+        dz = _add_at(dz, cols, vals)
         zeros = [mx.zeros_like(a) for a in (targets, mask, ids, lps)]
+        return (dz.reshape(z.shape).astype(z.dtype), *zeros)
+
+    return sums
+
+
+def online_loss_sums(
+    logits: mx.array,
+    teacher_logits: mx.array,
+    targets: mx.array,
+    mask: mx.array,
+    temperature: float,
+) -> tuple[mx.array, mx.array]:
+    """(KD sum, CE sum) of the online loss on full logits of one vocabulary: the values of
+    `kd_loss_sum` + `ce_loss_sum`, with a hand-written gradient (no gradient to the teacher):
+        dz = w_ce (softmax(z) - onehot(target)) + w_kd (softmax(z/T) - softmax(t/T))."""
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(
+            f"teacher logits {teacher_logits.shape} and student logits {logits.shape} differ; "
+            "align the vocabularies first (align_vocab_sizes)"
+        )
+    kd, ce, _, _, _ = _fused_online(float(temperature))(logits, teacher_logits, targets, mask)
+    return kd, ce
+
+
+@cache
+def _fused_online(temperature: float) -> Any:
+    t = temperature
+    inv_t = 1.0 / t
+    pair = _SoftPair(t)
+
+    @mx.custom_function
+    def sums(z, tz, targets, mask):
+        z = z.astype(mx.float32)
+        lse1, lse_t = pair.log_sum_exps(z)
+        tt = tz.astype(mx.float32) * inv_t
+        u = mx.exp(tt - mx.max(tt, axis=-1, keepdims=True))
+        total = u.sum(axis=-1)
+        p = u / total[..., None]
+        # KL = sum p (log p - log q) = sum p (t/T - z/T) - lse(t/T) + lse(z/T), as sum p = 1
+        lse_tt = mx.max(tt, axis=-1) + mx.log(total)
+        kl = (p * (tt - z * inv_t)).sum(axis=-1) - lse_tt + lse_t
+        kd = (t * t) * (kl * mask.astype(mx.float32)).sum()
+        vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
+        picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
+        ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
+        return kd, ce, lse1, lse_t, p  # kept for the backward pass
+
+    @sums.vjp
+    def sums_vjp(primals, cotangents, outputs):
+        z, tz, targets, mask = primals
+        g_kd, g_ce = cotangents[0], cotangents[1]
+        lse1, lse_t, p = outputs[2], outputs[3], outputs[4]
+        w_ce = g_ce * mx.logical_and(targets != IGNORE_INDEX, mask > 0).astype(mx.float32)
+        w_kd = (g_kd * t * mask.astype(mx.float32))[..., None]  # T^2 from the loss, 1/T from z/T
+        soft, q = pair.softmaxes(z.astype(mx.float32), lse1, lse_t)
+        dz = w_ce[..., None] * soft + w_kd * (q - p)
+        dz = _add_at(dz, mx.where(w_ce != 0, targets, 0)[..., None], -w_ce[..., None])
+        zeros = [mx.zeros_like(a) for a in (tz, targets, mask)]
         return (dz.reshape(z.shape).astype(z.dtype), *zeros)
 
     return sums

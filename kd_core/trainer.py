@@ -36,7 +36,7 @@ from kd_core.data import Batch, BatchPlan, Example, make_batch, valid_tokens
 from kd_core.distributed import World
 from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, EventSink, Log, Paused, Step, null_sink
-from kd_core.losses import ce_loss_sum, kd_loss_sum, offline_loss_sums
+from kd_core.losses import ce_loss_sum, kd_loss_sum, offline_loss_sums, online_loss_sums
 from kd_core.vocab import VocabAlignment, align_vocab_sizes
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -179,10 +179,14 @@ class StudentTrainer:
                 logits, targets, mask, ids, lps, cfg.alpha, cfg.temperature
             )
         else:
-            ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
             strategy = self.alignment.strategy if self.alignment else "truncate"
             t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
-            kd_sum, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
+            if strategy == "truncate" and s_al.shape == logits.shape:
+                # KD over the student's whole vocabulary, in its order: one fused pass.
+                kd_sum, ce_sum = online_loss_sums(logits, t_al, targets, mask, cfg.temperature)
+            else:
+                ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
+                kd_sum, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
         loss = (cfg.alpha * kd_sum + (1.0 - cfg.alpha) * ce_sum) * inv_count
         return loss, (kd_sum, ce_sum)
 
