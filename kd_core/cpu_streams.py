@@ -4,9 +4,10 @@ MLX's CPU backend runs each element-wise op (exp, silu, the soft-max of attentio
 loss) on one thread; only its BLAS calls use several. Measured on the 2-core CI machine
 (bench/README.md): exp over 8M floats 126 ms in MLX vs 19 ms in numpy, and a teacher forward
 (8 x 768, batch 4 x 256) spends ~0.9 s of its 1.39 s outside the matmuls. Each MLX stream has
-its own worker thread, so the same step split by rows over one stream per core, with one BLAS
-thread per call, keeps every core busy: that forward took 0.98 s. It needs MLX to interleave
-the shards' ops: kd_core/blas.py widens MLX_BFS_MAX_WIDTH before MLX loads.
+its own worker thread, so the same step split by rows over one stream per core, with the
+BLAS threads shared out among the streams, keeps every core busy: that forward took 0.98 s.
+It needs MLX to interleave the shards' ops: kd_core/blas.py widens MLX_BFS_MAX_WIDTH before
+MLX loads.
 
 The shards' gradients are chained (each compiled call adds the previous shard's gradient
 after computing its own), so the heavy work of the shards does not depend on each other and
