@@ -347,17 +347,21 @@ def _offline_vs_online(ctx: Context, teacher: str, tag: str) -> tuple[float, dic
     iters = p.distil_iters
     runs: dict[str, Any] = {}
     cache_off, cache_on = ctx.tmp / f"cache-offline{tag}", ctx.tmp / f"cache-online{tag}"
+
+    def run(mode: str, cache: Path) -> dict[str, Any]:
+        with ctx.worker("bench.distil:Distil", f"distil-{mode}{tag}") as w:
+            return w.call(
+                "run",
+                pair=pair,
+                mode=mode,
+                iters=iters,
+                cache_dir=str(cache),
+                output=str(ctx.tmp / f"out-{mode}{tag}"),
+                teacher=teacher,
+            )
+
     ctx.log(f"  offline run ({teacher}): 50 prompts, {iters} iters, fresh cache")
-    with ctx.worker("bench.distil:Distil", f"distil-offline{tag}") as w:
-        runs["offline"] = w.call(
-            "run",
-            pair=pair,
-            mode="offline",
-            iters=iters,
-            cache_dir=str(cache_off),
-            output=str(ctx.tmp / f"out-offline{tag}"),
-            teacher=teacher,
-        )
+    runs["offline"] = run("offline", cache_off)
     ctx.log(f"  offline: {runs['offline']['wall_s']:.0f} s")
     if p.quick:
         # Online mode samples the very same responses (same teacher, prompts, seed, max
@@ -370,16 +374,7 @@ def _offline_vs_online(ctx: Context, teacher: str, tag: str) -> tuple[float, dic
         f"  online run ({teacher}): 50 prompts, {iters} iters"
         + (" (responses from the offline run)" if p.quick else ", fresh cache")
     )
-    with ctx.worker("bench.distil:Distil", f"distil-online{tag}") as w:
-        runs["online"] = w.call(
-            "run",
-            pair=pair,
-            mode="online",
-            iters=iters,
-            cache_dir=str(cache_on),
-            output=str(ctx.tmp / f"out-online{tag}"),
-            teacher=teacher,
-        )
+    runs["online"] = run("online", cache_on)
     off, on = runs["offline"], runs["online"]
     d: dict[str, Any] = {"iters": iters, "prompts": 50, "batch": BATCH, "runs": runs}
     # What bounds the ratio: online pays a teacher forward every step on top of the step.
