@@ -226,12 +226,11 @@ def _fused_offline(temperature: float) -> Any:
     t = temperature
     inv_t = 1.0 / t
     pair = _SoftPair(t)
-    log_sum_exps, softmaxes = pair.log_sum_exps, pair.softmaxes
 
     @mx.custom_function
     def sums(z, targets, mask, ids, lps):
         z = z.astype(mx.float32)
-        lse1, lse_t = log_sum_exps(z)
+        lse1, lse_t = pair.log_sum_exps(z)
         vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
         picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
         ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
@@ -263,7 +262,7 @@ def _fused_offline(temperature: float) -> Any:
         c = mx.where(
             mx.logical_and(p_tail > 1e-6, q_rest > _EPS), p_tail / mx.maximum(q_rest, _EPS), 0.0
         )
-        soft, q = softmaxes(zf, lse1, lse_t)
+        soft, q = pair.softmaxes(zf, lse1, lse_t)
         dz = w_ce[..., None] * soft + (w_kd * (big_p - c * big_q))[..., None] * q
         cols = mx.concatenate([mx.where(w_ce != 0, targets, 0)[..., None], ids], axis=-1)
         vals = mx.concatenate(
