@@ -121,7 +121,7 @@ class Distil:
         The loss comparison uses the first `sequences` examples (the teacher forward that
         recomputes float32 targets is the costly part); the byte counts use the whole file.
         """
-        from kd_core.distiller import build_examples
+        from kd_core.examples import build_examples
         from kd_core.losses import sparse_kd_loss_sum
         from kd_core.models import load_model
         from kd_core.teacher import TeacherOutputs, load_outputs, soft_targets
@@ -158,7 +158,7 @@ class Distil:
         align = plan_vocab_alignment(t_tok, s_tok, stored.teacher_vocab, s_vocab, "auto")
         losses = {}
         for name, outs in (("float16", stored), ("float32", fp32)):
-            examples, _ = build_examples(prompts()[:n], outs, s_tok, align, online=False)
+            examples = build_examples(prompts()[:n], outs, s_tok, align, online=False).examples
             total = count = 0.0
             for s in range(0, len(examples), BATCH):
                 b = make_batch(examples[s : s + BATCH], cfg.max_seq_length, cfg.top_k)

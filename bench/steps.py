@@ -51,7 +51,8 @@ from kd_core.data import Example, make_batch
 from kd_core.demo.tiny import LlamaSize, new_llama
 from kd_core.models import load_model, release
 from kd_core.teacher import soft_targets
-from kd_core.trainer import StudentTrainer, adapter_config, apply_lora
+from kd_core.outputs import adapter_config
+from kd_core.trainer import StudentTrainer, apply_lora
 
 
 def _size(shape: LlamaShape) -> LlamaSize:
@@ -357,7 +358,7 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
     for alpha in (cfg.alpha, 0.0):
         opt = optim.Adam(learning_rate=LEARNING_RATE)
         opt.init(model.trainable_parameters())
-        cs = ChunkedStep(model, split, opt, alpha, cfg.temperature, chunk)
+        cs = ChunkedStep(model, split, opt, cfg.replace(alpha=alpha), chunk)
         if not (hasattr(cs, "_chunk_grad") and hasattr(cs, "_body_backward")):
             return {"error": "kd_core.chunked.ChunkedStep changed; profile not available"}
         runs: list[dict[str, float]] = []

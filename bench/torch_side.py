@@ -5,7 +5,7 @@ and student are transformers' LlamaForCausalLM loaded from the very folders the 
 loads (mlx-lm's keys are Hugging Face's, embeddings tied); the student gets peft LoRA of the
 same rank and scale on the same linears of every block; per step the teacher runs a forward
 under no_grad, the student a forward and backward, Adam updates the adapters. Loss exactly as
-kd computes it (DESIGN.md): L = alpha * T^2 * KL(P_T || Q_T) + (1 - alpha) * CE over the
+kd computes it (docs/ARCHITECTURE.md): L = alpha * T^2 * KL(P_T || Q_T) + (1 - alpha) * CE over the
 response positions. Eager mode: what a Hugging Face training loop runs by default.
 
 This module never imports kd_core: OpenBLAS must not be loaded into the torch process.

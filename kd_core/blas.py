@@ -1,7 +1,7 @@
 """Load a fast BLAS before MLX on Linux CPU.
 
 MLX's Linux CPU wheel ships the reference BLAS: a 1024^3 fp32 matmul takes ~0.76 s
-there versus ~0.02 s with OpenBLAS (measured, see DESIGN.md). Loading OpenBLAS with
+there versus ~0.02 s with OpenBLAS (measured, see docs/ARCHITECTURE.md). Loading OpenBLAS with
 RTLD_GLOBAL *before the first ``import mlx`` * makes MLX resolve its BLAS symbols to it;
 no re-exec is needed. On macOS (Accelerate) and CUDA builds this is a no-op.
 

@@ -2,7 +2,7 @@
 
 At Qwen's 151,936-token vocabulary the loss, not the model, is the cost: each [B, L, V] fp32
 tensor of a 4 x 512 batch is 1.24 GB, and a naive KD step holds several. Measured here
-(DESIGN.md): wrapping chunks in mx.checkpoint inside one value_and_grad did not lower the
+(docs/ARCHITECTURE.md): wrapping chunks in mx.checkpoint inside one value_and_grad did not lower the
 peak (the lazy graph still held it all). Two phases do:
 
 1. body forward to the final hidden states h [B, L, D] (evaluated, no graph kept); then for
@@ -24,8 +24,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices
-from kd_core.losses import offline_loss_sums
+from kd_core.data import Batch
+from kd_core.losses import combined_loss, offline_loss_sums
+from kd_core.step_api import StepOutput, add_trees
 
 AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
 
@@ -70,15 +73,14 @@ def want_chunking(setting: int, batch_size: int, seq_len: int, vocab: int) -> in
 
 
 class ChunkedStep:
-    """One optimiser step of the offline KD loss, computed in chunks of positions."""
+    """One micro-batch of the offline loss, computed in chunks of positions (a TrainStep)."""
 
     def __init__(
         self,
         model: nn.Module,
         split: SplitModel,
         optimizer: Any,
-        alpha: float,
-        temperature: float,
+        cfg: KDConfig,
         chunk: int,
         reduce: Callable[[Any], Any] = lambda g: g,
         streams: StreamSet | None = None,
@@ -88,12 +90,11 @@ class ChunkedStep:
         self.split = split
         self.optimizer = optimizer
         self.chunk = chunk
-        self.alpha = alpha
-        self.temperature = temperature
+        alpha, temperature = cfg.alpha, cfg.temperature
 
         def chunk_loss(h, targets, mask, ids, lps, inv):
             kd, ce = offline_loss_sums(split.head(h), targets, mask, ids, lps, alpha, temperature)
-            return (alpha * kd + (1.0 - alpha) * ce) * inv, (kd, ce)
+            return combined_loss(kd, ce, alpha) * inv, (kd, ce)
 
         self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))
 
@@ -107,27 +108,23 @@ class ChunkedStep:
         def body_backward(inputs, cotangent, prev_grad, do_update):
             _, grad = vg(model, inputs, cotangent)
             if prev_grad is not None:
-                grad = _tree_add(grad, prev_grad)
+                grad = add_trees(grad, prev_grad)
             if do_update:
-                optimizer.update(model, reduce(grad))  # summed over ranks when distributed
+                optimizer.update(model, reduce(grad))  # summed over processes when distributed
                 grad = None
             return grad
 
         self._body_backward = mx.compile(body_backward, inputs=state, outputs=state)
 
-    def __call__(
-        self,
-        inputs: mx.array,
-        targets: mx.array,
-        mask: mx.array,
-        ids: mx.array,
-        lps: mx.array,
-        inv: mx.array,
-        prev_grad: Any,
-        do_update: bool,
-    ) -> tuple[mx.array, mx.array, mx.array, Any]:
+    def __call__(self, batch: Batch, inv: mx.array, prev_grad: Any, do_update: bool) -> StepOutput:
         # Rows are split over the parallel streams (kd_core/cpu_streams.py); each phase builds
         # one piece per stream and evaluates them together, so the streams run at once.
+        inputs, targets, mask = (
+            mx.array(batch.inputs),
+            mx.array(batch.targets),
+            mx.array(batch.mask),
+        )
+        ids, lps = mx.array(batch.topk_ids), mx.array(batch.topk_logprobs)
         streams = self.streams
         shards = row_slices(inputs.shape[0], streams.n)
         hs = []
@@ -172,10 +169,4 @@ class ChunkedStep:
             grads[i] = []
             with streams.on(i):
                 grad = self._body_backward(x, dh, grad, do_update and i == len(shards) - 1)
-        return loss, kd, ce, grad
-
-
-def _tree_add(a: Any, b: Any) -> Any:
-    from mlx.utils import tree_map
-
-    return tree_map(lambda x, y: x + y, a, b)
+        return StepOutput(loss, kd, ce, grad)

@@ -31,23 +31,12 @@ from kd_core.config import (
     load_toml,
     save_toml,
 )
-from kd_core.events import (
-    CacheUsed,
-    CheckpointSaved,
-    DomainFinished,
-    Event,
-    Log,
-    Paused,
-    PhaseStarted,
-    Progress,
-    RunFailed,
-    RunFinished,
-    RunStarted,
-    Step,
-)
+from kd_core.errors import one_line
+from kd_core.events import CheckpointSaved, Event, Progress, RunFailed, Step, describe
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_STOPPED = 3  # a stop (signal, control word, dashboard) ended the run early; --resume
 COMMANDS = ("distill", "eval", "demo")
 SHORT_FLAGS = {"num_iters": ["--iters"]}
 
@@ -63,17 +52,10 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-    return f"{s // 60}:{s % 60:02d}"
-
-
 class TextPrinter:
-    """Prints engine events for a person at a terminal."""
+    """Prints engine events for a person at a terminal, in the words of `describe` (the
+    dashboard's log uses the same). Steps every `report_every`; progress when it completes
+    or (build) every 20 units; dimmed detail only when not quiet."""
 
     def __init__(self, stream: TextIO, report_every: int, quiet: bool = False) -> None:
         self.out = stream
@@ -81,58 +63,22 @@ class TextPrinter:
         self.quiet = quiet
 
     def __call__(self, e: Event) -> None:
-        line = self.format(e)
-        if line and not (self.quiet and isinstance(e, Step | Progress)):
-            print(line, file=self.out, flush=True)
-
-    def format(self, e: Event) -> str | None:
-        if isinstance(e, RunStarted):
-            return (
-                f"kd: {e.teacher} -> {e.student} · domains {', '.join(e.domains)} · "
-                f"{e.config['teacher_mode']} · T {e.config['temperature']:g} · "
-                f"alpha {e.config['alpha']:g} · output {e.output}"
-            )
-        if isinstance(e, PhaseStarted) and e.phase == "teacher":
-            return f"teacher pass · {e.domain} · {e.total} prompts"
-        if isinstance(e, PhaseStarted) and e.phase == "student":
-            return f"student pass · {e.domain} · {e.total} steps"
-        if isinstance(e, PhaseStarted) and e.phase == "build":
-            return e.message
-        if isinstance(e, Progress):
-            if e.phase == "build" and e.done % 20 and e.done != e.total:
-                return None
-            return f"  {e.message} {e.done}/{e.total} · ETA {_fmt_time(e.eta_s)}"
-        if isinstance(e, CacheUsed):
-            how = "reused cache" if e.hit else "cached"
-            return f"  {how}: {e.examples} responses, {e.response_tokens} tokens · {e.path}"
-        if isinstance(e, Step):
-            if e.step % self.every and e.step != e.total_steps and e.step != 1:
-                return None
-            return (
-                f"  [{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · "
-                f"ce {e.ce:.4f} · loss {e.combined:.4f} · lr {e.lr:.1e} · "
-                f"{e.tokens_per_second:.0f} tok/s · {e.peak_memory_gb:.2f} GB · "
-                f"ETA {_fmt_time(e.eta_s)}"
-            )
-        if isinstance(e, CheckpointSaved):
-            return f"  checkpoint saved · {e.path}"
-        if isinstance(e, DomainFinished):
-            r = e.result
-            return (
-                f"done {e.domain}: kd {r['final_kd_loss']:.4f} · ce {r['final_ce_loss']:.4f}"
-                f" · loss {r['final_combined_loss']:.4f} · "
-                f"{r['training_time_seconds']:.1f} s · {r['adapter_path']}"
-            )
-        if isinstance(e, RunFinished):
-            word = "stopped (resume with --resume)" if e.stopped else "finished"
-            return f"run {word} · summary {e.summary_path}"
-        if isinstance(e, Paused):
-            return "paused" if e.paused else "resumed"
-        if isinstance(e, Log):
-            return f"{e.level}: {e.message}" if e.level != "info" else e.message
         if isinstance(e, RunFailed):
-            return None  # main() prints the error once
-        return None
+            return  # main() prints the error once, on stderr
+        if isinstance(e, Step) and (
+            self.quiet or (e.step % self.every and e.step not in (1, e.total_steps))
+        ):
+            return
+        if isinstance(e, Progress) and (
+            self.quiet or (e.phase == "build" and e.done % 20 and e.done != e.total)
+        ):
+            return
+        d = describe(e)
+        if d is None:
+            return
+        prefix = {"warning": "warning: ", "error": "error: "}.get(d.level, "")
+        indent = "  " if isinstance(e, Step | Progress | CheckpointSaved) else ""
+        print(f"{indent}{prefix}{d.text}", file=self.out, flush=True)
 
 
 class JsonLinesPrinter:
@@ -185,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="kd", description="True knowledge distillation for LLMs on MLX.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
-    d = sub.add_parser("distill", help="distil the teacher into LoRA adapters of the student")
+    d = sub.add_parser(
+        "distill",
+        help="distil the teacher into LoRA adapters of the student",
+        description="Distil the teacher into LoRA adapters of the student. `python -m kd_core` "
+        "is this command, e.g. `python -m kd_core --domain thinking --temperature 2.0 --alpha "
+        "0.7 --iters 200` or `python -m kd_core --all --teacher T --student S`. Other commands: "
+        "`kd eval` (measure students against the teacher), `kd demo` (the built-in pair).",
+    )
     _add_run_flags(d)
     d.add_argument(
         "--domain",
@@ -243,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(d)
 
+    _add_eval_parser(sub)
+    m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
+    m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    return parser
+
+
+def _add_eval_parser(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
         help="measure a student (or student + adapter) against the teacher on held-out prompts",
@@ -265,10 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="custom domain file (its prompts are the evaluation set)",
     )
     _add_config_flags(e)  # --iters, --output (<output>/compare/{kd,ce_only}) and the rest
-
-    m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
-    m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
-    return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -300,13 +256,24 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    from kd_core.distiller import OutputError
+    from kd_core.checkpoints import ResumeError
+    from kd_core.distiller import NoExamplesError
     from kd_core.domains import DomainError
     from kd_core.models import ModelError
+    from kd_core.outputs import OutputError
     from kd_core.teacher import CacheError
     from kd_core.vocab import VocabError
 
-    return (ConfigError, DomainError, ModelError, VocabError, OutputError, CacheError)
+    return (
+        ConfigError,
+        DomainError,
+        ModelError,
+        VocabError,
+        OutputError,
+        CacheError,
+        ResumeError,
+        NoExamplesError,
+    )
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -321,9 +288,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if args.events == "jsonl":
             # A parent reading the event protocol gets the error as its terminal event too
             # (errors once the run has started are reported by the distiller itself).
-            one = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            JsonLinesPrinter(sys.stdout)(RunFailed(one, detail=e.__class__.__name__))
+            JsonLinesPrinter(sys.stdout)(RunFailed(one_line(e), detail=e.__class__.__name__))
         raise
+    if args.distributed is not None and args.distributed < 1:
+        raise UsageError(f"--distributed: expected a whole number from 1, got {args.distributed}")
     if (args.distributed or args.hostfile) and "MLX_RANK" not in os.environ:
         return launch_distributed(args)
     if args.save_config:
@@ -362,7 +330,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
     )
     distiller.run(domains, resume=args.resume)
-    return 0
+    return EXIT_STOPPED if control.stop_requested else 0
 
 
 def launch_distributed(args: argparse.Namespace) -> int:
@@ -437,19 +405,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from kd_core.evaluate import run_eval_command
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'student':<12} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8}"]
+    for name, m in rows.items():
+        lines.append(f"{name:<12} {m['kl']:>10.4f} {m['top1_agreement']:>12.3f} {m['ce']:>8.4f}")
+    return "\n".join(lines)
 
-    return run_eval_command(args)
+
+def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
+    """An adapter trained on another base model loads (same shapes) and means nothing."""
+    import json
+
+    from kd_core.models import resolve_model
+
+    try:
+        base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["model"]
+        ours = resolve_model(student, "student", allow_download)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(base, str) and Path(base).expanduser().resolve() != ours.resolve():
+        print(
+            f"kd: warning: {adapter} was trained on {base}, not on {ours}",
+            file=sys.stderr,
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kd_core.atomic_io import atomic_write_json
+    from kd_core.evaluate import compare_kd_vs_ce, heldout_prompts, measure, teacher_reference
+    from kd_core.outputs import check_output_dir
+
+    spec = spec_from_args(args)
+    cfg = spec.config
+    domains = spec.domains or ["thinking"]
+    if args.json:  # before the work, not after it
+        check_output_dir(Path(args.json).expanduser().parent, "json")
+    report: dict[str, Any] = {}
+    for domain in domains:
+        if args.compare:
+            out = check_output_dir(Path(cfg.output) / "compare")
+            sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
+            res = compare_kd_vs_ce(
+                spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink
+            )
+            s = res["summary"]
+            print(
+                f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed} · KD student alpha "
+                f"{cfg.alpha:g}, T {cfg.temperature:g} · held-out prompts "
+                f"{len(heldout_prompts(domain))}"
+            )
+            print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
+            print(
+                f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
+                f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
+            )
+            report[domain] = res
+        else:
+            prompts = heldout_prompts(domain, spec.domain_files)
+            ref = teacher_reference(
+                spec.teacher or "demo-teacher", prompts, cfg, domain, args.allow_download
+            )
+            student = spec.student or "demo-student"
+            rows = {"base": measure(ref, student, None, cfg, args.allow_download)}
+            if args.adapter:
+                _warn_other_base(Path(args.adapter), student, args.allow_download)
+                rows["adapter"] = measure(ref, student, args.adapter, cfg, args.allow_download)
+            print(f"domain {domain} · held-out prompts {len(prompts)}")
+            print(format_table(rows))
+            report[domain] = rows
+    if args.json:
+        data = report[domains[0]] if len(domains) == 1 else report
+        atomic_write_json(Path(args.json), data)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if (
-        default_command
-        and (not argv or argv[0] not in COMMANDS)
-        and argv[:1] not in (["-h"], ["--help"])
-    ):
+    if default_command and (not argv or argv[0] not in COMMANDS):
+        # `python -m kd_core --help` is the seed's command line: show distill's flags.
         argv = [default_command, *argv]
     parser = build_parser()
     try:
@@ -467,7 +501,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         print("kd: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        one = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        one = one_line(e)
         if isinstance(e, _input_errors()):
             print(f"kd: error: {one}", file=sys.stderr)
             return EXIT_BAD_INPUT

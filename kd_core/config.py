@@ -11,9 +11,9 @@ import difflib
 import math
 import os
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import tomli_w
 
@@ -22,6 +22,12 @@ from kd_core.atomic_io import atomic_write_text
 
 class ConfigError(ValueError):
     """A bad configuration value. The message is one line naming the field."""
+
+
+# The modes, as types: each is checked in one place (`_check_value`, from these choices).
+TeacherMode = Literal["offline", "online"]
+VocabStrategy = Literal["auto", "truncate", "project"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 def _spec(
@@ -87,19 +93,19 @@ class KDConfig:
         hi=1024,
         group="teacher",
     )
-    teacher_mode: str = _spec(
+    teacher_mode: TeacherMode = _spec(
         "offline",
         "offline: teacher pass first, cached top-k targets, teacher released "
         "before training. online: teacher forward every step (full distribution).",
-        choices=("offline", "online"),
+        choices=get_args(TeacherMode),
         group="teacher",
     )
-    vocab_strategy: str = _spec(
+    vocab_strategy: VocabStrategy = _spec(
         "auto",
         "How teacher and student vocabularies are matched: auto picks from the "
         "tokenizers; truncate needs identical token strings over the shared ids; project "
         "maps ids through token strings.",
-        choices=("auto", "truncate", "project"),
+        choices=get_args(VocabStrategy),
         group="kd",
     )
 
@@ -112,7 +118,7 @@ class KDConfig:
         group="lora",
     )
     lora_scale: float = _spec(
-        2.0,
+        1.0,
         "Multiplier of the LoRA update (mlx-lm's 'scale'); larger acts like a larger "
         "learning rate for the adapter.",
         lo=0.0,
@@ -125,7 +131,8 @@ class KDConfig:
     )
     lora_layers: int = _spec(
         16,
-        "Number of transformer blocks (from the top) that get LoRA; -1 = all.",
+        "Number of transformer blocks (from the top) that get LoRA; -1 = all (0 is refused: "
+        "mlx-lm would read it as all).",
         lo=-1,
         hi=100000,
         group="lora",
@@ -133,8 +140,8 @@ class KDConfig:
 
     # Training
     learning_rate: float = _spec(1e-4, "Adam learning rate.", lo=0.0, hi=1.0, lo_open=True)
-    lr_schedule: str = _spec(
-        "constant", "Learning-rate schedule after warm-up.", choices=("constant", "cosine")
+    lr_schedule: LrSchedule = _spec(
+        "constant", "Learning-rate schedule after warm-up.", choices=get_args(LrSchedule)
     )
     warmup_steps: int = _spec(0, "Linear warm-up steps.", lo=0, hi=10**7)
     batch_size: int = _spec(4, "Sequences per optimiser step.", lo=1, hi=4096)
@@ -222,8 +229,9 @@ def _fmt(x: float) -> str:
 
 
 def _type_name(f: Any) -> str:
-    t = f.type if isinstance(f.type, str) else f.type.__name__
-    return t
+    if f.metadata.get("choices"):
+        return "str"  # a Literal mode
+    return f.type if isinstance(f.type, str) else f.type.__name__
 
 
 def _check_value(name: str, value: Any) -> None:
@@ -251,6 +259,8 @@ def _check_value(name: str, value: Any) -> None:
     bad_hi = hi is not None and (value >= hi if m["hi_open"] else value > hi)
     if bad_lo or bad_hi:
         raise ConfigError(f"{name}: {value!r} is out of range; allowed {allowed}")
+    if name == "lora_layers" and value == 0:
+        raise ConfigError("lora_layers: 0 is not allowed; use -1 for all blocks, or 1 and up")
 
 
 def coerce_value(name: str, text: str) -> Any:
@@ -357,8 +367,3 @@ def save_toml(spec: RunSpec, path: str | os.PathLike[str]) -> Path:
     text = tomli_w.dumps(spec_to_mapping(spec))
     atomic_write_text(p, text)
     return p
-
-
-def default_of(name: str) -> Any:
-    d = CONFIG_FIELDS[name].default
-    return None if d is MISSING else d

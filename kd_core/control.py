@@ -64,22 +64,31 @@ class RunControl:
 
     def follow_file(self, path: str | Path, interval: float = 0.2) -> threading.Thread:
         """Poll a file for control words appended to it (works under mlx.launch, where stdin
-        does not reach rank 0). The file may not exist yet; its old lines are ignored."""
+        does not reach rank 0). The file may not exist yet; its old lines are ignored. A file
+        written anew (`echo stop > file` rather than `>>`) is read from its start again."""
         p = Path(path)
-        seen = len(p.read_text().splitlines()) if p.exists() else 0
+        words = {"pause": self.pause, "resume": self.resume, "stop": self.request_stop}
+
+        def read() -> tuple[list[str], tuple[int, int] | None]:
+            try:
+                st = p.stat()
+                return p.read_text(errors="replace").splitlines(), (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                return [], None
+
+        lines, stamp = read()
+        seen = len(lines)
 
         def poll() -> None:
-            nonlocal seen
+            nonlocal seen, stamp
             while not self.stop_requested:
-                try:
-                    lines = p.read_text().splitlines() if p.exists() else []
-                except OSError:
-                    lines = []
+                lines, now = read()
+                if now is not None and now != stamp and len(lines) <= seen:
+                    seen = 0  # rewritten, not appended to: every line in it is new
+                stamp = now if now is not None else stamp
                 for word in (w.strip().lower() for w in lines[seen:]):
-                    {"pause": self.pause, "resume": self.resume, "stop": self.request_stop}.get(
-                        word, lambda: None
-                    )()
-                seen = max(seen, len(lines))
+                    words.get(word, lambda: None)()
+                seen = max(seen, len(lines)) if lines else seen
                 time.sleep(interval)
 
         t = threading.Thread(target=poll, name="kd-control-file", daemon=True)

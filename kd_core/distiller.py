@@ -5,32 +5,30 @@
     results = distiller.distill_all()
 
 With no models named, the built-in demo pair is used. Progress goes to `on_event` as the
-typed events of kd_core.events. Offline mode runs the teacher pass for every domain first
-and releases the teacher before any student trains.
+typed events of kd_core.events. A run is three stages: the teacher pass for every domain,
+the teacher's release (offline mode: it never sits beside the student being trained), and
+the training of each domain's adapter.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import numpy as np
 
-from kd_core.atomic_io import atomic_write_json
+from kd_core.checkpoints import run_fingerprint
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
-from kd_core.data import Example, format_prompt
 from kd_core.distributed import world as get_world
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, check_domain_name
+from kd_core.errors import one_line
 from kd_core.events import (
     CacheUsed,
     DomainFinished,
+    DomainResult,
     EventSink,
     Log,
     PhaseStarted,
@@ -40,6 +38,7 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
+from kd_core.examples import ExampleSet, build_examples
 from kd_core.models import (
     ModelError,
     load_model,
@@ -47,83 +46,55 @@ from kd_core.models import (
     model_info,
     release,
     resolve_model,
+    vocab_size,
+)
+from kd_core.outputs import (
+    SUMMARY_FILE,
+    OutputError,
+    adapter_config,
+    check_output_dir,
+    domain_dir,
+    write_summary,
 )
 from kd_core.preflight import estimate_memory
-from kd_core.teacher import TeacherOutputs, TeacherPass, default_cache_dir
-from kd_core.trainer import DomainResult, StudentTrainer, adapter_config, apply_lora
+from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass
+from kd_core.trainer import StudentTrainer, apply_lora
+from kd_core.user_dirs import default_cache_dir
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
 
-SUMMARY_FILE = "kd_summary.json"
+
+class NoExamplesError(ValueError):
+    """No example of a domain fits (one-line message with the counts)."""
 
 
-class OutputError(ValueError):
-    """The output folder cannot be used (one-line message)."""
+@dataclass
+class _Teacher:
+    """The teacher as the run holds it: loaded at most once, only on a cache miss."""
+
+    path: Path
+    model: Any = None
+    tokenizer: Any = None
+
+    def load(self, sink: EventSink) -> tuple[Any, Any]:
+        if self.model is None:
+            sink(Log(f"loading teacher {self.path}"))
+            self.model, self.tokenizer = load_model(self.path, "teacher")
+        return self.model, self.tokenizer
 
 
-def check_output_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".kd-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"output: cannot write to {path} ({e.strerror or e})") from None
-    return path
+@dataclass
+class _Run:
+    """What the stages of one run share."""
 
-
-def domain_dir(output: Path, domain: str) -> Path:
-    """<output>/<domain>, refusing names that would land outside the output folder."""
-    check_domain_name(domain)
-    d = (output / domain).resolve()
-    if d.parent != output.resolve():
-        raise OutputError(f"domain: {domain!r} would be written outside {output}")
-    return d
-
-
-def _vocab_size(model: Any) -> int:
-    return int(model(mx.array([[0]], dtype=mx.int32)).shape[-1])
-
-
-def build_examples(
-    prompts: list[str],
-    outputs: TeacherOutputs,
-    student_tokenizer: Any,
-    alignment: VocabAlignment,
-    online: bool,
-) -> tuple[list[Example], int]:
-    """Teacher sequences -> student examples. Returns (examples, unmappable response tokens).
-
-    The student reads its own formatting of the prompt, then the teacher's response mapped
-    token by token into its vocabulary, so response positions line up one to one with the
-    teacher's. A response token the student vocabulary lacks is masked out (neither CE nor
-    KD) and fed as EOS.
-    """
-    t2s = alignment.teacher_to_student
-    eos = int(student_tokenizer.eos_token_id)
-    examples: list[Example] = []
-    unmapped = 0
-    for i, prompt in enumerate(prompts):
-        seq, plen = outputs.sequences[i], outputs.prompt_lens[i]
-        resp_t = seq[plen:]
-        if len(resp_t) == 0:
-            continue
-        mapped = np.where(resp_t < len(t2s), t2s[np.minimum(resp_t, len(t2s) - 1)], -1)
-        valid = mapped >= 0
-        unmapped += int((~valid).sum())
-        mapped = np.where(valid, mapped, eos).astype(np.int32)
-        s_prompt = np.array(format_prompt(student_tokenizer, prompt), np.int32)
-        ex = Example(np.concatenate([s_prompt, mapped]), len(s_prompt), valid=valid)
-        if online:
-            ex.teacher_tokens = seq
-            ex.teacher_prompt_len = plen
-        else:
-            ids_t = outputs.topk_ids[i]
-            ids_s = t2s[np.minimum(ids_t, len(t2s) - 1)]
-            keep = (ids_s >= 0) & (ids_t < len(t2s))
-            ex.topk_ids = np.where(keep, ids_s, 0).astype(np.int32)
-            ex.topk_logprobs = np.where(keep, outputs.topk_logprobs[i], -np.inf).astype(np.float32)
-        examples.append(ex)
-    return examples, unmapped
+    domains: dict[str, list[str]]
+    resume: bool
+    output: Path
+    teacher: _Teacher
+    student_path: Path
+    started: float
+    outputs: dict[str, TeacherOutputs] = field(default_factory=dict)
+    results: list[DomainResult] = field(default_factory=list)
+    alignment: VocabAlignment | None = None
 
 
 class TrueKnowledgeDistiller:
@@ -140,7 +111,7 @@ class TrueKnowledgeDistiller:
         allow_download: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
-        self.config = config or KDConfig()
+        self.config = (config or KDConfig()).validate()
         self.teacher_model_id = teacher_model_id or "demo-teacher"
         self.student_model_id = student_model_id or "demo-student"
         self.world = get_world()
@@ -158,7 +129,10 @@ class TrueKnowledgeDistiller:
             if domain not in BUILTIN_DOMAINS:
                 raise ValueError(f"domain: {domain!r} is not built in; pass its prompts")
             prompts = DOMAIN_PROMPTS[domain]["examples"]
-        return self.run({domain: list(prompts)}, resume=resume)[0]
+        results = self.run({domain: list(prompts)}, resume=resume)
+        if not results:
+            raise RuntimeError(f"{domain}: stopped before training began")
+        return results[0]
 
     def distill_all(
         self, domains: dict[str, list[str]] | None = None, resume: bool = False
@@ -170,14 +144,22 @@ class TrueKnowledgeDistiller:
     # ---- the pipeline ---------------------------------------------------------------------
     def run(self, domains: dict[str, list[str]], resume: bool = False) -> list[DomainResult]:
         try:
-            return self._run(domains, resume)
+            run = self._start(domains, resume)
+            self._teacher_pass(run)
+            t_model, t_tok = self._release_teacher(run)
+            for name in run.domains:
+                if self.control.stop_requested or name not in run.outputs:
+                    break
+                result = self._train_domain(run, name, t_model, t_tok)
+                if result.stopped:
+                    break
+            return self._finish(run)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            self.sink(RunFailed(msg, detail=e.__class__.__name__))
+            self.sink(RunFailed(one_line(e), detail=e.__class__.__name__))
             raise
 
-    def _run(self, domains: dict[str, list[str]], resume: bool) -> list[DomainResult]:
-        cfg = self.config.validate()
+    def _start(self, domains: dict[str, list[str]], resume: bool) -> _Run:
+        cfg = self.config
         if not domains:
             raise ValueError("domain: no domains to distil")
         for name, prompts in domains.items():
@@ -187,11 +169,14 @@ class TrueKnowledgeDistiller:
         output = Path(cfg.output).expanduser()
         if self.world.is_main:
             check_output_dir(output)
-        out_dirs = {d: domain_dir(output, d) for d in domains}
+        # The cache must take the teacher's work: find out now, not after the generation.
+        check_output_dir(self.cache_dir / "teacher", "cache")
         self.sink(PhaseStarted("load", None, 2, "finding models"))
         t_path, s_path = self._resolve_pair()
-        online = cfg.teacher_mode == "online"
-        est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
+        t_info, s_info = model_info(t_path), model_info(s_path)
+        for warning in self._pair_warnings(t_path, s_path, s_info.hidden_size):
+            self.sink(Log(warning, "warning"))
+        est = estimate_memory(t_info, s_info, cfg)
         if warning := est.warning(cfg):
             self.sink(Log(warning, "warning"))
         self.sink(
@@ -204,20 +189,26 @@ class TrueKnowledgeDistiller:
                 cfg.num_iters * len(domains),
             )
         )
-        t0 = time.perf_counter()
+        return _Run(domains, resume, output, _Teacher(t_path), s_path, time.perf_counter())
 
-        # Teacher pass for every domain (teacher loaded at most once, only on a cache miss).
-        teacher: dict[str, Any] = {}
+    def _pair_warnings(self, t_path: Path, s_path: Path, hidden: int) -> list[str]:
+        out = []
+        if t_path.resolve() == s_path.resolve() or model_fingerprint(t_path) == model_fingerprint(
+            s_path
+        ):
+            out.append("teacher and student are the same model: distillation has little to teach")
+        if hidden and self.config.lora_rank > hidden:
+            out.append(
+                f"lora_rank {self.config.lora_rank} is above the student's hidden size {hidden}: "
+                "the extra rank adds parameters, not capacity"
+            )
+        return out
 
-        def load_teacher() -> tuple[Any, Any]:
-            if "model" not in teacher:
-                self.sink(Log(f"loading teacher {t_path}"))
-                teacher["model"], teacher["tokenizer"] = load_model(t_path, "teacher")
-            return teacher["model"], teacher["tokenizer"]
-
-        tpass = TeacherPass(self.cache_dir, model_fingerprint(t_path), cfg)
-        outputs: dict[str, TeacherOutputs] = {}
-        for name, prompts in domains.items():
+    def _teacher_pass(self, run: _Run) -> None:
+        """Responses and soft targets for every domain (from the cache when it has them)."""
+        cfg = self.config
+        tpass = TeacherPass(self.cache_dir, model_fingerprint(run.teacher.path), cfg)
+        for name, prompts in run.domains.items():
             self.sink(PhaseStarted("teacher", name, len(prompts)))
             started = time.perf_counter()
 
@@ -228,95 +219,141 @@ class TrueKnowledgeDistiller:
                 eta = el / done * (total - done) if done else None
                 self.sink(Progress("teacher", name, done, total, eta, what))
 
-            out = tpass.run(
-                name,
-                prompts,
-                not online,
-                load_teacher,
-                progress,
-                warn=lambda m: self.sink(Log(m, "warning")),
-                world=self.world,
-            )
-            outputs[name] = out
+            try:
+                out = tpass.run(
+                    name,
+                    prompts,
+                    cfg.teacher_mode == "offline",
+                    lambda: run.teacher.load(self.sink),
+                    progress,
+                    warn=lambda m: self.sink(Log(m, "warning")),
+                    world=self.world,
+                    should_stop=lambda: self.control.stop_requested,
+                )
+            except GenerationStopped as e:
+                self.sink(Log(f"{name}: {e}", "warning"))
+                return
+            run.outputs[name] = out
             self.sink(
                 CacheUsed(
                     name, str(out.path), out.from_cache, len(out.sequences), out.response_tokens
                 )
             )
             if self.control.stop_requested:
-                break
+                return
 
-        if online:
-            t_model, t_tok = load_teacher()
-        else:
-            t_model = None
-            if teacher:
-                t_tok = teacher["tokenizer"]
-                teacher.clear()
-                release()  # the teacher never sits beside the student being trained
-            else:
-                from mlx_lm.utils import load_tokenizer
-
-                t_tok = load_tokenizer(t_path)
-        t_vocab = (
-            _vocab_size(t_model)
-            if t_model is not None
-            else next(iter(outputs.values())).teacher_vocab
-        )
-
-        results: list[DomainResult] = []
-        summary_path = output / SUMMARY_FILE
-        alignment: VocabAlignment | None = None
-        for name, prompts in domains.items():
-            if self.control.stop_requested or name not in outputs:
-                break
-            self.sink(PhaseStarted("student", name, cfg.num_iters))
-            student, s_tok = load_model(s_path, "student")
-            if alignment is None:
-                alignment = plan_vocab_alignment(
-                    t_tok, s_tok, t_vocab, _vocab_size(student), cfg.vocab_strategy
-                )
-                self.sink(Log(f"vocabulary: {alignment.explanation}"))
-            examples, unmapped = build_examples(prompts, outputs[name], s_tok, alignment, online)
-            if not examples:
-                raise ValueError(f"domain: {name!r}: the teacher wrote no response tokens")
-            if unmapped:
-                self.sink(
-                    Log(
-                        f"{name}: {unmapped} response tokens have no student token; masked",
-                        "warning",
-                    )
-                )
-            mx.random.seed(cfg.seed)  # same LoRA init for the same seed
-            n_layers = apply_lora(student, cfg)
-            trainer = StudentTrainer(
-                student,
-                cfg,
-                examples,
-                out_dirs[name],
-                adapter_config(cfg, n_layers, str(s_path), str(t_path), name),
-                domain=name,
-                sink=self.sink,
-                control=self.control,
-                teacher=t_model if online else None,
-                alignment=alignment,
-                world=self.world,
-            )
-            result = trainer.train(resume=resume)
-            result.teacher_cache = str(outputs[name].path)
-            results.append(result)
-            self.sink(DomainFinished(name, result.to_dict()))
-            self._write_summary(
-                summary_path, t_path, s_path, cfg, results, time.perf_counter() - t0
-            )
-            del trainer, student
+    def _release_teacher(self, run: _Run) -> tuple[Any, Any]:
+        """(teacher model or None, teacher tokenizer). Offline, the teacher is released here:
+        it never sits in memory beside the student being trained."""
+        if self.config.teacher_mode == "online":
+            return run.teacher.load(self.sink)
+        tokenizer = run.teacher.tokenizer
+        if run.teacher.model is not None:
+            run.teacher.model = None
             release()
-            if result.stopped:
-                break
-        stopped = self.control.stop_requested or any(r.stopped for r in results)
-        self._write_summary(summary_path, t_path, s_path, cfg, results, time.perf_counter() - t0)
-        self.sink(RunFinished(str(summary_path), [r.to_dict() for r in results], stopped))
-        return results
+        if tokenizer is None:
+            from mlx_lm.utils import load_tokenizer
+
+            tokenizer = load_tokenizer(run.teacher.path)
+        return None, tokenizer
+
+    def _train_domain(self, run: _Run, name: str, t_model: Any, t_tok: Any) -> DomainResult:
+        cfg = self.config
+        self.sink(PhaseStarted("student", name, cfg.num_iters))
+        student, s_tok = load_model(run.student_path, "student")
+        if run.alignment is None:
+            t_vocab = (
+                vocab_size(t_model) if t_model is not None else run.outputs[name].teacher_vocab
+            )
+            run.alignment = plan_vocab_alignment(
+                t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy
+            )
+            self.sink(Log(f"vocabulary: {run.alignment.explanation}"))
+        prompts = run.domains[name]
+        examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment)
+        mx.random.seed(cfg.seed)  # same LoRA init for the same seed
+        n_layers = apply_lora(student, cfg)
+        trainer = StudentTrainer(
+            student,
+            cfg,
+            examples.examples,
+            domain_dir(run.output, name),
+            adapter_config(cfg, n_layers, str(run.student_path), str(run.teacher.path), name),
+            domain=name,
+            sink=self.sink,
+            control=self.control,
+            teacher=t_model,
+            alignment=run.alignment,
+            world=self.world,
+            fingerprint=run_fingerprint(
+                cfg,
+                teacher=str(run.teacher.path),
+                teacher_weights=model_fingerprint(run.teacher.path),
+                student=str(run.student_path),
+                student_weights=model_fingerprint(run.student_path),
+                vocab_strategy=run.alignment.strategy,
+                prompts=prompts,
+            ),
+        )
+        result = trainer.train(resume=run.resume)
+        result.teacher_cache = str(run.outputs[name].path)
+        result.examples_cut, result.examples_skipped = examples.cut, examples.skipped
+        run.results.append(result)
+        self.sink(DomainFinished(name, result))
+        self._write_summary(run)
+        del trainer, student
+        release()
+        return result
+
+    def _examples(
+        self,
+        name: str,
+        prompts: list[str],
+        outputs: TeacherOutputs,
+        s_tok: Any,
+        alignment: VocabAlignment,
+    ) -> ExampleSet:
+        cfg = self.config
+        online = cfg.teacher_mode == "online"
+        ex = build_examples(prompts, outputs, s_tok, alignment, online, cfg.max_seq_length)
+        if not ex.examples:
+            raise NoExamplesError(
+                f"domain: 0 of {len(prompts)} examples of {name!r} fit in max_seq_length "
+                f"{cfg.max_seq_length}; raise max_seq_length or shorten the prompts"
+            )
+        if ex.cut or ex.skipped:
+            self.sink(
+                Log(
+                    f"{name}: {ex.cut} of {len(prompts)} prompts cut from the front and "
+                    f"{ex.skipped} skipped to fit max_seq_length {cfg.max_seq_length}",
+                    "warning",
+                )
+            )
+        if ex.unmapped:
+            self.sink(
+                Log(
+                    f"{name}: {ex.unmapped} response tokens have no student token; masked",
+                    "warning",
+                )
+            )
+        return ex
+
+    def _finish(self, run: _Run) -> list[DomainResult]:
+        stopped = self.control.stop_requested or any(r.stopped for r in run.results)
+        self._write_summary(run)
+        self.sink(RunFinished(str(run.output / SUMMARY_FILE), list(run.results), stopped))
+        return run.results
+
+    def _write_summary(self, run: _Run) -> None:
+        if self.world.is_main and run.results:
+            write_summary(
+                run.output / SUMMARY_FILE,
+                str(run.teacher.path),
+                str(run.student_path),
+                self.config,
+                run.results,
+                time.perf_counter() - run.started,
+            )
 
     def _resolve_pair(self) -> tuple[Path, Path]:
         """Resolve both models; a first use of the demo pair builds it, with progress."""
@@ -350,37 +387,5 @@ class TrueKnowledgeDistiller:
             demo.set_build_progress(None)
         return t_path, s_path
 
-    def _write_summary(
-        self,
-        path: Path,
-        t_path: Path,
-        s_path: Path,
-        cfg: KDConfig,
-        results: list[DomainResult],
-        seconds: float,
-    ) -> None:
-        """kd_summary.json over all domains; entries of earlier runs for other domains stay."""
-        if not self.world.is_main:
-            return
-        previous: dict[str, Any] = {}
-        if path.exists():
-            try:
-                previous = json.loads(path.read_text()).get("domains", {})
-            except (OSError, json.JSONDecodeError, AttributeError):
-                previous = {}
-        domains = dict(previous) | {r.domain: r.to_dict() for r in results}
-        atomic_write_json(
-            path,
-            {
-                "teacher": str(t_path),
-                "student": str(s_path),
-                "config": cfg.to_dict(),
-                "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "run_seconds": round(seconds, 3),
-                "domains": domains,
-            },
-        )
 
-
-ProgressCallback = Callable[[int, int], None]
 __all__ = ["TrueKnowledgeDistiller", "DomainResult", "OutputError", "ModelError"]

@@ -7,14 +7,13 @@ cache as training), then at every response position we compare full distribution
     top1_agreement  share of positions where both put the top token on the same id
     ce              mean -log P_student(teacher's token)                 (lower is better)
 
-`--compare` trains, with the same steps and seed, a KD student (alpha 0.7, T 2) and a CE-only
-student (alpha 0), and reports the three figures for base, kd and ce_only.
+`compare_kd_vs_ce` trains, with the same steps and seed, a KD student (the configuration's
+alpha and T) and a CE-only student (alpha 0), and reports the three figures for base, kd and
+ce_only. The command line around all this is in kd_core/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,16 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from kd_core.atomic_io import atomic_write_json
-from kd_core.config import KDConfig
+from kd_core.config import ConfigError, KDConfig
 from kd_core.data import forward_inputs
-from kd_core.distiller import TrueKnowledgeDistiller, build_examples, check_output_dir
+from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, DomainError, domain_from_file
+from kd_core.events import EvalResult, EventSink, PhaseStarted, null_sink
+from kd_core.examples import build_examples
 from kd_core.losses import log_softmax
-from kd_core.models import load_model, model_fingerprint, release, resolve_model
-from kd_core.teacher import TeacherOutputs, TeacherPass, default_cache_dir
+from kd_core.models import load_model, model_fingerprint, release, resolve_model, vocab_size
+from kd_core.teacher import TeacherOutputs, TeacherPass
+from kd_core.user_dirs import default_cache_dir
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
 
 EVAL_CHUNK = 8
@@ -85,9 +86,10 @@ def measure(
     s_path = resolve_model(student, "student", allow_download)
     model, s_tok = load_model(s_path, "student", adapter_path=adapter)
     model.eval()
-    s_vocab = int(model(mx.array([[0]])).shape[-1])
-    al = plan_vocab_alignment(ref.tokenizer, s_tok, ref.vocab, s_vocab, cfg.vocab_strategy)
-    examples, _ = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True)
+    al = plan_vocab_alignment(
+        ref.tokenizer, s_tok, ref.vocab, vocab_size(model), cfg.vocab_strategy
+    )
+    examples = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True).examples
     seqs = [e.tokens for e in examples]
     logits = _response_logits(model, seqs, [e.prompt_len for e in examples])
     release(model)
@@ -140,32 +142,39 @@ def compare_kd_vs_ce(
     cfg: KDConfig,
     output: Path,
     allow_download: bool = False,
-    sink: Any = None,
+    sink: EventSink = null_sink,
 ) -> dict[str, Any]:
-    """Train KD (alpha 0.7, T 2) and CE-only (alpha 0) students alike; evaluate all three."""
+    """Train a KD student (cfg's alpha and T) and a CE-only student (alpha 0) with the same
+    steps and seed; measure both and the base student on the held-out prompts."""
     prompts = DOMAIN_PROMPTS[domain]["examples"] if domain in BUILTIN_DOMAINS else None
     if prompts is None:
         raise DomainError(f"domain: --compare needs a built-in domain, not {domain!r}")
+    if cfg.alpha == 0.0:
+        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
     runs = {
-        "kd": cfg.replace(alpha=0.7, temperature=2.0, output=str(output / "kd")),
-        "ce_only": cfg.replace(alpha=0.0, temperature=2.0, output=str(output / "ce_only")),
+        "kd": cfg.replace(output=str(output / "kd")),
+        "ce_only": cfg.replace(alpha=0.0, output=str(output / "ce_only")),
     }
     for run_cfg in runs.values():
         TrueKnowledgeDistiller(
             teacher, student, run_cfg, on_event=sink, allow_download=allow_download
         ).distill_domain(domain, prompts)
-    ref = teacher_reference(
-        teacher or "demo-teacher", heldout_prompts(domain), cfg, domain, allow_download
-    )
+    held_out = heldout_prompts(domain)
+    sink(PhaseStarted("eval", domain, len(runs) + 1, "held-out prompts"))
+    ref = teacher_reference(teacher or "demo-teacher", held_out, cfg, domain, allow_download)
     s = student or "demo-student"
     result: dict[str, Any] = {"base": measure(ref, s, None, cfg, allow_download)}
     for name, run_cfg in runs.items():
         result[name] = measure(ref, s, Path(run_cfg.output) / domain, cfg, allow_download)
+    for name in ("base", *runs):
+        sink(EvalResult(domain, cfg.num_iters, result[name], student=name))
     base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
     result["summary"] = {
         "domain": domain,
         "iters": cfg.num_iters,
         "seed": cfg.seed,
+        "alpha": cfg.alpha,
+        "temperature": cfg.temperature,
         "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
         "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
         "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
@@ -173,56 +182,4 @@ def compare_kd_vs_ce(
     return result
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'student':<12} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8}"]
-    for name, m in rows.items():
-        lines.append(f"{name:<12} {m['kl']:>10.4f} {m['top1_agreement']:>12.3f} {m['ce']:>8.4f}")
-    return "\n".join(lines)
-
-
-def run_eval_command(args: argparse.Namespace) -> int:
-    from kd_core.cli import TextPrinter, spec_from_args
-
-    spec = spec_from_args(args)
-    cfg = spec.config
-    domains = spec.domains or ["thinking"]
-    report: dict[str, Any] = {}
-    for domain in domains:
-        if args.compare:
-            out = check_output_dir(Path(cfg.output) / "compare")
-            sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
-            res = compare_kd_vs_ce(
-                spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink
-            )
-            rows = {k: res[k] for k in ("base", "kd", "ce_only")}
-            s = res["summary"]
-            print(
-                f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed} · held-out "
-                f"prompts {len(heldout_prompts(domain))}"
-            )
-            print(format_table(rows))
-            print(
-                f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
-                f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
-            )
-            report[domain] = res
-        else:
-            prompts = heldout_prompts(domain, spec.domain_files)
-            ref = teacher_reference(
-                spec.teacher or "demo-teacher", prompts, cfg, domain, args.allow_download
-            )
-            s = spec.student or "demo-student"
-            rows = {"base": measure(ref, s, None, cfg, args.allow_download)}
-            if args.adapter:
-                rows["adapter"] = measure(ref, s, args.adapter, cfg, args.allow_download)
-            print(f"domain {domain} · held-out prompts {len(prompts)}")
-            print(format_table(rows))
-            report[domain] = rows
-    if args.json:
-        data = report[domains[0]] if len(domains) == 1 else report
-        atomic_write_json(Path(args.json), data)
-        print(f"wrote {args.json}")
-    return 0
-
-
-__all__ = ["measure", "teacher_reference", "compare_kd_vs_ce", "run_eval_command", "format_table"]
+__all__ = ["measure", "teacher_reference", "compare_kd_vs_ce", "heldout_prompts"]

@@ -1,4 +1,4 @@
-"""The losses, exactly as DESIGN.md states them.
+"""The losses, exactly as docs/ARCHITECTURE.md states them.
 
     P_T = softmax(teacher_logits / T)      Q_T = softmax(student_logits / T)
     KD  = T^2 * mean over valid positions of  sum_v P_T(v) (log P_T(v) - log Q_T(v))
@@ -121,18 +121,24 @@ def sparse_kd_loss_sum(
         z = z / temperature
     lse = mx.logsumexp(z, axis=-1, keepdims=True)
     log_q = mx.take_along_axis(z, topk_ids.astype(mx.int32), axis=-1) - lse
+    kl = _topk_kl(log_p, log_q)
+    m = _valid_mask(kl.shape, mask)
+    return (temperature**2) * (kl * m).sum(), m.sum()
+
+
+def _topk_kl(log_p: mx.array, log_q: mx.array) -> mx.array:
+    """KL over the k + 1 buckets {top-k ids, rest} per position, from the teacher's log P_T
+    and the student's log Q_T at the same ids (the tail of each is 1 - its top-k mass).
+    Padded slots (log_p = -inf, p = 0) contribute nothing."""
     p = mx.exp(log_p)
-    # Padded slots (log_p = -inf, p = 0) contribute nothing; keep inf out of the graph.
-    log_p = mx.where(p > 0, log_p, 0.0)
+    log_p = mx.where(p > 0, log_p, 0.0)  # keep inf out of the graph
     head = (p * (log_p - log_q)).sum(axis=-1)
     p_tail = mx.maximum(1.0 - p.sum(axis=-1), 0.0)
     q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), _EPS)
     tail = mx.where(
         p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)), 0.0
     )
-    kl = head + tail
-    m = _valid_mask(kl.shape, mask)
-    return (temperature**2) * (kl * m).sum(), m.sum()
+    return head + tail
 
 
 def compute_sparse_kd_loss(
@@ -235,16 +241,8 @@ def _fused_offline(temperature: float) -> Any:
         picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
         ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
         log_q = mx.take_along_axis(z, ids, axis=-1) * inv_t - lse_t[..., None]
-        log_p = lps.astype(mx.float32)
-        p = mx.exp(log_p)
-        log_p = mx.where(p > 0, log_p, 0.0)  # padded slots: p = 0, keep inf out
-        head = (p * (log_p - log_q)).sum(axis=-1)
-        p_tail = mx.maximum(1.0 - p.sum(axis=-1), 0.0)
-        q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), _EPS)
-        tail = mx.where(
-            p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)), 0.0
-        )
-        kd = (t * t) * ((head + tail) * mask.astype(mx.float32)).sum()
+        kl = _topk_kl(lps.astype(mx.float32), log_q)
+        kd = (t * t) * (kl * mask.astype(mx.float32)).sum()
         return kd, ce, lse1, lse_t  # the log-sum-exps are kept for the backward pass
 
     @sums.vjp

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kd_core.errors import one_line
+
 DEMO_NAMES = ("demo-teacher", "demo-student")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
@@ -103,9 +105,15 @@ def load_model(
             trust_remote_code=False,
         )
     except Exception as e:  # mlx-lm raises many kinds; the user needs one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ModelError(f"{role}: cannot load {path}: {msg}") from None
+        raise ModelError(f"{role}: cannot load {path}: {one_line(e)}") from None
     return model, tokenizer
+
+
+def vocab_size(model: Any) -> int:
+    """Width of a model's logits (its embedding rows), read off one forward of one token."""
+    import mlx.core as mx
+
+    return int(model(mx.array([[0]], dtype=mx.int32)).shape[-1])
 
 
 def release(*objects: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +33,9 @@ from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices, stream_count
 from kd_core.data import format_prompt, forward_inputs
 from kd_core.losses import teacher_topk
+from kd_core.models import vocab_size
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: long prompts are cut from the front (the assistant marker stays)
 # Sequences decoded together. Decoding reads every weight once per step whatever the batch,
 # so bigger batches are much cheaper per token (measured, 8 x 768 teacher on 2 CPU cores:
 # 50 prompts x 128 tokens in 35.7 s as batches of 16, 22.3 s as one batch) - as many as the
@@ -45,15 +45,6 @@ GEN_KV_BUDGET = 2 * 2**30  # bytes of KV cache the generation batch may hold
 FWD_CHUNK = 8  # sequences per teacher forward when extracting targets
 
 ProgressFn = Callable[[int, int, str], None]
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("KD_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("kd", appauthor=False))
 
 
 def _sha(*parts: Any) -> str:
@@ -91,6 +82,7 @@ class TeacherOutputs:
     teacher_vocab: int
     path: Path | None = None
     from_cache: bool = False
+    prompt_cut: list[bool] | None = None  # per example: its prompt was cut to fit
 
     @property
     def response_tokens(self) -> int:
@@ -118,6 +110,8 @@ def save_outputs(path: Path, out: TeacherOutputs, meta: dict[str, Any]) -> None:
         "offsets": mx.array(offsets.astype(np.int64)),
         "prompt_lens": mx.array(np.array(out.prompt_lens, np.int32)),
     }
+    if out.prompt_cut is not None:
+        arrays["prompt_cut"] = mx.array(np.array(out.prompt_cut, np.uint8))
     if out.topk_ids is not None:
         id_dtype = np.uint16 if out.teacher_vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
         arrays["topk_ids"] = mx.array(np.concatenate(out.topk_ids).astype(id_dtype))
@@ -136,6 +130,7 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
         flat = np.array(arrays["tokens"])
         offsets = np.array(arrays["offsets"])
         prompt_lens = [int(x) for x in np.array(arrays["prompt_lens"])]
+        cut = [bool(x) for x in np.array(arrays["prompt_cut"])] if "prompt_cut" in arrays else None
     except Exception as e:
         raise CacheError(f"teacher cache {path.name} is damaged ({e.__class__.__name__})") from None
     if got != expect:
@@ -156,7 +151,7 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
         bounds = np.concatenate([[0], np.cumsum(resp)])
         ids = [all_ids[bounds[i] : bounds[i + 1]] for i in range(n)]
         lps = [all_lp[bounds[i] : bounds[i + 1]] for i in range(n)]
-    return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True)
+    return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True, cut)
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -182,23 +177,46 @@ def generation_batch(model: Any, longest: int) -> int:
     return max(1, min(GEN_MAX_BATCH, GEN_KV_BUDGET // (per_token * max(1, longest))))
 
 
+def prompt_budget(cfg: KDConfig) -> int:
+    """Most prompt tokens a sequence keeps: the rest of max_seq_length is room for the
+    response (max_tokens, but never less than half of max_seq_length)."""
+    return max(1, cfg.max_seq_length - min(cfg.max_tokens, cfg.max_seq_length // 2))
+
+
+def fit_prompt(ids: list[int], budget: int) -> tuple[list[int], bool]:
+    """Cut a prompt from the front to `budget` tokens: a chat template puts the assistant
+    marker at the end, and the model must see it to answer."""
+    return (ids[-budget:], True) if len(ids) > budget else (ids, False)
+
+
+def fitted_prompts(
+    tokenizer: Any, prompts: list[str], cfg: KDConfig
+) -> list[tuple[list[int], bool]]:
+    """Each prompt's token ids as the teacher reads them, and whether it was cut to fit."""
+    return [fit_prompt(format_prompt(tokenizer, p), prompt_budget(cfg)) for p in prompts]
+
+
 def generate_responses(
     model: Any,
     tokenizer: Any,
     prompts: list[str],
     cfg: KDConfig,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Sample one response per prompt; sequences include the EOS when the teacher stopped.
+    Returns (sequences, prompt lengths).
 
     mlx-lm's BatchGenerator (what its batch_generate drives), fed every prompt at once so
-    finished sequences are replaced by waiting ones, with progress as sequences finish."""
+    finished sequences are replaced by waiting ones, with progress as sequences finish.
+    `should_stop` is polled between decoding steps: when it says stop, GenerationStopped
+    carries the responses finished so far."""
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
     mx.random.seed(cfg.seed)
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
-    prompt_ids = [format_prompt(tokenizer, p)[: cfg.max_seq_length - 2] for p in prompts]
+    prompt_ids = [ids for ids, _ in fitted_prompts(tokenizer, prompts, cfg)]
     if not prompt_ids:
         return [], []
     budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
@@ -214,17 +232,20 @@ def generate_responses(
     )
     uids = gen.insert(prompt_ids, budgets)
     tokens: dict[int, list[int]] = {u: [] for u in uids}
-    done, last = 0, time.monotonic()
+    last = time.monotonic()
+    finished: set[int] = set()
     try:
         while responses := gen.next_generated():
             for r in responses:
                 if r.finish_reason != "stop":  # "stop": the EOS, appended below
                     tokens[r.uid].append(int(r.token))
                 if r.finish_reason is not None:
-                    done += 1
-            if progress and (done == len(uids) or time.monotonic() - last > 0.5):
-                progress(done, len(uids), "generating")
+                    finished.add(r.uid)
+            if progress and (len(finished) == len(uids) or time.monotonic() - last > 0.5):
+                progress(len(finished), len(uids), "generating")
                 last = time.monotonic()
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(len(finished), len(uids))
     finally:
         gen.close()
     seqs: list[np.ndarray] = []
@@ -238,6 +259,14 @@ def generate_responses(
     return seqs, [len(p) for p in prompt_ids]
 
 
+class GenerationStopped(Exception):
+    """A stop was asked during the teacher pass; nothing of the unfinished domain is cached."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"stopped during the teacher pass ({done} of {total} responses done)")
+        self.done, self.total = done, total
+
+
 def soft_targets(
     model: Any,
     sequences: list[np.ndarray],
@@ -245,6 +274,7 @@ def soft_targets(
     cfg: KDConfig,
     progress: ProgressFn | None = None,
     streams: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Top-k ids and log P_T at every response position (teacher-forced forward).
 
@@ -272,6 +302,8 @@ def soft_targets(
                 lp_out.append(lps_b[p0 : p0 + r].astype(np.float32))
             if progress:
                 progress(min(start + FWD_CHUNK, len(sequences)), len(sequences), "soft targets")
+            if should_stop is not None and should_stop() and start + FWD_CHUNK < len(sequences):
+                raise GenerationStopped(start + FWD_CHUNK, len(sequences))
     return ids_out, lp_out
 
 
@@ -319,6 +351,7 @@ class TeacherPass:
         progress: ProgressFn | None = None,
         warn: Callable[[str], None] | None = None,
         world: Any = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> TeacherOutputs:
         hit = self.lookup(domain, prompts, with_targets, warn)
         if world is not None and world.distributed:
@@ -329,7 +362,7 @@ class TeacherPass:
             return hit
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
         model, tokenizer = load_teacher()
-        vocab = int(model(mx.array([[0]])).shape[-1])
+        vocab = vocab_size(model)
         seq_out = None
         if gpath.exists():
             try:
@@ -338,8 +371,11 @@ class TeacherPass:
                 if warn:
                     warn(f"{e}; rebuilding")
         if seq_out is None:
-            seqs, plens = generate_responses(model, tokenizer, prompts, self.cfg, progress)
-            seq_out = TeacherOutputs(seqs, plens, None, None, vocab)
+            seqs, plens = generate_responses(
+                model, tokenizer, prompts, self.cfg, progress, should_stop
+            )
+            cut = [was_cut for _, was_cut in fitted_prompts(tokenizer, prompts, self.cfg)]
+            seq_out = TeacherOutputs(seqs, plens, None, None, vocab, prompt_cut=cut)
             save_outputs(gpath, seq_out, {"key": gkey})
             seq_out.path = gpath
         if not with_targets:
@@ -352,11 +388,14 @@ class TeacherPass:
             self.cfg,
             progress,
             streams=stream_count(self.cfg.cpu_streams, FWD_CHUNK),
+            should_stop=should_stop,
         )
         # Train on exactly what the cache holds (float16), so a run that built the cache and
         # a run that reads it see the same targets.
         lps = [lp.astype(np.float16).astype(np.float32) for lp in lps]
-        out = TeacherOutputs(seq_out.sequences, seq_out.prompt_lens, ids, lps, vocab)
+        out = TeacherOutputs(
+            seq_out.sequences, seq_out.prompt_lens, ids, lps, vocab, prompt_cut=seq_out.prompt_cut
+        )
         save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
         out.path = tpath
         return out
@@ -376,7 +415,7 @@ class TeacherPass:
         if have == world.size:
             return hit  # type: ignore[return-value]
         model, tokenizer = load_teacher()
-        vocab = int(model(mx.array([[0]])).shape[-1])
+        vocab = vocab_size(model)
         mine = world.share(prompts)
         seqs, plens = generate_responses(model, tokenizer, mine, self.cfg, progress)
         ids = lps = None

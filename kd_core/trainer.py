@@ -1,12 +1,10 @@
-"""The student pass: LoRA training against the teacher's distributions.
+"""The student pass: LoRA training of one domain against the teacher's distributions.
 
-Loss per optimiser step (DESIGN.md):  L = alpha * KD + (1 - alpha) * CE, each a *sum* over
-the valid response tokens of the whole step divided by their count. That count is known on
-the host before the step runs (masks are built in numpy), so it enters the compiled step as
-a scalar and no host round-trip happens inside it.
-
-Offline mode: KD against cached top-k soft targets (+ tail). Online mode: the teacher's
-full distribution, computed each step outside the compiled student step.
+Loss per optimiser step (docs/ARCHITECTURE.md):  L = alpha * KD + (1 - alpha) * CE, each a
+*sum* over the valid response tokens of the whole step divided by their count. That count is
+known on the host before the step runs (masks are built in numpy), so it enters the step as a
+scalar. How a micro-batch's loss and gradient are computed (offline, online, chunked; row
+shards over CPU streams) is the step's business: kd_core/steps.py.
 """
 
 from __future__ import annotations
@@ -14,10 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,48 +24,24 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json, atomic_write_jsonl
-from kd_core.chunked import ChunkedStep, split_model, want_chunking
+from kd_core.checkpoints import CheckpointStore
 from kd_core.config import KDConfig
 from kd_core.control import RunControl
-from kd_core.cpu_streams import StreamSet, row_slices, shard_batch, stream_count
-from kd_core.data import Batch, BatchPlan, Example, make_batch, valid_tokens
+from kd_core.cpu_streams import StreamSet, stream_count
+from kd_core.data import BatchPlan, Example, make_batch, valid_tokens
 from kd_core.distributed import World
 from kd_core.distributed import world as get_world
-from kd_core.events import CheckpointSaved, EventSink, Log, Paused, Step, null_sink
-from kd_core.losses import ce_loss_sum, kd_loss_sum, offline_loss_sums, online_loss_sums
-from kd_core.vocab import VocabAlignment, align_vocab_sizes
+from kd_core.events import CheckpointSaved, DomainResult, EventSink, Log, Paused, Step, null_sink
+from kd_core.models import vocab_size
+from kd_core.outputs import lora_parameters
+from kd_core.steps import StepOutput, TrainStep, make_step
+from kd_core.vocab import VocabAlignment
 
-CHECKPOINT_PREFIX = "checkpoint_"
-STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the step and what to change."""
-
-
-@dataclass
-class DomainResult:
-    """What distil_domain returns (also one entry of kd_summary.json)."""
-
-    domain: str
-    final_kd_loss: float
-    final_ce_loss: float
-    final_combined_loss: float
-    training_time_seconds: float
-    adapter_path: str
-    steps: int
-    tokens: int
-    tokens_per_second: float
-    peak_memory_gb: float
-    metrics_path: str
-    examples: int
-    teacher_cache: str | None = None
-    resumed_from: int | None = None
-    stopped: bool = False
-    checkpoints: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_schedule(cfg: KDConfig) -> Any:
@@ -98,21 +70,21 @@ def apply_lora(model: nn.Module, cfg: KDConfig) -> int:
     return num
 
 
-def lora_parameters(cfg: KDConfig) -> dict[str, Any]:
-    return {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
+@dataclass
+class StepRecord:
+    """One optimiser step's figures (a metrics.jsonl row)."""
 
+    step: int
+    kd: float
+    ce: float
+    combined: float
+    lr: float
+    tokens: int
+    step_time: float
+    elapsed_s: float
 
-def adapter_config(
-    cfg: KDConfig, num_layers: int, student: str, teacher: str, domain: str
-) -> dict[str, Any]:
-    """mlx-lm's adapter_config.json (load/generate/fuse read it) plus our KD settings."""
-    return {
-        "fine_tune_type": "lora",
-        "num_layers": num_layers,
-        "lora_parameters": lora_parameters(cfg),
-        "model": student,
-        "kd": {"teacher": teacher, "domain": domain, **cfg.to_dict()},
-    }
+    def to_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 class StudentTrainer:
@@ -132,6 +104,7 @@ class StudentTrainer:
         teacher: nn.Module | None = None,
         alignment: VocabAlignment | None = None,
         world: World | None = None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         if not examples:
             raise ValueError(f"domain {domain!r}: no training examples")
@@ -143,9 +116,6 @@ class StudentTrainer:
         self.domain = domain
         self.sink = sink
         self.control = control or RunControl()
-        self.teacher = teacher
-        self.alignment = alignment
-        self.online = teacher is not None
         self.world = world or get_world()
         if cfg.batch_size < self.world.size:
             raise ValueError(
@@ -154,111 +124,29 @@ class StudentTrainer:
             )
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
-        rows = max(1, cfg.batch_size // self.world.size)  # sequences per micro-batch per rank
-        self.streams = StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed))
+        self.top_k = None if teacher is not None else examples[0].topk_ids.shape[1]
+        self.teacher, self.alignment = teacher, alignment
+        self.checkpoints = CheckpointStore(out_dir, domain, fingerprint)
         self.metrics: list[dict[str, Any]] = []
         # KD_VERIFY_SYNC=1: check every step that all ranks hold identical weights (tests).
         self.verify_sync = self.world.distributed and os.environ.get("KD_VERIFY_SYNC") == "1"
 
-    # ---- the loss -------------------------------------------------------------------------
-    def _loss(
-        self,
-        model: nn.Module,
-        inputs: mx.array,
-        targets: mx.array,
-        mask: mx.array,
-        ids: mx.array | None,
-        lps: mx.array | None,
-        t_logits: mx.array | None,
-        inv_count: mx.array,
-    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    def _make_step(self) -> TrainStep:
         cfg = self.cfg
-        logits = model(inputs)
-        if t_logits is None or cfg.alpha == 0.0:  # alpha = 0 is exactly plain CE fine-tuning
-            kd_sum, ce_sum = offline_loss_sums(
-                logits, targets, mask, ids, lps, cfg.alpha, cfg.temperature
-            )
-        else:
-            strategy = self.alignment.strategy if self.alignment else "truncate"
-            t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
-            if strategy == "truncate" and s_al.shape == logits.shape:
-                # KD over the student's whole vocabulary, in its order: one fused pass.
-                kd_sum, ce_sum = online_loss_sums(logits, t_al, targets, mask, cfg.temperature)
-            else:
-                ce_sum, _ = ce_loss_sum(logits, targets, mask=mask)
-                kd_sum, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
-        loss = (cfg.alpha * kd_sum + (1.0 - cfg.alpha) * ce_sum) * inv_count
-        return loss, (kd_sum, ce_sum)
-
-    def _teacher_logits(self, batch: Batch) -> mx.array:
-        logits = self.teacher(mx.array(batch.teacher_inputs))
-        idx = mx.array(batch.teacher_index)[..., None]
-        return mx.stop_gradient(mx.take_along_axis(logits, idx, axis=1))
-
-    def _build_step(self) -> Any:
-        value_and_grad = nn.value_and_grad(self.model, self._loss)
-        state = [self.model.state, self.optimizer.state, mx.random.state]
-        accum = self.cfg.grad_accumulation
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(inputs, targets, mask, ids, lps, t_logits, inv_count, prev_grad, do_update):
-            (loss, (kd, ce)), grad = value_and_grad(
-                self.model, inputs, targets, mask, ids, lps, t_logits, inv_count
-            )
-            if prev_grad is not None:
-                grad = tree_map_add(grad, prev_grad)
-            if do_update:
-                # Each rank's loss is divided by the global token count: summing the
-                # gradients gives exactly the single-process gradient.
-                self.optimizer.update(self.model, self.world.sum_tree(grad))
-                grad = None
-            return loss, kd, ce, grad
-
-        del accum
-        return step
-
-    def _chunked_step(self) -> ChunkedStep | None:
-        """The two-phase chunked step when the logits would be large (offline mode only)."""
-        if self.online:
-            return None
-        vocab = int(self.model(mx.array([[0]], dtype=mx.int32)).shape[-1])
-        chunk = want_chunking(
-            self.cfg.loss_chunk, self.cfg.batch_size, self.cfg.max_seq_length, vocab
-        )
-        if not chunk:
-            return None
-        split = split_model(self.model)
-        if split is None:
-            self.sink(
-                Log(
-                    f"{self.domain}: this model cannot be split into body and head; "
-                    "computing the loss unchunked",
-                    "warning",
-                )
-            )
-            return None
-        return ChunkedStep(
+        rows = max(1, cfg.batch_size // self.world.size)  # sequences per micro-batch per rank
+        return make_step(
             self.model,
-            split,
             self.optimizer,
-            self.cfg.alpha,
-            self.cfg.temperature,
-            chunk,
+            cfg,
+            StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed)),
+            teacher=self.teacher,
+            alignment=self.alignment,
             reduce=self.world.sum_tree,
-            streams=self.streams,
+            vocab=vocab_size(self.model) if self.teacher is None else 0,
+            warn=lambda m: self.sink(Log(f"{self.domain}: {m}", "warning")),
         )
 
-    def _parts(self, batches: list[Batch], chunked: bool) -> list[tuple[Batch, int]]:
-        """(micro-batch shard, stream index) in order; the chunked step shards internally."""
-        if chunked or self.streams.n == 1:
-            return [(b, 0) for b in batches]
-        return [
-            (shard_batch(b, sl), i)
-            for b in batches
-            for i, sl in enumerate(row_slices(len(b.inputs), self.streams.n))
-        ]
-
-    # ---- checkpoints ----------------------------------------------------------------------
+    # ---- outputs --------------------------------------------------------------------------
     def _adapter_weights(self) -> dict[str, mx.array]:
         return dict(tree_flatten(self.model.trainable_parameters()))
 
@@ -269,216 +157,177 @@ class StudentTrainer:
         atomic_write_json(folder / "adapter_config.json", self.adapter_cfg)
 
     def save_checkpoint(self, step: int) -> Path:
-        folder = self.out_dir / f"{CHECKPOINT_PREFIX}{step}"
-        if not self.world.is_main:
-            return folder  # one writer: rank 0
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / STATE_FILE).unlink(missing_ok=True)
-        self.save_adapters(folder)
-        opt = dict(tree_flatten(self.optimizer.state))
-        atomic_save_safetensors(folder / "optimizer.safetensors", opt)
-        self.write_metrics()
-        # The state file is the commit marker: written last, so a checkpoint is either whole
-        # (with its metrics already on disk) or ignored by `latest_checkpoint`.
-        atomic_write_json(
-            folder / STATE_FILE,
-            {"step": step, "domain": self.domain, "metrics_rows": len(self.metrics)},
+        if not self.world.is_main:  # one writer: rank 0
+            return self.out_dir / f"checkpoint_{step}"
+        self.write_metrics()  # before the checkpoint's commit mark: it covers these rows
+        folder = self.checkpoints.save(
+            step,
+            self._adapter_weights(),
+            dict(tree_flatten(self.optimizer.state)),
+            self.adapter_cfg,
+            len(self.metrics),
         )
         self.sink(CheckpointSaved(self.domain, step, str(folder)))
         return folder
 
     def write_metrics(self) -> None:
-        if not self.world.is_main:
-            return
-        atomic_write_jsonl(self.out_dir / "metrics.jsonl", self.metrics)
+        if self.world.is_main:
+            atomic_write_jsonl(self.out_dir / METRICS_FILE, self.metrics)
 
-    def latest_checkpoint(self) -> tuple[int, Path] | None:
-        best = None
-        for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            try:
-                step = int(d.name[len(CHECKPOINT_PREFIX) :])
-                state = json.loads((d / STATE_FILE).read_text())
-            except (ValueError, OSError, json.JSONDecodeError):
-                continue  # incomplete checkpoint (killed mid-save): ignore it
-            if state.get("step") == step and (best is None or step > best[0]):
-                best = (step, d)
-        return best
-
-    def restore(self, step: int, folder: Path) -> None:
-        self.model.load_weights(
-            list(mx.load(str(folder / "adapters.safetensors")).items()), strict=False
-        )
-        opt = mx.load(str(folder / "optimizer.safetensors"))
-        self.optimizer.state = tree_unflatten(list(opt.items()))
-        mx.eval(self.model.parameters(), self.optimizer.state)
+    def _read_metrics(self, up_to: int) -> list[dict[str, Any]]:
+        """metrics.jsonl rows of steps <= up_to; unreadable lines are skipped, not fatal."""
+        path = self.out_dir / METRICS_FILE
+        if not path.exists():
+            return []
         rows = []
-        path = self.out_dir / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                if row.get("step", 0) <= step:
-                    rows.append(row)
-        self.metrics = rows
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= up_to:
+                rows.append(row)
+        return rows
+
+    # ---- resume ---------------------------------------------------------------------------
+    def _resume(self) -> int | None:
+        """Load the newest usable checkpoint (rank 0 reads, every rank gets it): its step."""
+        found = None
+        if self.world.is_main:
+            shapes = {k: tuple(v.shape) for k, v in self._adapter_weights().items()}
+            found = self.checkpoints.latest(shapes, lambda m: self.sink(Log(m, "warning")))
+        step = self.world.broadcast_int(found.step if found else -1)
+        if step < 0:
+            return None
+        if found is not None:
+            self.model.load_weights(list(found.adapters.items()), strict=False)
+            self.optimizer.state = tree_unflatten(list(found.optimizer.items()))
+            mx.eval(self.model.parameters(), self.optimizer.state)
+            self.metrics = self._read_metrics(step)
+            self.sink(Log(f"{self.domain}: resumed from {found.folder.name}"))
+        if self.world.distributed:
+            self.model.update(self.world.broadcast_tree(self.model.trainable_parameters()))
+            self.optimizer.state = self.world.broadcast_tree(self.optimizer.state)
+        return step
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self, resume: bool = False) -> DomainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        start = 1
-        resumed_from = None
         self.optimizer.init(self.model.trainable_parameters())
-        found = self.latest_checkpoint() if resume and self.world.is_main else None
-        found_step = self.world.broadcast_int(found[0] if found else -1)
-        if found_step >= 0:
-            if found:
-                self.restore(*found)
-                self.sink(Log(f"{self.domain}: resumed from {found[1].name}"))
-            if self.world.distributed:  # rank 0 read the checkpoint: everyone gets its state
-                self.model.update(self.world.broadcast_tree(self.model.trainable_parameters()))
-                self.optimizer.state = self.world.broadcast_tree(self.optimizer.state)
-            resumed_from = found_step
-            start = resumed_from + 1
-        elif not resume and self.world.is_main:
-            for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-                shutil.rmtree(d, ignore_errors=True)
-        step_fn = self._build_step()
-        chunked = self._chunked_step()
+        resumed_from = self._resume() if resume else None
+        if not resume and self.world.is_main:
+            self.checkpoints.clear()
+        # Built after the optimiser state is final: the compiled step captures that state.
+        self.step_fn = self._make_step()
         self.model.train()
-        top_k = None if self.online else self.examples[0].topk_ids.shape[1]
         mx.reset_peak_memory()
-        with self.streams.active():
-            return self._loop(start, resumed_from, step_fn, chunked, top_k)
+        with self.step_fn.streams.active():
+            return self._loop(resumed_from)
 
-    def _loop(
-        self,
-        start: int,
-        resumed_from: int | None,
-        step_fn: Any,
-        chunked: ChunkedStep | None,
-        top_k: int | None,
-    ) -> DomainResult:
-        cfg = self.cfg
-        accum = cfg.grad_accumulation
-        elapsed = sum(r.get("step_time", 0.0) for r in self.metrics)
-        tokens_total = sum(r.get("tokens", 0) for r in self.metrics)
+    def _loop(self, resumed_from: int | None) -> DomainResult:
         checkpoints: list[str] = []
-        stopped = False
         last_saved = resumed_from or 0
-        it = start - 1
-        for it in range(start, cfg.num_iters + 1):
-            if self.control.paused:
-                self.sink(Paused(True, self.domain, it - 1))
-                self.control.wait_while_paused()
-                self.sink(Paused(False, self.domain, it - 1))
-            stop = self.control.stop_requested
-            if self.world.distributed:  # rank 0 decides, or the others would wait forever
-                stop = bool(self.world.broadcast_int(int(stop)))
-            if stop:
+        step = last_saved
+        stopped = False
+        while step < self.cfg.num_iters:
+            if self._stop_requested(step):
                 stopped = True
-                it -= 1
                 break
-            tic = time.perf_counter()
-            # Randomness (LoRA dropout) is a function of (seed, step): a resumed run draws
-            # exactly what an uninterrupted one would, with no RNG state to save.
-            mx.random.seed((cfg.seed << 20) + it)
-            step_idx = [self.plan.indices(it, m, accum) for m in range(accum)]
-            n_tok = sum(
-                valid_tokens(self.examples[i], cfg.max_seq_length) for idx in step_idx for i in idx
-            )  # the whole step, all ranks
-            batches = [
-                make_batch(
-                    [self.examples[i] for i in self.world.share(idx)], cfg.max_seq_length, top_k
-                )
-                for idx in step_idx
-            ]
-            inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
-            grad = None
-            loss_total = kd_total = ce_total = mx.array(0.0)
-            for j, (b, s) in enumerate(parts := self._parts(batches, chunked is not None)):
-                # Built lazily on stream s; evaluated once below, so the shards run at once.
-                with self.streams.on(s):
-                    t_logits = self._teacher_logits(b) if self.online else None
-                    ids = None if b.topk_ids is None else mx.array(b.topk_ids)
-                    lps = None if b.topk_logprobs is None else mx.array(b.topk_logprobs)
-                    fn = chunked if chunked is not None else step_fn
-                    args = (mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask), ids, lps)
-                    if chunked is None:
-                        args = (*args, t_logits)
-                    loss, kd, ce, grad = fn(*args, inv, grad, j == len(parts) - 1)
-                    loss_total, kd_total = loss_total + loss, kd_total + kd
-                    ce_total = ce_total + ce
-            if self.world.distributed:
-                loss_total, kd_total, ce_total = self.world.all_sum(
-                    mx.stack([loss_total, kd_total, ce_total])
-                )
-            mx.eval(loss_total, kd_total, ce_total, self.model.state, self.optimizer.state)
-            if self.verify_sync:
-                self.world.check_same(
-                    sum(
-                        v.astype(mx.float32).sum()
-                        for _, v in tree_flatten(self.model.trainable_parameters())
-                    ),
-                    f"weights at step {it}",
-                )
-            dt = time.perf_counter() - tic
-            loss_v = loss_total.item()
-            if not math.isfinite(loss_v):
-                raise NonFiniteLoss(
-                    f"{self.domain}: loss became {loss_v} at step {it}; kept the last good "
-                    f"checkpoint (step {last_saved}); lower learning_rate (now "
-                    f"{cfg.learning_rate:g}) or temperature, or check the data"
-                )
-            elapsed += dt
-            tokens_total += n_tok
-            denom = max(n_tok, 1)
-            kd_v, ce_v = kd_total.item() / denom, ce_total.item() / denom
-            lr = float(self.optimizer.learning_rate.item())
-            done = it - start + 1
-            eta = (elapsed / max(1, it)) * (cfg.num_iters - it) if done else None
-            row = {
-                "step": it,
-                "kd": kd_v,
-                "ce": ce_v,
-                "combined": loss_v,
-                "lr": lr,
-                "tokens": n_tok,
-                "step_time": dt,
-                "elapsed_s": elapsed,
-            }
-            self.metrics.append(row)
-            self.sink(
-                Step(
-                    self.domain,
-                    it,
-                    cfg.num_iters,
-                    kd_v,
-                    ce_v,
-                    loss_v,
-                    lr,
-                    n_tok,
-                    n_tok / dt if dt > 0 else 0.0,
-                    mx.get_peak_memory() / 1e9,
-                    elapsed,
-                    eta,
-                )
-            )
-            if it % cfg.steps_per_save == 0 or it == cfg.num_iters:
-                checkpoints.append(str(self.save_checkpoint(it)))
-                last_saved = it
-            elif it % cfg.steps_per_report == 0:
+            step += 1
+            record = self._train_step(step, last_saved)
+            self.metrics.append(record.to_row())
+            self.sink(self._step_event(record))
+            if step % self.cfg.steps_per_save == 0 or step == self.cfg.num_iters:
+                checkpoints.append(str(self.save_checkpoint(step)))
+                last_saved = step
+            elif step % self.cfg.steps_per_report == 0:
                 self.write_metrics()
-        final_step = it
-        if stopped and final_step > last_saved and final_step >= 1:
-            checkpoints.append(str(self.save_checkpoint(final_step)))
+        if stopped and step > last_saved:
+            checkpoints.append(str(self.save_checkpoint(step)))
         self.write_metrics()
         self.save_adapters(self.out_dir)
+        return self._result(step, resumed_from, stopped, checkpoints)
+
+    def _stop_requested(self, done: int) -> bool:
+        if self.control.paused:
+            self.sink(Paused(True, self.domain, done))
+            self.control.wait_while_paused()
+            self.sink(Paused(False, self.domain, done))
+        stop = self.control.stop_requested
+        if self.world.distributed:  # rank 0 decides, or the others would wait forever
+            stop = bool(self.world.broadcast_int(int(stop)))
+        return stop
+
+    def _train_step(self, step: int, last_saved: int) -> StepRecord:
+        cfg = self.cfg
+        tic = time.perf_counter()
+        # Randomness (LoRA dropout) is a function of (seed, step): a resumed run draws
+        # exactly what an uninterrupted one would, with no RNG state to save.
+        mx.random.seed((cfg.seed << 20) + step)
+        accum = cfg.grad_accumulation
+        step_idx = [self.plan.indices(step, m, accum) for m in range(accum)]
+        n_tok = sum(
+            valid_tokens(self.examples[i], cfg.max_seq_length) for idx in step_idx for i in idx
+        )  # the whole step, all ranks
+        inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
+        total = StepOutput(mx.array(0.0), mx.array(0.0), mx.array(0.0), None)
+        for m, idx in enumerate(step_idx):
+            mine = [self.examples[i] for i in self.world.share(idx)]
+            out = self.step_fn(
+                make_batch(mine, cfg.max_seq_length, self.top_k), inv, total.grad, m == accum - 1
+            )
+            total = StepOutput(
+                total.loss + out.loss, total.kd + out.kd, total.ce + out.ce, out.grad
+            )
+        sums = mx.stack([total.loss, total.kd, total.ce])
+        if self.world.distributed:
+            sums = self.world.all_sum(sums)
+        mx.eval(sums, self.model.state, self.optimizer.state)
+        if self.verify_sync:
+            self.world.check_same(
+                sum(v.astype(mx.float32).sum() for v in self._adapter_weights().values()),
+                f"weights at step {step}",
+            )
+        dt = time.perf_counter() - tic
+        loss, kd_sum, ce_sum = (float(x) for x in sums.tolist())
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"{self.domain}: loss became {loss} at step {step}; kept the last good "
+                f"checkpoint (step {last_saved}); lower learning_rate (now "
+                f"{cfg.learning_rate:g}) or temperature, or check the data"
+            )
+        denom = max(n_tok, 1)
+        elapsed = (self.metrics[-1]["elapsed_s"] if self.metrics else 0.0) + dt
+        lr = float(self.optimizer.learning_rate.item())
+        return StepRecord(step, kd_sum / denom, ce_sum / denom, loss, lr, n_tok, dt, elapsed)
+
+    def _step_event(self, r: StepRecord) -> Step:
+        eta = r.elapsed_s / max(1, r.step) * (self.cfg.num_iters - r.step)
+        return Step(
+            domain=self.domain,
+            step=r.step,
+            total_steps=self.cfg.num_iters,
+            kd=r.kd,
+            ce=r.ce,
+            combined=r.combined,
+            lr=r.lr,
+            tokens=r.tokens,
+            tokens_per_second=r.tokens / r.step_time if r.step_time > 0 else 0.0,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            elapsed_s=r.elapsed_s,
+            eta_s=eta,
+        )
+
+    def _result(
+        self, step: int, resumed_from: int | None, stopped: bool, checkpoints: list[str]
+    ) -> DomainResult:
         tail = self.metrics[-min(10, len(self.metrics)) :] if self.metrics else []
 
         def mean(key: str) -> float:
             return float(np.mean([r[key] for r in tail])) if tail else float("nan")
 
+        elapsed = sum(r.get("step_time", 0.0) for r in self.metrics)
+        tokens = sum(r.get("tokens", 0) for r in self.metrics)
         return DomainResult(
             domain=self.domain,
             final_kd_loss=mean("kd"),
@@ -486,19 +335,13 @@ class StudentTrainer:
             final_combined_loss=mean("combined"),
             training_time_seconds=elapsed,
             adapter_path=str(self.out_dir),
-            steps=final_step,
-            tokens=tokens_total,
-            tokens_per_second=tokens_total / elapsed if elapsed > 0 else 0.0,
+            steps=step,
+            tokens=tokens,
+            tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
-            metrics_path=str(self.out_dir / "metrics.jsonl"),
+            metrics_path=str(self.out_dir / METRICS_FILE),
             examples=len(self.examples),
             resumed_from=resumed_from,
             stopped=stopped,
             checkpoints=checkpoints,
         )
-
-
-def tree_map_add(a: Any, b: Any) -> Any:
-    from mlx.utils import tree_map
-
-    return tree_map(lambda x, y: x + y, a, b)

@@ -114,7 +114,20 @@ def plan_vocab_alignment(
             f"vocab_strategy: 'truncate' would pair unrelated tokens ({example}; "
             f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'"
         )
-    # project: match through normalised token strings.
+    return _project_alignment(
+        teacher_tokenizer, student_tokenizer, t_str, s_str, teacher_size, student_size
+    )
+
+
+def _project_alignment(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    t_str: list[str | None],
+    s_str: list[str | None],
+    teacher_size: int,
+    student_size: int,
+) -> VocabAlignment:
+    """Match teacher ids to student ids through their normalised token strings."""
     s_index: dict[str, int] = {}
     for i, tok in enumerate(s_str[:student_size]):
         key = _normalise(tok)

@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 import themes
 from kd_core.config import ConfigError
@@ -32,6 +32,7 @@ from kd_core.events import (
     RunFinished,
     RunStarted,
 )
+from kd_tui import preferences
 from kd_tui.engine import EventSource, EventSourceFactory, TrainerProcess
 from kd_tui.messages import EngineEvent, RunCompleted, StateChanged, broadcast_copy
 from kd_tui.panes.config import ConfigPane
@@ -51,13 +52,9 @@ PANES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def make_pane(module: str, class_name: str, title: str) -> Widget:
-    """The pane, or a placeholder while its module does not exist yet."""
-    try:
-        pane_class = getattr(importlib.import_module(module), class_name)
-    except (ImportError, AttributeError):
-        return Static(f"{title} — coming soon", classes="placeholder")
-    return pane_class()
+def make_pane(module: str, class_name: str) -> Widget:
+    """The pane (a broken pane import fails loudly at start, never hides as a placeholder)."""
+    return getattr(importlib.import_module(module), class_name)()
 
 
 def short_name(model: str) -> str:
@@ -109,7 +106,7 @@ class KDApp(App[None]):
         self.timestamps = timestamps  # off in snapshot tests: nothing time-dependent in view
         for theme in themes.THEMES:
             self.register_theme(theme)
-        self._set_initial_theme(themes.load_theme_name())
+        self._set_initial_theme(preferences.load_theme_name())
 
     def _set_initial_theme(self, name: str) -> None:
         """Start in the remembered theme. Set before the app runs, without the watcher: a
@@ -130,7 +127,7 @@ class KDApp(App[None]):
         with TabbedContent(initial="tab-models", id="tabs"):
             for tab_id, title, module, class_name in PANES:
                 with TabPane(title, id=tab_id):
-                    yield make_pane(module, class_name, title)
+                    yield make_pane(module, class_name)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -147,7 +144,7 @@ class KDApp(App[None]):
     def watch_theme(self, name: str) -> None:
         # Every change, from the palette or a command, is remembered for the next start.
         if self._theme_ready:
-            themes.save_theme_name(name)
+            preferences.save_theme_name(name)
 
     def exit(self, *args: Any, **kwargs: Any) -> None:
         # Kill a running trainer before the panes go away (its events would have no home).

@@ -1,8 +1,8 @@
 """The Viewer's backend: a child process that loads models and answers JSON-line requests.
 
-Run as `python -m kd_tui.infer_worker`. Why a child process (DESIGN.md): MLX arrays belong
-to the thread that built them and the process may abort at exit after an MLX thread ran;
-a child keeps MLX out of the dashboard and isolates crashes and out-of-memory kills.
+Run as `python -m kd_tui.infer_worker`. Why a child process (docs/ARCHITECTURE.md): MLX
+arrays belong to the thread that built them and the process may abort at exit after an MLX
+thread ran; a child keeps MLX out of the dashboard and isolates crashes and out-of-memory kills.
 
 Protocol (one JSON object per line; every reply carries the request's "id"):
 
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    # Skip interpreter teardown: MLX's thread-local streams can abort at exit (DESIGN.md),
-    # and every reply is already flushed.
+    # Skip interpreter teardown: MLX's thread-local streams can abort at exit
+    # (docs/ARCHITECTURE.md), and every reply is already flushed.
     sys.stderr.flush()
     os._exit(code)

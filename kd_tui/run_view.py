@@ -2,7 +2,7 @@
 
 Applying an event is O(1) and touches no widget: the pane redraws from this model on a
 timer a few times a second, so a trainer that reports hundreds of steps a second costs the
-UI almost nothing (DESIGN.md: never replot per event).
+UI almost nothing (docs/ARCHITECTURE.md: never replot per event).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from typing import Any
 
 from kd_core.events import (
     CacheUsed,
-    CheckpointSaved,
     DomainFinished,
-    EvalResult,
+    DomainResult,
     Event,
-    Log,
     Paused,
     PhaseStarted,
     Progress,
@@ -24,34 +22,13 @@ from kd_core.events import (
     RunFinished,
     RunStarted,
     Step,
+    describe,
+    fmt_loss,
+    fmt_time,
 )
 
-PHASE_WORDS = {
-    "idle": "idle",
-    "build": "building the demo pair",
-    "load": "loading models",
-    "teacher": "teacher pass",
-    "student": "student pass",
-    "eval": "evaluating",
-}
 SERIES = ("kd", "ce", "combined")
 PLOT_MODES = ("all", "kd", "ce", "combined")
-
-
-def fmt_time(seconds: float | None) -> str:
-    """0:41, 3:52, 1:02:03; '--:--' when unknown (the CLI's format)."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--:--"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-    return f"{s // 60}:{s % 60:02d}"
-
-
-def fmt_loss(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
 
 
 class LossSeries:
@@ -215,7 +192,7 @@ class RunView:
         if not keep_series or not hasattr(self, "series"):
             self.series = LossSeries()
             self.boundaries: list[int] = []
-        self.results: list[dict[str, Any]] = []
+        self.results: list[DomainResult] = []
         self.summary_path = ""
         self.error: str | None = None
         self.paused = False
@@ -248,10 +225,18 @@ class RunView:
 
     # ---- events -------------------------------------------------------------------------
     def apply(self, e: Event) -> LogLine | None:
-        """Update the model; return a line for the log (None: nothing worth logging)."""
+        """Update the model; return a line for the log (None: nothing worth logging).
+        The words are kd_core's `describe` (the CLI prints the same); steps go to the plot
+        and the Now panel, not the log (a log line costs the UI a layout pass), and progress
+        only when a phase's work completes."""
         self.version += 1
         handler = getattr(self, "_on_" + e.kind, None)
-        return handler(e) if handler else None
+        if handler is not None:
+            handler(e)
+        if isinstance(e, Step) or (isinstance(e, Progress) and not e.done >= e.total > 0):
+            return None
+        d = describe(e)
+        return LogLine(d.text, d.level) if d else None
 
     def _domain(self, name: str | None) -> DomainStatus | None:
         if name is None:
@@ -260,7 +245,7 @@ class RunView:
             self.domains[name] = DomainStatus(name)
         return self.domains[name]
 
-    def _on_run_started(self, e: RunStarted) -> LogLine:
+    def _on_run_started(self, e: RunStarted) -> None:
         known = {d: self.domains[d] for d in e.domains if d in self.domains}
         self.domains = {d: known.get(d) or DomainStatus(d) for d in e.domains}
         self.status = "running"
@@ -268,14 +253,8 @@ class RunView:
         self.num_iters = int(e.config.get("num_iters") or 0)
         self.total_steps = e.total_steps
         self.teacher, self.student, self.output = e.teacher, e.student, e.output
-        c = e.config
-        return LogLine(
-            f"run started · {len(e.domains)} domain(s) · T {c.get('temperature', 0):g}"
-            f" · α {c.get('alpha', 0):g} · r {c.get('lora_rank', 0)} · "
-            f"output {e.output}"
-        )
 
-    def _on_phase_started(self, e: PhaseStarted) -> LogLine | None:
+    def _on_phase_started(self, e: PhaseStarted) -> None:
         if self.status == "idle":
             self.status = "running"
         self.phase = e.phase
@@ -285,50 +264,31 @@ class RunView:
         d = self._domain(e.domain)
         if e.phase == "teacher" and d is not None:
             d.state = "teacher"
-            return LogLine(f"teacher pass · {e.domain} · {e.total} prompts")
         if e.phase == "student" and d is not None:
             d.state, d.total, d.step = "training", e.total, 0
             self.first_step_in_domain = None
             offset = self._offset(e.domain)
             if offset not in self.boundaries and offset > 0:
                 self.boundaries.append(offset)
-            return LogLine(f"student pass · {e.domain} · {e.total} steps")
-        if e.phase == "build":
-            return LogLine(f"building the demo pair (first use) · {e.message}".rstrip(" ·"))
-        if e.phase == "load":
-            return LogLine(e.message or "loading models", "dim")
-        return LogLine(f"{PHASE_WORDS.get(e.phase, e.phase)} {e.message}".strip())
 
-    def _on_progress(self, e: Progress) -> LogLine | None:
+    def _on_progress(self, e: Progress) -> None:
         self.phase = e.phase  # progress always belongs to the phase it names
         if e.domain is not None:
             self.domain = e.domain
         self.phase_done, self.phase_total, self.phase_eta = e.done, e.total, e.eta_s
         self.phase_message = e.message
-        if e.done >= e.total > 0:
-            where = f" · {e.domain}" if e.domain else ""
-            return LogLine(
-                f"{PHASE_WORDS.get(e.phase, e.phase)}{where}: {e.message} "
-                f"{e.done}/{e.total}".replace("  ", " "),
-                "dim",
-            )
-        return None
 
-    def _on_cache(self, e: CacheUsed) -> LogLine:
+    def _on_cache(self, e: CacheUsed) -> None:
         d = self._domain(e.domain)
         if d is not None:
             d.state = "cached"
-        how = "reused the cache" if e.hit else "cached"
-        return LogLine(
-            f"teacher pass · {e.domain}: {how} · {e.examples} responses, {e.response_tokens} tokens"
-        )
 
     def _offset(self, domain: str | None) -> int:
         names = list(self.domains)
         index = names.index(domain) if domain in names else 0
         return index * self.num_iters
 
-    def _on_step(self, e: Step) -> LogLine | None:
+    def _on_step(self, e: Step) -> None:
         if not self.num_iters:
             self.num_iters = e.total_steps
         if self.phase != "student" or self.domain != e.domain:
@@ -344,33 +304,17 @@ class RunView:
         d = self._domain(e.domain)
         if d is not None:
             d.state, d.step, d.total = "training", e.step, e.total_steps
-        # Steps are in the plot and the Now panel, not the log: a log line costs the UI a
-        # layout pass, and the log is for what happens rarely (passes, checkpoints, warnings).
-        return None
 
-    def _on_eval(self, e: EvalResult) -> LogLine:
-        figures = " · ".join(f"{k} {v:.4g}" for k, v in e.metrics.items())
-        return LogLine(f"eval · {e.domain} step {e.step}: {figures}")
-
-    def _on_checkpoint(self, e: CheckpointSaved) -> LogLine:
-        name = e.path.rstrip("/").rsplit("/", 1)[-1] or f"checkpoint_{e.step}"
-        return LogLine(f"{e.domain}: {name} saved")
-
-    def _on_domain_finished(self, e: DomainFinished) -> LogLine:
+    def _on_domain_finished(self, e: DomainFinished) -> None:
         r = e.result
         d = self._domain(e.domain)
         if d is not None:
-            d.state = "stopped" if r.get("stopped") else "done"
-            d.final_loss = r.get("final_combined_loss")
-            d.adapter_path = r.get("adapter_path")
-        self.results = [x for x in self.results if x.get("domain") != e.domain] + [r]
-        return LogLine(
-            f"done {e.domain}: loss {fmt_loss(r.get('final_combined_loss'))} · "
-            f"{fmt_time(r.get('training_time_seconds'))} · {r.get('adapter_path')}",
-            "success",
-        )
+            d.state = "stopped" if r.stopped else "done"
+            d.final_loss = r.final_combined_loss
+            d.adapter_path = r.adapter_path
+        self.results = [x for x in self.results if x.domain != e.domain] + [r]
 
-    def _on_run_finished(self, e: RunFinished) -> LogLine:
+    def _on_run_finished(self, e: RunFinished) -> None:
         if e.results:
             self.results = list(e.results)
         self.summary_path = e.summary_path
@@ -379,45 +323,33 @@ class RunView:
         for d in self.domains.values():
             if d.state in ("training", "teacher", "cached") and e.stopped:
                 d.state = "stopped"
-        if e.stopped:
-            return LogLine("run stopped · checkpoint saved · press r to resume", "warning")
-        return LogLine(
-            f"run finished · {len(self.results)} domain(s) · summary {e.summary_path}", "success"
-        )
 
-    def _on_run_failed(self, e: RunFailed) -> LogLine:
+    def _on_run_failed(self, e: RunFailed) -> None:
         self.status = "failed"
         self.paused = False
         self.error = e.error
         d = self._domain(e.domain) or self.domains.get(self.domain or "")
         if d is not None and d.state not in ("done",):
             d.state = "failed"
-        return LogLine(f"run failed: {e.error}", "error")
 
-    def _on_log(self, e: Log) -> LogLine:
-        level = e.level if e.level in ("warning", "error") else "info"
-        return LogLine(e.message, level)
-
-    def _on_paused(self, e: Paused) -> LogLine:
+    def _on_paused(self, e: Paused) -> None:
         self.paused = e.paused
-        where = f" at {e.domain} step {e.step}" if e.domain and e.step is not None else ""
-        return LogLine(("paused" if e.paused else "resumed") + where, "warning")
 
     # ---- summary ------------------------------------------------------------------------
     def summary_lines(self) -> list[str]:
         """The finished run in a few lines: losses per domain, time, adapter paths."""
         if not self.results:
             return ["no domain finished"]
-        total = sum(float(r.get("training_time_seconds") or 0) for r in self.results)
+        total = sum(float(r.training_time_seconds or 0) for r in self.results)
         lines = []
         for r in self.results:
-            mark = "■" if r.get("stopped") else "✓"
+            mark = "■" if r.stopped else "✓"
             lines.append(
-                f"{mark} {r.get('domain', '?'):<12} kd {fmt_loss(r.get('final_kd_loss'))}"
-                f" · ce {fmt_loss(r.get('final_ce_loss'))} · loss "
-                f"{fmt_loss(r.get('final_combined_loss'))} · {r.get('steps', '?')} "
-                f"steps · {fmt_time(r.get('training_time_seconds'))} → "
-                f"{r.get('adapter_path', '')}"
+                f"{mark} {r.domain:<12} kd {fmt_loss(r.final_kd_loss)}"
+                f" · ce {fmt_loss(r.final_ce_loss)} · loss "
+                f"{fmt_loss(r.final_combined_loss)} · {r.steps} "
+                f"steps · {fmt_time(r.training_time_seconds)} → "
+                f"{r.adapter_path}"
             )
         lines.append(
             f"training time {fmt_time(total)}"

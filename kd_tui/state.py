@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 from kd_core.config import RunSpec, load_toml, save_toml
+
+if TYPE_CHECKING:
+    from textual.widget import Widget
 
 
 @dataclass
@@ -35,3 +39,13 @@ class AppState:
     @property
     def student_name(self) -> str:
         return self.spec.student or "demo-student"
+
+
+class _HasState(Protocol):
+    state: AppState
+
+
+def app_state(widget: Widget) -> AppState:
+    """The dashboard's shared state, from any widget mounted in it: the one typed way the
+    panes reach the app (they cannot import KDApp, which imports them)."""
+    return cast(_HasState, widget.app).state

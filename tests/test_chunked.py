@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 
 import mlx.core as mx
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm import load
 
-from kd_core.chunked import split_model, want_chunking
+from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
+from kd_core.cpu_streams import StreamSet
 from kd_core.data import Example, make_batch
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Step
 from kd_core.losses import teacher_topk
-from kd_core.trainer import StudentTrainer, apply_lora
+from kd_core.steps import OfflineStep, make_step
+from kd_core.trainer import apply_lora
 
 
 def _examples(vocab: int, n: int = 4, k: int = 8) -> list[Example]:
@@ -50,22 +53,17 @@ def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha):
     # Give lora_b non-zero values so every LoRA gradient is non-trivial.
     params = tree_flatten(model.trainable_parameters())
     model.load_weights([(k, mx.random.normal(v.shape) * 0.01) for k, v in params], strict=False)
-    tr = StudentTrainer(model, cfg, ex, tmp_path, {}, domain="t")
-    tr.optimizer.init(model.trainable_parameters())
+    opt = optim.Adam(learning_rate=cfg.learning_rate)
+    opt.init(model.trainable_parameters())
     b = make_batch(ex, cfg.max_seq_length, 8)
     inv = mx.array(1.0 / b.tokens)
-    args = (
-        mx.array(b.inputs),
-        mx.array(b.targets),
-        mx.array(b.mask),
-        mx.array(b.topk_ids),
-        mx.array(b.topk_logprobs),
-    )
-    fused = tr._build_step()
-    l1, kd1, ce1, g1 = fused(*args, None, inv, None, False)
-    chunked = tr._chunked_step()
-    assert chunked is not None and chunked.chunk == 24
-    l2, kd2, ce2, g2 = chunked(*args, inv, None, False)
+    fused = OfflineStep(model, opt, cfg, lambda g: g, StreamSet(1))
+    out1 = fused(b, inv, None, False)
+    l1, kd1, ce1, g1 = out1.loss, out1.kd, out1.ce, out1.grad
+    chunked = make_step(model, opt, cfg, StreamSet(1), vocab=vocab)
+    assert isinstance(chunked, ChunkedStep) and chunked.chunk == 24
+    out2 = chunked(b, inv, None, False)
+    l2, kd2, ce2, g2 = out2.loss, out2.kd, out2.ce, out2.grad
     assert l2.item() == pytest.approx(l1.item(), rel=1e-5)
     assert kd2.item() == pytest.approx(kd1.item(), rel=1e-5, abs=1e-6)
     assert ce2.item() == pytest.approx(ce1.item(), rel=1e-5)

@@ -15,10 +15,10 @@ from kd_tui.app import PANES, KDApp, main, short_name
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.panes.config import ConfigPane
 from kd_tui.panes.train import TrainPane
+from kd_tui.preferences import PREFS_FILE
 from kd_tui.widgets.help_screen import HelpScreen
 from kd_tui.widgets.loss_plot import LossPlot
 from kd_tui.widgets.now_panel import NowPanel
-from themes import PREFS_FILE
 
 pytestmark = pytest.mark.anyio
 TAB_IDS = ["tab-models", "tab-domains", "tab-config", "tab-train", "tab-viewer", "tab-runs"]

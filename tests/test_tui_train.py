@@ -7,18 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripted_source import ScriptedEventSource
 from textual.widgets import Label, ProgressBar, RichLog, Static
 from tui_support import failing_run, run_script_to_end, scripted_app, scripted_run, wait_until
 
 from kd_core.config import RunSpec
-from kd_core.events import Paused, PhaseStarted, Progress, RunFailed, RunFinished, Step
-from kd_tui.engine import (
-    ScriptedEventSource,
-    TrainerProcess,
-    one_line_error,
-    trainer_command,
-)
-from kd_tui.run_view import LossSeries, RunView, fmt_time
+from kd_core.events import Paused, PhaseStarted, Progress, RunFailed, RunFinished, Step, fmt_time
+from kd_tui.engine import TrainerProcess, one_line_error, trainer_command
+from kd_tui.run_view import LossSeries, RunView
 from kd_tui.widgets.loss_plot import LossPlot
 
 pytestmark = pytest.mark.anyio

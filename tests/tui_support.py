@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scripted_source import ScriptedEventSource
+
 from kd_core.events import (
     CacheUsed,
     CheckpointSaved,
@@ -22,7 +24,6 @@ from kd_core.events import (
     Step,
 )
 from kd_tui.app import KDApp
-from kd_tui.engine import ScriptedEventSource
 
 CONFIG = {"temperature": 2.0, "alpha": 0.7, "lora_rank": 16, "num_iters": 0, "steps_per_report": 5}
 

@@ -1,20 +1,15 @@
-"""The dashboard's themes (Textual `Theme` objects) and the remembered theme choice.
+"""The dashboard's themes (Textual `Theme` objects) and their .tcss.
 
 Each theme also defines the plot's series colours as theme variables (`kd-series-kd`,
 `kd-series-ce`, `kd-series-combined`), so the .tcss legend and the plotext figure both read
-them from the active theme. The user's last choice is kept in `theme.json` under
-platformdirs' user config folder for "kd" (`KD_CONFIG_DIR` overrides it, e.g. in tests).
+them from the active theme. The remembered choice lives in kd_tui/preferences.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from textual.theme import Theme
-
-from kd_core.atomic_io import atomic_write_json
 
 KD_DARK = Theme(
     name="kd-dark",
@@ -68,39 +63,6 @@ SERIES_FALLBACK = {"kd": "primary", "ce": "warning", "combined": "success"}
 # a .tcss reference to a variable no theme defines would fail to parse.
 VARIABLE_DEFAULTS = {var: KD_DARK.variables[var] for var in SERIES_VARIABLES.values()}
 TCSS_PATH = Path(__file__).with_name("kd.tcss")
-
-PREFS_FILE = "theme.json"
-
-
-def config_dir() -> Path:
-    """Where the dashboard keeps its preferences (KD_CONFIG_DIR overrides it)."""
-    env = os.environ.get("KD_CONFIG_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("kd"))
-
-
-def load_theme_name(default: str = DEFAULT_THEME) -> str:
-    """The remembered theme name, or `default` when none is stored or the file is unreadable."""
-    try:
-        data = json.loads((config_dir() / PREFS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-    name = data.get("theme") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and name else default
-
-
-def save_theme_name(name: str) -> Path | None:
-    """Remember the theme (atomic write). Returns the path, or None if it cannot be written:
-    a read-only config folder must never break the dashboard."""
-    path = config_dir() / PREFS_FILE
-    try:
-        atomic_write_json(path, {"theme": name})
-    except OSError:
-        return None
-    return path
 
 
 def series_colors(variables: dict[str, str]) -> dict[str, tuple[int, int, int]]:

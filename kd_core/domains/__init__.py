@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ def check_domain_name(name: str) -> str:
     return name
 
 
-@cache
 def _builtin(name: str) -> dict[str, Any]:
     data = json.loads((_DATA / f"{name}.json").read_text(encoding="utf-8"))
     return {
@@ -42,36 +40,8 @@ def _builtin(name: str) -> dict[str, Any]:
     }
 
 
-class _DomainPrompts(dict):
-    """dict of the built-in domains, loaded from the package's JSON files on first use."""
-
-    def __missing__(self, key: str) -> dict[str, Any]:
-        if key not in BUILTIN_DOMAINS:
-            raise KeyError(key)
-        value = _builtin(key)
-        self[key] = value
-        return value
-
-    def __iter__(self):
-        return iter(BUILTIN_DOMAINS)
-
-    def __len__(self) -> int:
-        return len(BUILTIN_DOMAINS)
-
-    def __contains__(self, key: object) -> bool:
-        return key in BUILTIN_DOMAINS
-
-    def keys(self):  # type: ignore[override]
-        return list(BUILTIN_DOMAINS)
-
-    def items(self):  # type: ignore[override]
-        return [(k, self[k]) for k in BUILTIN_DOMAINS]
-
-    def values(self):  # type: ignore[override]
-        return [self[k] for k in BUILTIN_DOMAINS]
-
-
-DOMAIN_PROMPTS: dict[str, dict[str, Any]] = _DomainPrompts()
+# A plain dict, as the original API's users expect (`.get`, `json.dumps`): six small files.
+DOMAIN_PROMPTS: dict[str, dict[str, Any]] = {name: _builtin(name) for name in BUILTIN_DOMAINS}
 
 
 def read_prompts_file(path: str | Path) -> list[str]:

@@ -23,6 +23,7 @@ from kd_tui.inference import tokenizer_verdict
 from kd_tui.messages import StateChanged
 from kd_tui.model_check import ModelCheck, check_model, info_lines, verdict_words
 from kd_tui.panes.paths import PathSuggester
+from kd_tui.state import app_state
 
 ROLES = ("teacher", "student")
 
@@ -116,7 +117,7 @@ class ModelsPane(Container):
         return self.query_one(f"#{role}-col", ModelColumn)
 
     def _names(self) -> dict[str, str]:
-        state = self.app.state  # type: ignore[attr-defined]
+        state = app_state(self)
         return {"teacher": state.teacher_name, "student": state.student_name}
 
     def _from_state(self) -> None:
@@ -164,7 +165,7 @@ class ModelsPane(Container):
         self.column(role).show(check)
         if check.error:
             return
-        state = self.app.state  # type: ignore[attr-defined]
+        state = app_state(self)
         if save and getattr(state.spec, role) != check.name:
             setattr(state.spec, role, check.name)
             self.post_message(StateChanged("models"))

@@ -28,6 +28,7 @@ from kd_tui.runs_data import (
     read_metrics,
     series,
 )
+from kd_tui.state import app_state
 
 MODES = ("all", "combined", "kd", "ce")
 LABELS = {"kd": "KD", "ce": "CE", "combined": "combined"}
@@ -104,7 +105,7 @@ class RunsPane(Container):
 
     # ---- scanning ---------------------------------------------------------------------------
     def _output(self) -> Path:
-        return Path(self.app.state.spec.config.output).expanduser()  # type: ignore[attr-defined]
+        return Path(app_state(self).spec.config.output).expanduser()
 
     def rescan(self) -> None:
         self._scan(self._output(), list(self.extra))

@@ -17,9 +17,18 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, RichLog, Static
 
 from kd_core.config import RunSpec
-from kd_core.events import Event, PhaseStarted, RunFailed, RunFinished, RunStarted
+from kd_core.events import (
+    PHASE_WORDS,
+    Event,
+    PhaseStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    fmt_time,
+)
 from kd_tui.messages import StateChanged
-from kd_tui.run_view import PHASE_WORDS, LogLine, RunView, fmt_time
+from kd_tui.run_view import LogLine, RunView
+from kd_tui.state import app_state
 from kd_tui.widgets import set_text
 from kd_tui.widgets.domain_list import DomainList
 from kd_tui.widgets.loss_plot import LossPlot
@@ -105,7 +114,7 @@ class TrainPane(Container):
 
     # ---- the app calls these ------------------------------------------------------------
     def begin_run(self, resume: bool) -> None:
-        spec = self.app.state.spec  # type: ignore[attr-defined]
+        spec = app_state(self).spec
         self.view.reset(planned_domains(spec), spec.config.to_dict(), keep_series=resume)
         self.view.status = "running"
         self.view.phase_message = "starting the trainer…"
@@ -113,8 +122,7 @@ class TrainPane(Container):
         word = "resuming the stopped run" if resume else "starting a run"
         self.log_line(
             LogLine(
-                f"── {word}: {self.app.state.teacher_name} → "  # type: ignore[attr-defined]
-                f"{self.app.state.student_name} ──",
+                f"── {word}: {app_state(self).teacher_name} → {app_state(self).student_name} ──",
                 "success",
             )
         )
@@ -150,7 +158,7 @@ class TrainPane(Container):
 
     # ---- drawing ------------------------------------------------------------------------
     def _show_idle_domains(self) -> None:
-        spec = self.app.state.spec  # type: ignore[attr-defined]
+        spec = app_state(self).spec
         self.view.reset(planned_domains(spec), spec.config.to_dict(), keep_series=True)
 
     def flush(self, force: bool = False) -> None:

@@ -33,6 +33,7 @@ from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS
 from kd_tui.inference import InferenceClient, Slot
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.panes.paths import PathSuggester
+from kd_tui.state import app_state
 
 SLOTS = ("teacher", "student", "adapted")
 TITLES = {"teacher": "Teacher", "student": "Student (base)", "adapted": "Student + adapter"}
@@ -267,7 +268,7 @@ class ViewerPane(Container):
         self._last_run: Path | None = None  # output of the last RunCompleted seen
 
     def compose(self) -> ComposeResult:
-        cfg = self.app.state.spec.config  # type: ignore[attr-defined]
+        cfg = app_state(self).spec.config
         with Horizontal(id="view-top"):
             yield Input(
                 placeholder="prompt (enter: answer · empty: a held-out prompt)", id="view-prompt"
@@ -315,7 +316,7 @@ class ViewerPane(Container):
     # ---- defaults from the run spec ---------------------------------------------------------
     @property
     def state(self) -> Any:
-        return self.app.state  # type: ignore[attr-defined]
+        return app_state(self)
 
     def _domains(self) -> list[str]:
         spec = self.state.spec
@@ -435,9 +436,9 @@ class ViewerPane(Container):
                 Slot("adapted", self.state.student_name, str(Path(adapter).expanduser()))
             )
         else:
-            self.answers["adapted"].error = (
-                "no adapter yet: train a domain, or type an adapter folder above"
-            )
+            self.answers[
+                "adapted"
+            ].error = "no adapter yet: train a domain, or type an adapter folder above"
         self._titles()
         for s in SLOTS:
             self._box(s).show(self.answers[s])

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from kd_tui.run_view import DomainStatus, fmt_loss
+from kd_core.events import fmt_loss
+from kd_tui.run_view import DomainStatus
 from kd_tui.widgets import set_text
 
 MARKS = {

@@ -8,8 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import Label
 
-from kd_core.events import Step
-from kd_tui.run_view import LossSeries, fmt_loss
+from kd_core.events import Step, fmt_loss
+from kd_tui.run_view import LossSeries
 from kd_tui.widgets import set_text
 
 ROWS = (

@@ -1,0 +1,217 @@
+"""Checkpoints of one domain's training: save, find the newest usable one, check it fits.
+
+    <output>/<domain>/checkpoint_<step>/adapters.safetensors    LoRA weights
+                                        optimizer.safetensors   Adam state
+                                        adapter_config.json     mlx-lm's format
+                                        trainer_state.json      written last: the commit mark
+
+`trainer_state.json` also records the run's fingerprint (`run_fingerprint`): everything that
+defines what the checkpoint's weights mean — the teacher and student (identity and weights
+hash), the vocabulary alignment, the LoRA shape, the loss and data settings and the prompts.
+`--resume` continues only when the fingerprint matches (ResumeError names the first field
+that differs) and the saved tensors have exactly the student's adapter shapes. A checkpoint
+that cannot be read (killed mid-save, a 0-byte file, a truncated state) is skipped with a
+warning naming the file, and the next older one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json
+from kd_core.config import KDConfig
+from kd_core.errors import one_line
+
+CHECKPOINT_PREFIX = "checkpoint_"
+STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+# KDConfig fields that change what a checkpoint's weights and optimiser state mean. Left out
+# on purpose: num_iters (a resumed run may go on longer), reporting and saving intervals, the
+# output folder, and the pure speed settings (cpu_streams, loss_chunk: same numbers).
+FINGERPRINT_FIELDS = (
+    "temperature",
+    "alpha",
+    "teacher_temperature",
+    "max_tokens",
+    "top_k",
+    "teacher_mode",
+    "vocab_strategy",
+    "lora_rank",
+    "lora_scale",
+    "lora_dropout",
+    "lora_layers",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "batch_size",
+    "grad_accumulation",
+    "max_seq_length",
+    "seed",
+)
+
+
+class ResumeError(ValueError):
+    """--resume cannot continue from the checkpoint found (one line naming the field)."""
+
+
+class DamagedCheckpoint(Exception):
+    pass
+
+
+def prompts_hash(prompts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(
+    cfg: KDConfig,
+    *,
+    teacher: str,
+    teacher_weights: str,
+    student: str,
+    student_weights: str,
+    vocab_strategy: str,
+    prompts: list[str],
+) -> dict[str, Any]:
+    fp: dict[str, Any] = {
+        "teacher": teacher,
+        "teacher_weights": teacher_weights,
+        "student": student,
+        "student_weights": student_weights,
+        "vocab_alignment": vocab_strategy,
+        "prompts": prompts_hash(prompts),
+    }
+    fp.update({k: getattr(cfg, k) for k in FINGERPRINT_FIELDS})
+    if cfg.lr_schedule == "cosine":  # the schedule's length is then part of the weights' story
+        fp["num_iters"] = cfg.num_iters
+    return fp
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    folder: Path
+    adapters: dict[str, mx.array]
+    optimizer: dict[str, mx.array]
+    state: dict[str, Any]
+
+
+class CheckpointStore:
+    """The checkpoints of one domain's output folder."""
+
+    def __init__(self, out_dir: Path, domain: str, fingerprint: dict[str, Any] | None) -> None:
+        self.out_dir = out_dir
+        self.domain = domain
+        self.fingerprint = fingerprint
+
+    def folders(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every checkpoint folder, newest first."""
+        found = []
+        for d in self.out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            try:
+                found.append((int(d.name[len(CHECKPOINT_PREFIX) :]), d))
+            except ValueError:
+                continue
+        return sorted(found, reverse=True)
+
+    def clear(self) -> None:
+        for _, d in self.folders():
+            shutil.rmtree(d, ignore_errors=True)
+
+    def save(
+        self,
+        step: int,
+        adapters: dict[str, mx.array],
+        optimizer: dict[str, mx.array],
+        adapter_cfg: dict[str, Any],
+        metrics_rows: int,
+    ) -> Path:
+        folder = self.out_dir / f"{CHECKPOINT_PREFIX}{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_FILE).unlink(missing_ok=True)
+        atomic_save_safetensors(folder / "adapters.safetensors", adapters)
+        atomic_write_json(folder / "adapter_config.json", adapter_cfg)
+        atomic_save_safetensors(folder / "optimizer.safetensors", optimizer)
+        # The state file is the commit marker: written last, so a checkpoint is either whole
+        # (with its metrics already on disk) or skipped by `latest`.
+        atomic_write_json(
+            folder / STATE_FILE,
+            {
+                "step": step,
+                "domain": self.domain,
+                "metrics_rows": metrics_rows,
+                "fingerprint": self.fingerprint,
+            },
+        )
+        return folder
+
+    def _read(self, step: int, folder: Path) -> Checkpoint:
+        state_path = folder / STATE_FILE
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DamagedCheckpoint(f"{STATE_FILE} is missing (an unfinished save)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DamagedCheckpoint(f"{state_path} is unreadable ({one_line(e)})") from None
+        if not isinstance(state, dict) or state.get("step") != step:
+            raise DamagedCheckpoint(f"{state_path} does not name step {step}")
+        arrays = []
+        for name in ("adapters.safetensors", "optimizer.safetensors"):
+            path = folder / name
+            try:
+                arrays.append(mx.load(str(path)))
+            except Exception as e:
+                raise DamagedCheckpoint(f"{path} is unreadable ({one_line(e)})") from None
+        return Checkpoint(step, folder, arrays[0], arrays[1], state)
+
+    def latest(
+        self, shapes: dict[str, tuple[int, ...]], warn: Callable[[str], None]
+    ) -> Checkpoint | None:
+        """The newest readable checkpoint, checked against this run; None when there is none.
+        Damaged ones are skipped (with a warning); one from another run raises ResumeError."""
+        for step, folder in self.folders():
+            try:
+                ck = self._read(step, folder)
+            except DamagedCheckpoint as e:
+                warn(f"{self.domain}: skipped {folder.name}: {e}")
+                continue
+            self._check_fingerprint(ck)
+            self._check_shapes(ck, shapes)
+            return ck
+        return None
+
+    def _check_fingerprint(self, ck: Checkpoint) -> None:
+        saved = ck.state.get("fingerprint")
+        if self.fingerprint is None or not isinstance(saved, dict):
+            return  # a checkpoint from before fingerprints: the shape check still holds
+        for key, now in self.fingerprint.items():
+            then = saved.get(key)
+            if then != now:
+                raise ResumeError(
+                    f"resume: {ck.folder} was made with {key} = {_show(then)} but this run "
+                    f"has {key} = {_show(now)}; use another --output folder for these "
+                    "settings, or run without --resume to start this one over"
+                )
+
+    @staticmethod
+    def _check_shapes(ck: Checkpoint, shapes: dict[str, tuple[int, ...]]) -> None:
+        saved = {k: tuple(v.shape) for k, v in ck.adapters.items()}
+        for key in sorted(set(saved) | set(shapes)):
+            if saved.get(key) != shapes.get(key):
+                raise ResumeError(
+                    f"resume: {ck.folder}/adapters.safetensors does not fit this student "
+                    f"({key}: saved {saved.get(key)}, expected {shapes.get(key)}); use "
+                    "another --output folder"
+                )
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

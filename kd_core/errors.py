@@ -1,0 +1,9 @@
+"""One-line error text: every refusal a user sees is a single line (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its class name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__

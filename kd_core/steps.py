@@ -1,0 +1,175 @@
+"""One training step interface and its implementations, chosen once per trainer.
+
+    step(batch, inv_count, prev_grad, do_update) -> StepOutput(loss, kd, ce, grad)
+
+`batch` is one micro-batch (kd_core.data.Batch, numpy arrays); `inv_count` is 1 / the number
+of valid response tokens in the whole optimiser step (all micro-batches, all processes), known
+on the host before the step, so no host round-trip happens inside it; `prev_grad` is the
+gradient accumulated over the step's earlier micro-batches; with `do_update` the optimiser
+applies the (all-process) gradient and `grad` comes back None. Every step computes
+L = alpha * KD + (1 - alpha) * CE through `losses.combined_loss`.
+
+- OfflineStep: KD against the cached top-k soft targets, one compiled value_and_grad.
+- OnlineStep:  the teacher's full distribution, its forward outside the compiled student step.
+- ChunkedStep (kd_core/chunked.py): the offline loss in chunks of positions, for vocabularies
+  whose [B, L, V] logits would not fit.
+
+Splitting a step's rows over parallel CPU streams (kd_core/cpu_streams.py) happens inside the
+steps: each shard's compiled call adds the previous shard's gradient, and the update comes
+with the last shard, so the shards' heavy work runs concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from kd_core.chunked import ChunkedStep, split_model, want_chunking
+from kd_core.config import KDConfig
+from kd_core.cpu_streams import StreamSet, row_slices, shard_batch
+from kd_core.data import Batch
+from kd_core.losses import (
+    ce_loss_sum,
+    combined_loss,
+    kd_loss_sum,
+    offline_loss_sums,
+    online_loss_sums,
+)
+from kd_core.step_api import StepOutput, TrainStep, add_trees
+from kd_core.vocab import VocabAlignment, align_vocab_sizes
+
+Reduce = Callable[[Any], Any]
+
+
+class _CompiledStep:
+    """A compiled value_and_grad over the model and optimiser state, run per row shard."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: Any, cfg: KDConfig, reduce: Reduce, streams: StreamSet
+    ) -> None:
+        self.model, self.cfg, self.streams = model, cfg, streams
+        value_and_grad = nn.value_and_grad(model, self._loss)
+        state = [model.state, optimizer.state, mx.random.state]
+
+        def step(inputs, targets, mask, extra, inv_count, prev_grad, do_update):
+            (loss, (kd, ce)), grad = value_and_grad(model, inputs, targets, mask, extra, inv_count)
+            if prev_grad is not None:
+                grad = add_trees(grad, prev_grad)
+            if do_update:
+                # Each process's loss is divided by the global token count: summing the
+                # gradients over processes gives exactly the single-process gradient.
+                optimizer.update(model, reduce(grad))
+                grad = None
+            return loss, kd, ce, grad
+
+        self._step = mx.compile(step, inputs=state, outputs=state)
+
+    def _loss(self, model, inputs, targets, mask, extra, inv_count):
+        kd, ce = self.loss_sums(model(inputs), targets, mask, extra)
+        return combined_loss(kd, ce, self.cfg.alpha) * inv_count, (kd, ce)
+
+    def loss_sums(self, logits, targets, mask, extra) -> tuple[mx.array, mx.array]:
+        raise NotImplementedError
+
+    def extra(self, batch: Batch) -> tuple[mx.array, ...]:
+        """The loss's inputs beyond the student's own (soft targets or teacher logits)."""
+        raise NotImplementedError
+
+    def __call__(
+        self, batch: Batch, inv_count: mx.array, prev_grad: Any, do_update: bool
+    ) -> StepOutput:
+        n = self.streams.n
+        parts = (
+            [batch] if n == 1 else [shard_batch(batch, s) for s in row_slices(len(batch.inputs), n)]
+        )
+        loss = kd = ce = mx.array(0.0)
+        grad = prev_grad
+        for i, part in enumerate(parts):
+            # Built lazily on stream i; the caller evaluates once, so the shards run at once.
+            with self.streams.on(i):
+                arrays = (mx.array(part.inputs), mx.array(part.targets), mx.array(part.mask))
+                out = self._step(
+                    *arrays, self.extra(part), inv_count, grad, do_update and i == len(parts) - 1
+                )
+                loss, kd, ce, grad = loss + out[0], kd + out[1], ce + out[2], out[3]
+        return StepOutput(loss, kd, ce, grad)
+
+
+class OfflineStep(_CompiledStep):
+    """KD against the cached top-k soft targets (+ tail), CE on the response tokens."""
+
+    def loss_sums(self, logits, targets, mask, extra):
+        ids, lps = extra
+        return offline_loss_sums(
+            logits, targets, mask, ids, lps, self.cfg.alpha, self.cfg.temperature
+        )
+
+    def extra(self, batch: Batch) -> tuple[mx.array, ...]:
+        return mx.array(batch.topk_ids), mx.array(batch.topk_logprobs)
+
+
+class OnlineStep(_CompiledStep):
+    """The teacher's full distribution at every position: its forward runs each step,
+    outside the compiled student step (no gradient reaches it)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        cfg: KDConfig,
+        reduce: Reduce,
+        streams: StreamSet,
+        teacher: nn.Module,
+        alignment: VocabAlignment | None,
+    ) -> None:
+        self.teacher, self.alignment = teacher, alignment
+        super().__init__(model, optimizer, cfg, reduce, streams)
+
+    def loss_sums(self, logits, targets, mask, extra):
+        cfg = self.cfg
+        if cfg.alpha == 0.0:  # alpha = 0 is exactly plain CE fine-tuning
+            return mx.array(0.0), ce_loss_sum(logits, targets, mask=mask)[0]
+        (t_logits,) = extra
+        strategy = self.alignment.strategy if self.alignment else "truncate"
+        t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
+        if strategy == "truncate" and s_al.shape == logits.shape:
+            # KD over the student's whole vocabulary, in its order: one fused pass.
+            return online_loss_sums(logits, t_al, targets, mask, cfg.temperature)
+        ce, _ = ce_loss_sum(logits, targets, mask=mask)
+        kd, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
+        return kd, ce
+
+    def extra(self, batch: Batch) -> tuple[mx.array, ...]:
+        if self.cfg.alpha == 0.0:
+            return (mx.array(0.0),)  # the teacher is not needed for plain CE
+        logits = self.teacher(mx.array(batch.teacher_inputs))
+        idx = mx.array(batch.teacher_index)[..., None]
+        return (mx.stop_gradient(mx.take_along_axis(logits, idx, axis=1)),)
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: Any,
+    cfg: KDConfig,
+    streams: StreamSet,
+    *,
+    teacher: nn.Module | None = None,
+    alignment: VocabAlignment | None = None,
+    reduce: Reduce = lambda g: g,
+    vocab: int = 0,
+    warn: Callable[[str], None] = lambda _: None,
+) -> TrainStep:
+    """The step for this run: online when a teacher is given; chunked when the logits of a
+    step would be large (offline only); the fused offline step otherwise."""
+    if teacher is not None:
+        return OnlineStep(model, optimizer, cfg, reduce, streams, teacher, alignment)
+    chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
+    if chunk:
+        split = split_model(model)
+        if split is not None:
+            return ChunkedStep(model, split, optimizer, cfg, chunk, reduce, streams)
+        warn("this model cannot be split into body and head; computing the loss unchunked")
+    return OfflineStep(model, optimizer, cfg, reduce, streams)

@@ -1,0 +1,47 @@
+"""The dashboard's remembered preferences (today: the theme).
+
+Kept in `theme.json` under platformdirs' user config folder for "kd" (`KD_CONFIG_DIR`
+overrides it, e.g. in tests). A missing or unreadable file means the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from kd_core.atomic_io import atomic_write_json
+from themes import DEFAULT_THEME
+
+PREFS_FILE = "theme.json"
+
+
+def config_dir() -> Path:
+    """Where the dashboard keeps its preferences (KD_CONFIG_DIR overrides it)."""
+    env = os.environ.get("KD_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("kd"))
+
+
+def load_theme_name(default: str = DEFAULT_THEME) -> str:
+    """The remembered theme name, or `default` when none is stored or the file is unreadable."""
+    try:
+        data = json.loads((config_dir() / PREFS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    name = data.get("theme") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else default
+
+
+def save_theme_name(name: str) -> Path | None:
+    """Remember the theme (atomic write). Returns the path, or None if it cannot be written:
+    a read-only config folder must never break the dashboard."""
+    path = config_dir() / PREFS_FILE
+    try:
+        atomic_write_json(path, {"theme": name})
+    except OSError:
+        return None
+    return path
