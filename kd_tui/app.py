@@ -39,6 +39,7 @@ from kd_tui.panes.config import ConfigPane
 from kd_tui.panes.train import TrainPane
 from kd_tui.run_view import RunView
 from kd_tui.state import AppState
+from kd_tui.widgets.confirm import ConfirmScreen
 from kd_tui.widgets.help_screen import HelpScreen
 
 # (tab id, title, module, class): the contract with the panes' authors.
@@ -80,6 +81,7 @@ class KDApp(App[None]):
         Binding("p", "cycle_plot", "plot"),
         Binding("ctrl+s", "save_config", "save"),
         Binding("f1", "help", "help"),
+        Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
     def __init__(
@@ -102,6 +104,7 @@ class KDApp(App[None]):
         self.engine: EventSource | None = None
         self.running = False
         self.paused = False
+        self._quit_when_ended = False  # the user chose "stop and quit" during a run
         self._theme_ready = False
         self.timestamps = timestamps  # off in snapshot tests: nothing time-dependent in view
         for theme in themes.THEMES:
@@ -247,6 +250,42 @@ class KDApp(App[None]):
         self.running = False
         self.paused = False
         self.refresh_bindings()
+        if self._quit_when_ended:
+            self.exit()
+
+    # ---- questions before losing work -------------------------------------------------------
+    async def action_quit(self) -> None:
+        """Quitting during a run asks: stop it with a checkpoint first, or stay."""
+        if not self.running or self.engine is None:
+            self.exit()
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == "stop" and self.running and self.engine is not None:
+                self._quit_when_ended = True
+                self.engine.stop()
+                self.notify("stopping after this step (a checkpoint is saved), then quitting…")
+
+        self.push_screen(
+            ConfirmScreen(
+                "A run is in progress",
+                "Quitting ends the trainer. Stop it after this step (a checkpoint is saved, "
+                "r resumes it later) and quit, or keep the dashboard open?",
+                [("stop", "Stop with a checkpoint and quit"), ("cancel", "Keep running")],
+            ),
+            answered,
+        )
+
+    def _earlier_checkpoints(self) -> list[Path]:
+        """Checkpoint folders a fresh start (not a resume) would delete."""
+        from kd_core.domains import BUILTIN_DOMAINS
+
+        spec = self.state.spec
+        names = list(spec.domains) or (
+            [Path(f).stem for f in spec.domain_files] or list(BUILTIN_DOMAINS)
+        )
+        output = Path(spec.config.output).expanduser()
+        return sorted(c for name in names for c in (output / name).glob("checkpoint_*"))
 
     # ---- actions ------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -260,7 +299,29 @@ class KDApp(App[None]):
         self.query_one(TabbedContent).active = tab
 
     def action_start_training(self) -> None:
-        self.start_run(resume=False)
+        found = [] if self.running else self._earlier_checkpoints()
+        if not found:
+            self.start_run(resume=False)
+            return
+        folders = sorted({str(c.parent) for c in found})
+
+        def answered(answer: str | None) -> None:
+            if answer in ("over", "resume"):
+                self.start_run(resume=answer == "resume")
+
+        self.push_screen(
+            ConfirmScreen(
+                "An earlier run is in the output folder",
+                f"{len(found)} checkpoint(s) in {', '.join(folders)}. Starting over deletes "
+                "them; resuming continues from the newest.",
+                [
+                    ("resume", "Resume it"),
+                    ("over", "Start over (delete them)"),
+                    ("cancel", "Cancel"),
+                ],
+            ),
+            answered,
+        )
 
     def action_resume_training(self) -> None:
         self.start_run(resume=True)

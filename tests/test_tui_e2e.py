@@ -92,7 +92,7 @@ async def test_pause_stop_and_resume_a_real_run(tiny_pair, tmp_path: Path) -> No
         await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT)
         assert view.status == "finished", view.error
         assert view.series.x[-1] == stopped_at + 3
-        assert view.results[0].get("resumed_from") is not None
+        assert view.results[0].resumed_from is not None
         assert (tmp_path / "out" / "quick" / "adapters.safetensors").is_file()
 
 

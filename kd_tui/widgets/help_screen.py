@@ -20,7 +20,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("ctrl+p", "command palette (every action, themes, tabs)"),
     ("tab / shift+tab", "move between fields"),
     ("f1", "this help"),
-    ("ctrl+q", "quit (ends a running trainer: press s first to keep a checkpoint)"),
+    ("ctrl+q", "quit (during a run it asks: stop with a checkpoint, or keep running)"),
 )
 
 
