@@ -46,7 +46,7 @@ class PromptEntry:
 
     @property
     def changed(self) -> bool:
-        return self.read_as is None or self.prompt != self.read_as
+        return self.read_as is None or self.prompt.strip() != self.read_as
 
 
 @dataclass

@@ -94,7 +94,7 @@ class FieldRow(Vertical):
             if choices:
                 yield Select(
                     [(c, c) for c in choices],
-                    value=self.value if self.bad is None else Select.BLANK,
+                    value=self.value if self.bad is None else Select.NULL,
                     allow_blank=self.bad is not None,
                     prompt=self.bad or "Select",
                     id=f"cfg-{name}",
@@ -189,7 +189,7 @@ class ConfigPane(Container):
     @on(Select.Changed, ".field-editor")
     def _select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if event.value is Select.BLANK:
+        if event.value is Select.NULL:
             return
         self.set_field(self._name_of(event.select.id), str(event.value))
 
