@@ -110,13 +110,14 @@ async def test_bad_value_keeps_the_rest_and_shows_in_config(tmp_path: Path) -> N
         assert any("not saved: temperature" in n for n in notes(app))
 
         # fixed and saved: only that value changed, comments and all kept; the old file is .bak
-        await type_into(pilot, app, "#cfg-temperature", "3")
-        assert not pane.errors
+        # (2 is the default, the value the state held all along: the file still has to change)
+        await type_into(pilot, app, "#cfg-temperature", "2")
+        assert not pane.errors and pane.dirty
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: (tmp_path / "kd.toml.bak").exists())
-        assert path.read_text() == USER_TOML.replace('temperature = "3"', "temperature = 3.0")
+        assert path.read_text() == USER_TOML.replace('temperature = "3"', "temperature = 2.0")
         assert (tmp_path / "kd.toml.bak").read_text() == USER_TOML
-        assert load_toml(path).config.temperature == 3.0
+        assert load_toml(path).config.temperature == 2.0
 
 
 async def test_bad_choice_shows_blank_until_picked(tmp_path: Path) -> None:

@@ -209,6 +209,8 @@ class ConfigPane(Container):
             return False
         self.errors.pop(name, None)
         self._error_base.pop(name, None)
+        if self.bad_text.pop(name, None) is not None:
+            self.dirty = True  # fixed here, but kd.toml still holds the bad value
         self._show_field(name, None)
         state = self.app.state  # type: ignore[attr-defined]
         if getattr(state.spec.config, name) != value:
