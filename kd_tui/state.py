@@ -44,7 +44,7 @@ class AppState:
 
     def save(self) -> Path:
         if self.unreadable:
-            raise ConfigError(f"{self.unreadable}; not saved over it (fix it, then restart)")
+            raise ConfigError(f"{self.unreadable}; it is left as it is (fix it, then restart)")
         keep = {b.key for b in self.bad}  # never delete a line the dashboard could not read
         return save_toml(self.spec, self.config_path, keep=keep, backup=True)
 

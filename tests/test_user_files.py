@@ -12,6 +12,7 @@ Errors of a bad save path name the user's path, not a hidden temporary file.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,13 @@ from tui_support import open_config, wait_until
 
 from kd_core.atomic_io import atomic_write_text
 from kd_core.config import ConfigError, RunSpec, load_toml, load_toml_partial, save_toml
-from kd_core.domains import DomainError, read_prompts_file, resolve_domains
+from kd_core.domains import (
+    DomainError,
+    open_prompt_file,
+    read_prompts_file,
+    resolve_domains,
+    write_prompt_file,
+)
 from kd_tui.app import KDApp
 from kd_tui.messages import StateChanged, broadcast_copy
 from kd_tui.panes.config import ConfigPane
@@ -328,6 +335,29 @@ def test_a_file_is_json_lines_only_when_it_is(tmp_path: Path) -> None:
     named.write_text('{"prompt": "ok"}\nnot json\n')
     with pytest.raises(DomainError, match="named.jsonl line 2 is not valid JSON"):
         read_prompts_file(named)
+
+
+def test_prompt_file_written_in_its_own_format(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.txt"
+    original = "\ufeffFirst.\n\n  Second.  \nThird.\n\n"  # BOM, blank lines, padding
+    path.write_text(original)
+    pf = open_prompt_file(path)
+    assert pf.prompts == ["First.", "Second.", "Third."] and not pf.jsonl
+    assert write_prompt_file(pf, pf.entries) is pf and path.read_text() == original
+    # drop the first, edit the last: the untouched line keeps its padding, the BOM stays
+    kept, last = pf.entries[1], replace(pf.entries[2], prompt="Third, edited.")
+    pf = write_prompt_file(pf, [kept, last])
+    assert path.read_text() == "\ufeff\n  Second.  \nThird, edited.\n\n"
+    assert pf.prompts == ["Second.", "Third, edited."]
+    # changed on disk since it was read: not written over
+    path.write_text("Someone else's edit.\n")
+    with pytest.raises(DomainError, match="changed on disk"):
+        write_prompt_file(pf, pf.entries)
+    # a plain file whose every line would be a JSON object would read back as JSON lines
+    pf = open_prompt_file(path)
+    with pytest.raises(DomainError, match="read as JSON lines; not saved"):
+        write_prompt_file(pf, [replace(pf.entries[0], prompt='{"prompt": "x"}')])
+    assert path.read_text() == "Someone else's edit.\n"
 
 
 def test_two_domain_files_with_one_name(tmp_path: Path) -> None:
