@@ -43,9 +43,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _naming(path: Path, e: OSError) -> OSError:
+    """The same error naming the user's file, not our hidden temporary one beside it (a
+    message saying '.kd.toml.x8f2.tmp: Permission denied' sends the user looking for it)."""
+    if e.errno is None:
+        return e
+    return type(e)(e.errno, e.strerror, str(path))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    tmp = _temp_beside(path)
+    try:
+        tmp = _temp_beside(path)
+    except OSError as e:
+        raise _naming(path, e) from None
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -53,8 +64,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(path, e) from None
         raise
 
 
@@ -77,13 +90,18 @@ def atomic_save_safetensors(
     import mlx.core as mx
 
     path = Path(path)
-    tmp = _temp_beside(path, suffix=".safetensors")
+    try:
+        tmp = _temp_beside(path, suffix=".safetensors")
+    except OSError as e:
+        raise _naming(path, e) from None
     try:
         mx.save_safetensors(tmp, arrays, metadata=metadata or {})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(path, e) from None
         raise

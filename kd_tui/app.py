@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
 import themes
 from kd_core.config import ConfigError
@@ -97,8 +97,9 @@ class KDApp(App[None]):
         try:
             self.state = AppState.load(self.config_path)
         except ConfigError as e:
-            # A bad kd.toml must not stop the dashboard: say why in one line, use defaults.
-            self.state = AppState(config_path=self.config_path)
+            # An unreadable kd.toml must not stop the dashboard: say why in one line, use
+            # defaults, and never save them over the user's file (AppState.unreadable).
+            self.state = AppState(config_path=self.config_path, unreadable=str(e))
             self.load_error = str(e)
         self.event_source_factory: EventSourceFactory = event_source_factory or TrainerProcess
         self.engine: EventSource | None = None
@@ -138,11 +139,13 @@ class KDApp(App[None]):
         self._update_header()
         if self.load_error:
             self.notify(
-                f"{self.load_error} — opened with defaults",
+                f"{self.load_error} — showing defaults; the file will not be saved over",
                 severity="error",
                 timeout=12,
                 markup=False,
             )
+        elif summary := self.state.bad_summary():
+            self.notify(summary, severity="warning", timeout=12, markup=False)
 
     def watch_theme(self, name: str) -> None:
         # Every change, from the palette or a command, is remembered for the next start.
@@ -296,7 +299,14 @@ class KDApp(App[None]):
         return True
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
+        focused = self.focused
+        if focused is not None and tab not in {a.id for a in focused.ancestors}:
+            # Hiding a focused widget makes Textual focus a sibling of it, which is in the
+            # same (hidden) pane, and a pane whose widget gets focus is made active again:
+            # the tab would not change. Take the focus to the tab bar first.
+            self.screen.set_focus(tabs.query_one(Tabs), scroll_visible=False)  # (now)
+        tabs.active = tab
 
     def action_start_training(self) -> None:
         found = [] if self.running else self._earlier_checkpoints()

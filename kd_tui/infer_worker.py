@@ -44,14 +44,10 @@ from typing import Any, TextIO
 import numpy as np
 
 import kd_core  # noqa: F401  (loads a fast BLAS; must precede every mlx import below)
+from kd_core.errors import one_line
 
 MAX_LOADED = 3  # teacher, base student, student + adapter
 MAX_INSPECT_POSITIONS = 1024
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 def token_label(text: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kd_core.errors import one_line
 from kd_core.models import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
 
 DEMO_PENDING = "built on first use (about 2 minutes)"
@@ -52,7 +53,7 @@ def check_model(name: str, role: str) -> ModelCheck:
         path = resolve_model(name, role)  # local folder or HF cache only: no download
         return ModelCheck(name, path, model_info(path))
     except ModelError as e:
-        return ModelCheck(name, error=str(e).splitlines()[0])
+        return ModelCheck(name, error=one_line(e))
     except Exception as e:  # a damaged config.json etc.: still one line
         return ModelCheck(name, error=f"{role}: {name}: {e.__class__.__name__}: {e}"[:200])
 

@@ -2,6 +2,11 @@
 
 Every screen reads and writes this one object (app.state); the Config screen saves it to
 kd.toml. Nothing here imports MLX.
+
+kd.toml is the user's file and the dashboard never loses what is in it: a bad value keeps the
+rest of the file's values (and is kept in `bad` for the Config form to show), a save edits
+the file in place with the previous version kept as kd.toml.bak, and a file that could not be
+read at all is never saved over (`unreadable`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from kd_core.config import RunSpec, load_toml, save_toml
+from kd_core.config import (
+    CONFIG_FIELDS,
+    BadSetting,
+    ConfigError,
+    RunSpec,
+    load_toml_partial,
+    save_toml,
+)
 
 if TYPE_CHECKING:
     from textual.widget import Widget
@@ -22,15 +34,34 @@ class AppState:
     config_path: Path = field(default_factory=lambda: Path("kd.toml"))
     last_output: Path | None = None
     processes: int = 1  # > 1: a local data-parallel run (kd distill --distributed N)
+    bad: list[BadSetting] = field(default_factory=list)  # in kd.toml, but unusable
+    unreadable: str | None = None  # why kd.toml could not be read: then it is never saved
 
     @classmethod
     def load(cls, config_path: Path) -> AppState:
-        """Read kd.toml if it exists (errors propagate as ConfigError, one line)."""
-        spec = load_toml(config_path) if config_path.is_file() else RunSpec()
-        return cls(spec=spec, config_path=config_path)
+        """Read kd.toml if it exists, keeping every good value; the bad ones go to `bad`.
+        A file that cannot be read or is not TOML raises ConfigError (one line)."""
+        if not config_path.is_file():
+            return cls(config_path=config_path)
+        spec, bad = load_toml_partial(config_path)
+        return cls(spec=spec, config_path=config_path, bad=bad)
 
     def save(self) -> Path:
-        return save_toml(self.spec, self.config_path)
+        if self.unreadable:
+            raise ConfigError(f"{self.unreadable}; it is left as it is (fix it, then restart)")
+        keep = {b.key for b in self.bad}  # never delete a line the dashboard could not read
+        return save_toml(self.spec, self.config_path, keep=keep, backup=True)
+
+    def bad_summary(self) -> str | None:
+        """One line about the file's unusable settings (None when there are none)."""
+        if not self.bad:
+            return None
+        more = f" (and {len(self.bad) - 1} more)" if len(self.bad) > 1 else ""
+        if any(b.key in CONFIG_FIELDS for b in self.bad):
+            what = "the rest was read; fix it in Config (3) before saving"
+        else:
+            what = "the rest was read; kept in the file as it is"
+        return f"{self.config_path.name}: {self.bad[0].error}{more} — {what}"
 
     @property
     def teacher_name(self) -> str:

@@ -117,16 +117,18 @@ def test_unknown_or_broken_theme_file_falls_back(tmp_path: Path, _config_dir: Pa
     assert KDApp(config_path=tmp_path / "kd.toml").theme == "kd-dark"
 
 
-async def test_bad_config_opens_with_defaults_and_one_line_notice(tmp_path: Path) -> None:
+async def test_bad_config_opens_and_one_line_notice(tmp_path: Path) -> None:
+    # A bad value no longer throws the whole file away (tests/test_user_files.py): the good
+    # ones are read, the bad one is named in one line and waits in the Config form.
     bad = tmp_path / "kd.toml"
-    bad.write_text("alpha = 7\n")
+    bad.write_text("alpha = 7\nlora_rank = 8\n")
     app = KDApp(config_path=bad)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
-        assert app.state.spec.config == KDConfig()
+        assert app.state.spec.config == KDConfig(lora_rank=8)
         notes = [n.message for n in app._notifications]
         assert len(notes) == 1 and "\n" not in notes[0]
-        assert "alpha" in notes[0] and "defaults" in notes[0]
+        assert "alpha" in notes[0] and "Config" in notes[0]
     garbage = tmp_path / "garbage.toml"
     garbage.write_text("this is [not toml\n")
     app = KDApp(config_path=garbage)

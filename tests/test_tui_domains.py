@@ -1,5 +1,6 @@
 """Domains pane: pick domains, read prompts, add a custom domain from a file (a bad file gives
-a one-line error), edit its prompts and save them back atomically."""
+a one-line error), edit its prompts (a list, and an editor for the highlighted prompt) and save
+them back atomically. JSON lines, formats and the keyboard: tests/test_user_files.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tui_support import text, wait_until
 
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, read_prompts_file
 from kd_tui.messages import StateChanged, broadcast_copy
-from kd_tui.panes.domains import DomainsPane, prompts_file_text
+from kd_tui.panes.domains import DomainsPane, PromptList
 from kd_tui.state import AppState
 
 pytestmark = pytest.mark.anyio
@@ -44,17 +45,6 @@ async def add_file(pilot, app: App, path: Path) -> None:
     await pilot.pause()
 
 
-def test_prompts_file_text_keeps_format(tmp_path: Path) -> None:
-    plain = tmp_path / "plain.txt"
-    plain.write_text("a\nb\n")
-    assert prompts_file_text(plain, ["a", "c"]) == "a\nc\n"
-    jl = tmp_path / "jl.jsonl"
-    jl.write_text(json.dumps({"prompt": "a", "source": "mine"}) + "\n")
-    out = [json.loads(x) for x in prompts_file_text(jl, ["a", "new"]).splitlines()]
-    assert out == [{"prompt": "a", "source": "mine"}, {"prompt": "new"}]
-    assert prompts_file_text(plain, ["{x}"]).startswith('{"prompt"')  # would read as JSON
-
-
 async def test_domains_pick_add_edit(tmp_path: Path) -> None:
     app = _Host()
     async with app.run_test(size=(120, 40)) as pilot:
@@ -65,8 +55,10 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
         assert set(lst.selected) == set(BUILTIN_DOMAINS)  # nothing named: all built-ins
         # the first domain is shown: description, training and held-out prompts
         assert DOMAIN_PROMPTS["thinking"]["description"][:30] in text(app, "#dom-desc")
-        train = app.query_one("#dom-train", TextArea)
-        assert train.read_only and DOMAIN_PROMPTS["thinking"]["examples"][0] in train.text
+        prompts = app.query_one("#dom-prompts", PromptList)
+        assert prompts.option_count == len(DOMAIN_PROMPTS["thinking"]["examples"])
+        editor = app.query_one("#dom-prompt", TextArea)
+        assert editor.read_only and editor.text == DOMAIN_PROMPTS["thinking"]["examples"][0]
         held = app.query_one("#dom-heldout", TextArea)
         assert DOMAIN_PROMPTS["thinking"]["heldout"][0] in held.text
 
@@ -103,13 +95,17 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
         assert app.state.spec.domains[-1] == "support"
         assert "support" in lst.selected and lst.option_count == 7
         assert not app.query_one("#dom-error").has_class("-shown")
-        train = app.query_one("#dom-train", TextArea)
-        assert not train.read_only and "invoice" in train.text
+        await wait_for(pilot, lambda: prompts.option_count == 2)
+        assert not editor.read_only and editor.text == "How do I reset my password?"
 
-        # edit and save with ctrl+s: the file is rewritten (one prompt per line)
-        train.focus()
-        train.move_cursor(train.document.end)
-        train.insert("\nCan I change my plan?")
+        # a new prompt after the last one (n), written in the editor, saved with ctrl+s: the
+        # file is rewritten (one prompt per line)
+        prompts.focus()
+        prompts.highlighted = 1
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.focused is editor and prompts.option_count == 3)
+        editor.insert("Can I change my plan?")
+        await pilot.pause()
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert read_prompts_file(mine) == [
@@ -120,11 +116,13 @@ async def test_domains_pick_add_edit(tmp_path: Path) -> None:
         assert "3 prompts" in text(app, "#dom-desc")
         assert not list(tmp_path.glob(".support.txt.*"))  # no temp file left behind
 
-        # emptied prompts are refused, the file stays as it was
-        train.load_text("")
+        # an emptied prompt is refused, the file stays as it was
+        editor.focus()
+        editor.load_text("")
+        await pilot.pause()
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert "at least one prompt" in text(app, "#dom-error")
+        assert "support.txt: prompt 3 is empty" in text(app, "#dom-error")
         assert len(read_prompts_file(mine)) == 3
 
         # delete drops the custom domain from the run (its file stays)

@@ -2,7 +2,8 @@
 
 `DOMAIN_PROMPTS["thinking"]["examples"]` are the training prompts (as in the seed);
 `["heldout"]` the evaluation prompts, never trained on; `["description"]` one sentence.
-A custom domain file holds one prompt per line, or JSON lines with a "prompt" field.
+A custom domain file holds one prompt per line, or JSON lines with a "prompt" field (see
+prompt_file.py for the rule that tells them apart, and how a file is written back).
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+from kd_core.domains.prompt_file import (
+    PromptEntry,
+    PromptFile,
+    PromptFileError,
+    read_prompt_file,
+    save_prompt_file,
+)
 
 BUILTIN_DOMAINS: tuple[str, ...] = ("thinking", "task", "action", "reflection", "debug", "memory")
 _DATA = Path(__file__).parent / "data"
@@ -45,33 +54,25 @@ DOMAIN_PROMPTS: dict[str, dict[str, Any]] = {name: _builtin(name) for name in BU
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
-    """Prompts from a file: one per line, or JSON lines with a 'prompt' field."""
-    p = Path(path).expanduser()
+    """Prompts from a file: one per line, or JSON lines with a 'prompt' field (the rule that
+    tells them apart is in kd_core/domains/prompt_file.py)."""
+    return open_prompt_file(path).prompts
+
+
+def open_prompt_file(path: str | Path) -> PromptFile:
+    """A prompts file with what it takes to write it back in its own format."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DomainError(f"domain_files: {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DomainError(f"domain_files: cannot read {p} ({e.__class__.__name__})") from None
-    prompts: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise DomainError(f"domain_files: {p} line {n} is not valid JSON") from None
-            prompt = obj.get("prompt") if isinstance(obj, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DomainError(f"domain_files: {p} line {n} has no text 'prompt' field")
-            prompts.append(prompt.strip())
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise DomainError(f"domain_files: {p} holds no prompts")
-    return prompts
+        return read_prompt_file(path)
+    except PromptFileError as e:
+        raise DomainError(str(e)) from None
+
+
+def write_prompt_file(pf: PromptFile, entries: list[PromptEntry]) -> PromptFile:
+    """Save `entries` into pf's file in its format (prompt_file.save_prompt_file)."""
+    try:
+        return save_prompt_file(pf, entries)
+    except PromptFileError as e:
+        raise DomainError(str(e)) from None
 
 
 def domain_from_file(path: str | Path) -> tuple[str, list[str]]:
@@ -84,7 +85,19 @@ def resolve_domains(
     names: list[str], domain_files: list[str] | None = None
 ) -> dict[str, list[str]]:
     """Ordered {domain: training prompts} for the names asked (all built-ins if none)."""
-    custom = dict(domain_from_file(f) for f in (domain_files or []))
+    custom: dict[str, list[str]] = {}
+    source: dict[str, Path] = {}
+    for f in domain_files or []:
+        name, prompts = domain_from_file(f)
+        p = Path(f).expanduser()
+        if name in source:
+            if source[name].resolve() == p.resolve():
+                continue  # the same file named twice
+            raise DomainError(
+                f"domain_files: {source[name]} and {p} both make a domain named {name!r}; "
+                "rename one of them"
+            )
+        custom[name], source[name] = prompts, p
     wanted = list(names) or (list(custom) if custom else list(BUILTIN_DOMAINS))
     out: dict[str, list[str]] = {}
     for name in wanted:

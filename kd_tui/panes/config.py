@@ -18,7 +18,9 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, Select, Static
 
 from kd_core.config import CONFIG_FIELDS, ConfigError, allowed_text, coerce_value, field_help
+from kd_core.toml_file import same_value
 from kd_tui.messages import StateChanged
+from kd_tui.state import app_state
 from kd_tui.widgets import set_text
 
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -73,12 +75,17 @@ def text_of(value: Any) -> str:
 
 
 class FieldRow(Vertical):
-    """One setting: name, editor, error (or what is allowed), help."""
+    """One setting: name, editor, error (or what is allowed), help.
 
-    def __init__(self, name: str, value: Any) -> None:
+    `bad` is a value kd.toml holds that is not allowed, as the file writes it: it is shown
+    as it is (an Input holds its text; a Select is left blank with it as the prompt) for the
+    user to fix, never replaced by a default behind their back."""
+
+    def __init__(self, name: str, value: Any, bad: str | None = None) -> None:
         super().__init__(id=f"row-{name}", classes="field-row")
         self.field_name = name
         self.value = value
+        self.bad = bad
 
     def compose(self) -> ComposeResult:
         name = self.field_name
@@ -88,14 +95,15 @@ class FieldRow(Vertical):
             if choices:
                 yield Select(
                     [(c, c) for c in choices],
-                    value=self.value,
-                    allow_blank=False,
+                    value=self.value if self.bad is None else Select.NULL,
+                    allow_blank=self.bad is not None,
+                    prompt=self.bad or "Select",
                     id=f"cfg-{name}",
                     classes="field-editor",
                 )
             else:
                 yield Input(
-                    text_of(self.value),
+                    text_of(self.value) if self.bad is None else self.bad,
                     id=f"cfg-{name}",
                     classes="field-editor",
                     select_on_focus=False,
@@ -120,6 +128,10 @@ class ConfigPane(Container):
     def __init__(self) -> None:
         super().__init__(id="config-pane")
         self.errors: dict[str, str] = {}
+        # The state's value when each error arose: a state that still holds it has not been
+        # changed elsewhere, so the field keeps the user's (bad) text rather than follow it.
+        self._error_base: dict[str, Any] = {}
+        self.bad_text: dict[str, str] = {}  # kd.toml's bad values, as the file writes them
         self.dirty = False
         self.built = False  # the fields are composed the first time the tab is shown
         self.ready = False  # ... and are mounted (tests wait on this)
@@ -135,6 +147,14 @@ class ConfigPane(Container):
         yield VerticalScroll(id="config-fields")
 
     def on_mount(self) -> None:
+        # kd.toml's bad values are errors from the start (before the tab is first shown):
+        # saving and training are refused until they are fixed, as for a typed error.
+        state = app_state(self)
+        for bad in state.bad:
+            if bad.key in CONFIG_FIELDS:
+                self.errors[bad.key] = bad.error
+                self._error_base[bad.key] = getattr(state.spec.config, bad.key)
+                self.bad_text[bad.key] = bad.source
         self._show_status()
 
     async def on_show(self) -> None:
@@ -143,11 +163,14 @@ class ConfigPane(Container):
         if self.built:
             return
         self.built = True
-        cfg = self.app.state.spec.config  # type: ignore[attr-defined]
+        cfg = app_state(self).spec.config
         groups = []
         for group, title in all_groups():
             box = Vertical(
-                *(FieldRow(name, getattr(cfg, name)) for name in fields_of(group)),
+                *(
+                    FieldRow(name, getattr(cfg, name), self.bad_text.get(name))
+                    for name in fields_of(group)
+                ),
                 classes="config-group",
                 id=f"group-{group}",
             )
@@ -155,6 +178,8 @@ class ConfigPane(Container):
             groups.append(box)
         await self.query_one("#config-fields", VerticalScroll).mount_all(groups)
         self.ready = True
+        for name, error in list(self.errors.items()):
+            self._show_field(name, error)
 
     # ---- editing ------------------------------------------------------------------------
     @on(Input.Changed, ".field-editor")
@@ -165,7 +190,7 @@ class ConfigPane(Container):
     @on(Select.Changed, ".field-editor")
     def _select_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if event.value is Select.BLANK:
+        if event.value is Select.NULL:
             return
         self.set_field(self._name_of(event.select.id), str(event.value))
 
@@ -178,12 +203,17 @@ class ConfigPane(Container):
         try:
             value = coerce_value(name, text)
         except ConfigError as e:
+            if name not in self.errors:
+                self._error_base[name] = getattr(app_state(self).spec.config, name)
             self.errors[name] = str(e)
             self._show_field(name, str(e))
             return False
         self.errors.pop(name, None)
+        self._error_base.pop(name, None)
+        if self.bad_text.pop(name, None) is not None:
+            self.dirty = True  # fixed here, but kd.toml still holds the bad value
         self._show_field(name, None)
-        state = self.app.state  # type: ignore[attr-defined]
+        state = app_state(self)
         if getattr(state.spec.config, name) != value:
             state.spec.config = replace(state.spec.config, **{name: value})
             self.dirty = True
@@ -236,9 +266,11 @@ class ConfigPane(Container):
         if not self.ready:  # not built yet: the fields will be made from the state
             self._show_status()
             return
-        cfg = self.app.state.spec.config  # type: ignore[attr-defined]
+        cfg = app_state(self).spec.config
         for name in CONFIG_FIELDS:
             value = getattr(cfg, name)
+            if name in self.errors and same_value(value, self._error_base.get(name)):
+                continue  # the user's text and its error stay until they fix it
             editor = self.query_one(f"#cfg-{name}")
             if isinstance(editor, Input):
                 try:
@@ -248,12 +280,16 @@ class ConfigPane(Container):
                 if not same:
                     self._set_editor(name, value)
                     self.errors.pop(name, None)
+                    self._error_base.pop(name, None)
                     self.query_one(f"#row-{name}").remove_class("-invalid")
                     set_text(
                         self.query_one(f"#err-{name}", Static), allowed_text(name), layout=True
                     )
             elif editor.value != value:  # type: ignore[attr-defined]
                 self._set_editor(name, value)
+                if self.errors.pop(name, None) is not None:
+                    self._error_base.pop(name, None)
+                    self._show_field(name, None)
         self._show_status()
 
     def on_state_changed(self, message: StateChanged) -> None:
@@ -266,7 +302,7 @@ class ConfigPane(Container):
             first = next(iter(self.errors.values()))
             self.notify(f"not saved: {first}", severity="error", markup=False)
             return False
-        state = self.app.state  # type: ignore[attr-defined]
+        state = app_state(self)
         try:
             path = state.save()
         except (OSError, ConfigError) as e:
@@ -295,7 +331,7 @@ class ConfigPane(Container):
         else:
             # The file's name only: the full path is in the save notice (and snapshots of
             # this pane must not depend on where the test's folder is).
-            text, state = f"in {self.app.state.config_path.name}", ""  # type: ignore[attr-defined]
+            text, state = f"in {app_state(self).config_path.name}", ""
         set_text(status, text)
         for cls in ("-error", "-dirty"):  # a class change restyles: only when it changes
             if status.has_class(cls) != (cls == state):
