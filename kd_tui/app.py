@@ -79,6 +79,8 @@ class KDApp(App[None]):
         Binding("s", "stop_training", "stop"),
         Binding("r", "resume_training", "resume"),
         Binding("p", "cycle_plot", "plot"),
+        Binding("e", "cycle_smoothing", "smooth"),
+        Binding("l", "toggle_log_scale", "log y"),
         Binding("ctrl+s", "save_config", "save"),
         Binding("f1", "help", "help"),
         Binding("ctrl+q", "quit", "quit", priority=True),
@@ -383,6 +385,12 @@ class KDApp(App[None]):
     def action_cycle_plot(self) -> None:
         self.train_pane.cycle_plot()  # the plot's title names the series shown
 
+    def action_cycle_smoothing(self) -> None:
+        self.train_pane.cycle_smoothing()  # the title names the weight ("smoothed 0.9")
+
+    def action_toggle_log_scale(self) -> None:
+        self.train_pane.toggle_log_scale()  # the title says "log"
+
     def action_save_config(self) -> None:
         panes = list(self.query(ConfigPane))
         if panes:
@@ -425,6 +433,14 @@ class KDApp(App[None]):
         yield SystemCommand("Save config", "Write kd.toml (ctrl+s)", self.action_save_config)
         yield SystemCommand(
             "Cycle plot series", "all → KD → CE → combined (p)", self.action_cycle_plot
+        )
+        yield SystemCommand(
+            "Cycle plot smoothing",
+            "EMA weight 0 (raw) → 0.6 → 0.9 → 0.97, per domain (e)",
+            self.action_cycle_smoothing,
+        )
+        yield SystemCommand(
+            "Toggle plot log scale", "linear ↔ log y axis (l)", self.action_toggle_log_scale
         )
         yield SystemCommand(
             "Switch theme (light/dark)",

@@ -4,26 +4,11 @@ Run as `python -m kd_tui.infer_worker`. Why a child process (docs/ARCHITECTURE.m
 arrays belong to the thread that built them and the process may abort at exit after an MLX
 thread ran; a child keeps MLX out of the dashboard and isolates crashes and out-of-memory kills.
 
-Protocol (one JSON object per line; every reply carries the request's "id"):
+Protocol: typed requests and replies, one JSON object per line, defined in
+kd_tui/viewer_protocol.py (Generate, Inspect, Cancel, Shutdown -> Ready, Status, Token, Done,
+ErrorReply, Finished, Cancelled, Inspection); every reply carries the request's id.
 
-    {"id": 1, "op": "generate", "prompt": "...", "temperature": 0.7, "max_tokens": 64,
-     "seed": 0, "slots": [{"name": "teacher", "model": PATH_OR_NAME, "adapter": null}, ...]}
-        -> {"type": "status", "message": "loading teacher ..."}
-        -> {"type": "token", "slot": "teacher", "text": "He", "token": 41}   (interleaved)
-        -> {"type": "done", "slot": "teacher", "tokens": [...], "text": "...",
-            "finish_reason": "stop" | "length" | "cancelled"}                  (per slot)
-        -> {"type": "error", "slot": "adapted", "message": "one line"}       (slot failed)
-        -> {"type": "finished"}
-    {"id": 2, "op": "inspect", "prompt": "...", "answer": [teacher ids], "top_k": 5,
-     "slots": [reference slot first, then the others]}
-        -> {"type": "inspection", "positions": [{"index": i, "token": "...",
-            "slots": {"teacher": {"top": [[tok, p], ...], "p_token": p},
-                      "student": {"top": ..., "p_token": p, "kl": float | null,
-                                  "agree": bool}}}]}
-    {"id": 3, "op": "cancel"}   stops a running generation (its slots end "cancelled")
-    {"op": "shutdown"}          exits
-
-A request that fails gets {"type": "error", "message": one line} and the worker goes on.
+A request that fails gets an ErrorReply (one line, no slot) and the worker goes on.
 `python -m kd_tui.infer_worker verdict TEACHER_DIR STUDENT_DIR` prints one JSON line: the
 tokenizer verdict for the Models pane (kept out of the dashboard's process for the same
 reason: importing mlx_lm in a thread made the process abort at exit, measured here).
@@ -45,6 +30,26 @@ import numpy as np
 
 import kd_core  # noqa: F401  (loads a fast BLAS; must precede every mlx import below)
 from kd_core.errors import one_line
+from kd_tui.viewer_protocol import (
+    Cancel,
+    Cancelled,
+    Done,
+    ErrorReply,
+    Finished,
+    Generate,
+    Inspect,
+    Inspection,
+    Position,
+    Ready,
+    Reply,
+    Request,
+    Shutdown,
+    Slot,
+    SlotView,
+    Status,
+    Token,
+    request_from_dict,
+)
 
 MAX_LOADED = 3  # teacher, base student, student + adapter
 MAX_INSPECT_POSITIONS = 1024
@@ -66,24 +71,34 @@ class Loaded:
     path: str
 
 
-class Cancelled(Exception):
-    pass
+class Stopped(Exception):
+    """Raised between tokens: the running generation must end (cancel, newer request)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A line that is no request we can serve; answered with an ErrorReply, in turn."""
+
+    id: Any
+    message: str
+
+
+Incoming = Request | Rejected | None  # None: end of input (the parent went away)
 
 
 class Worker:
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.pending: collections.deque[dict[str, Any] | None] = collections.deque()
+        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.pending: collections.deque[Incoming] = collections.deque()
         self.loaded: collections.OrderedDict[tuple[str, str | None], Loaded] = (
             collections.OrderedDict()
         )
         self.rid: Any = None
 
     # ---- I/O ------------------------------------------------------------------------------
-    def emit(self, **obj: Any) -> None:
-        obj.setdefault("id", self.rid)
-        self.out.write(json.dumps(obj) + "\n")
+    def emit(self, reply: Reply) -> None:
+        self.out.write(reply.to_json() + "\n")
         self.out.flush()
 
     def read_stdin(self, stream: TextIO) -> None:
@@ -92,16 +107,10 @@ class Worker:
             line = line.strip()
             if not line:
                 continue
-            try:
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                req = {"op": "_bad", "line": line[:80]}
-            self.inbox.put(req)
+            self.inbox.put(parse_request(line))
         self.inbox.put(None)  # EOF: the parent went away
 
-    def next_request(self) -> dict[str, Any] | None:
+    def next_request(self) -> Incoming:
         return self.pending.popleft() if self.pending else self.inbox.get()
 
     def check_cancel(self) -> None:
@@ -112,53 +121,50 @@ class Worker:
                 req = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if req is not None and req.get("op") == "cancel":
-                raise Cancelled
+            if isinstance(req, Cancel):
+                raise Stopped
             self.pending.append(req)  # handled after this generation stops
-            if req is not None and req.get("op") in ("generate", "shutdown"):
-                raise Cancelled
+            if req is None or isinstance(req, Generate | Shutdown):
+                raise Stopped
 
     # ---- the loop ---------------------------------------------------------------------------
     def serve(self, stdin: TextIO) -> None:
         threading.Thread(target=self.read_stdin, args=(stdin,), daemon=True).start()
-        self.emit(type="ready", pid=os.getpid(), id=None)
+        self.emit(Ready(pid=os.getpid()))
         while True:
             req = self.next_request()
-            if req is None or req.get("op") == "shutdown":
+            if req is None or isinstance(req, Shutdown):
                 return
-            self.rid = req.get("id")
+            self.rid = req.id
             try:
                 self.handle(req)
             except Exception as e:  # one bad request must not end the session
-                self.emit(type="error", message=one_line(e))
+                self.emit(ErrorReply(id=self.rid, message=one_line(e)))
 
-    def handle(self, req: dict[str, Any]) -> None:
-        op = req.get("op")
-        if op == "generate":
-            self.generate(req)
-        elif op == "inspect":
-            self.inspect(req)
-        elif op == "cancel":
-            self.emit(type="cancelled")
-        elif op == "_bad":
-            self.emit(type="error", message=f"not a JSON request: {req['line']!r}")
-        else:
-            self.emit(
-                type="error",
-                message=f"unknown op {op!r}; use generate, inspect, cancel or shutdown",
-            )
+    def handle(self, req: Request | Rejected) -> None:
+        match req:
+            case Generate():
+                self.generate(req)
+            case Inspect():
+                self.inspect(req)
+            case Cancel():
+                self.emit(Cancelled(id=req.id))  # nothing was running
+            case Rejected():
+                self.emit(ErrorReply(id=req.id, message=req.message))
+            case _:
+                self.emit(ErrorReply(id=req.id, message=f"cannot serve {req.kind!r} here"))
 
     # ---- models -------------------------------------------------------------------------------
-    def get(self, slot: dict[str, Any]) -> Loaded:
+    def get(self, slot: Slot) -> Loaded:
         from kd_core.models import DEMO_NAMES, ModelError, load_model, release, resolve_model
 
-        name, model, adapter = slot["name"], str(slot["model"]), slot.get("adapter")
+        name, model, adapter = slot.name, str(slot.model), slot.adapter
         key = (model, str(adapter) if adapter else None)
         if key in self.loaded:
             self.loaded.move_to_end(key)
             return self.loaded[key]
         role = "teacher" if name == "teacher" else "student"
-        self.emit(type="status", message=f"loading {name} ({Path(model).name})")
+        self.emit(Status(id=self.rid, message=f"loading {name} ({Path(model).name})"))
         if model in DEMO_NAMES:
             self._report_demo_build()
         path = resolve_model(model, role)
@@ -186,41 +192,39 @@ class Worker:
             pct = done * 100 // max(1, total)
             if pct != last[0]:
                 last[0] = pct
-                self.emit(
-                    type="status",
-                    message=f"building the demo pair (first use, about 2 minutes): {what} {pct}%",
-                )
+                message = f"building the demo pair (first use, about 2 minutes): {what} {pct}%"
+                self.emit(Status(id=self.rid, message=message))
 
         demo.set_build_progress(hook)
 
     # ---- generation ---------------------------------------------------------------------------
-    def generate(self, req: dict[str, Any]) -> None:
+    def generate(self, req: Generate) -> None:
         import mlx.core as mx
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
         from kd_core.data import format_prompt
 
-        prompt = str(req.get("prompt", ""))
-        temp = float(req.get("temperature", 0.7))
-        max_tokens = max(1, int(req.get("max_tokens", 64)))
+        prompt = str(req.prompt)
+        temp = float(req.temperature)
+        max_tokens = max(1, int(req.max_tokens))
         streams: dict[str, Any] = {}
         tokens: dict[str, list[int]] = {}
         texts: dict[str, str] = {}
-        for slot in req.get("slots", []):
+        for slot in req.slots:
             try:
                 lm = self.get(slot)
             except Exception as e:
-                self.emit(type="error", slot=slot.get("name"), message=one_line(e))
+                self.emit(ErrorReply(id=self.rid, slot=slot.name, message=one_line(e)))
                 continue
             ids = format_prompt(lm.tokenizer, prompt)
-            streams[slot["name"]] = stream_generate(
+            streams[slot.name] = stream_generate(
                 lm.model, lm.tokenizer, ids, max_tokens=max_tokens, sampler=make_sampler(temp=temp)
             )
-            tokens[slot["name"]] = []
-            texts[slot["name"]] = ""
-        mx.random.seed(int(req.get("seed", 0)))
-        self.emit(type="status", message="generating")
+            tokens[slot.name] = []
+            texts[slot.name] = ""
+        mx.random.seed(int(req.seed))
+        self.emit(Status(id=self.rid, message="generating"))
         # Round-robin: one token per model in turn, so the three answers grow side by side.
         active = list(streams)
         try:
@@ -236,25 +240,29 @@ class Worker:
                             self._token(name, r, tokens, texts)
                         reason = r.finish_reason if r is not None else "stop"
                         self.emit(
-                            type="done",
-                            slot=name,
-                            tokens=tokens[name],
-                            text=texts[name],
-                            finish_reason=reason,
+                            Done(
+                                id=self.rid,
+                                slot=name,
+                                tokens=tokens[name],
+                                text=texts[name],
+                                finish_reason=reason,
+                            )
                         )
                         active.remove(name)
                         continue
                     self._token(name, r, tokens, texts)
-        except Cancelled:
+        except Stopped:
             for name in active:
                 self.emit(
-                    type="done",
-                    slot=name,
-                    tokens=tokens[name],
-                    text=texts[name],
-                    finish_reason="cancelled",
+                    Done(
+                        id=self.rid,
+                        slot=name,
+                        tokens=tokens[name],
+                        text=texts[name],
+                        finish_reason="cancelled",
+                    )
                 )
-        self.emit(type="finished")
+        self.emit(Finished(id=self.rid))
 
     def _token(
         self, name: str, r: Any, tokens: dict[str, list[int]], texts: dict[str, str]
@@ -263,35 +271,35 @@ class Worker:
         if r.finish_reason == "stop":
             if r.text:
                 texts[name] += r.text
-                self.emit(type="token", slot=name, text=r.text, token=None)
+                self.emit(Token(id=self.rid, slot=name, text=r.text, token=None))
             return
         tokens[name].append(int(r.token))
         texts[name] += r.text
-        self.emit(type="token", slot=name, text=r.text, token=int(r.token))
+        self.emit(Token(id=self.rid, slot=name, text=r.text, token=int(r.token)))
 
     # ---- token inspector ----------------------------------------------------------------------
-    def inspect(self, req: dict[str, Any]) -> None:
+    def inspect(self, req: Inspect) -> None:
         from kd_core.data import format_prompt
 
-        prompt = str(req.get("prompt", ""))
-        answer = [int(t) for t in req.get("answer", [])][:MAX_INSPECT_POSITIONS]
-        k = max(1, min(50, int(req.get("top_k", 5))))
-        slots = list(req.get("slots", []))
+        prompt = str(req.prompt)
+        answer = [int(t) for t in req.answer][:MAX_INSPECT_POSITIONS]
+        k = max(1, min(50, int(req.top_k)))
+        slots = list(req.slots)
         if not slots:
             raise ValueError("inspect: no slots")
         if not answer:
-            self.emit(type="inspection", positions=[])
+            self.emit(Inspection(id=self.rid, positions=[]))
             return
         ref_slot = slots[0]
         ref = self.get(ref_slot)
         ref_lp = logprobs(ref.model, format_prompt(ref.tokenizer, prompt), answer)  # [n, V]
         ref_tok = ref.tokenizer
         pieces = [ref_tok.decode([t]) for t in answer]
-        positions: list[dict[str, Any]] = [
+        positions: list[Position] = [
             {
                 "index": i,
                 "token": token_label(pieces[i]),
-                "slots": {ref_slot["name"]: describe(ref_lp[i], ref_tok, answer[i], k)},
+                "slots": {ref_slot.name: describe(ref_lp[i], ref_tok, answer[i], k)},
             }
             for i in range(len(answer))
         ]
@@ -299,7 +307,7 @@ class Worker:
             try:
                 lm = self.get(slot)
             except Exception as e:
-                self.emit(type="error", slot=slot.get("name"), message=one_line(e))
+                self.emit(ErrorReply(id=self.rid, slot=slot.name, message=one_line(e)))
                 continue
             same = same_tokenizer(ref_tok, lm.tokenizer)
             if same:
@@ -310,16 +318,31 @@ class Worker:
             for i, pos in enumerate(positions):
                 j = where[i]
                 own = ids[j] if j < len(ids) else None
-                d = describe(lp[j], lm.tokenizer, own, k) if j < len(ids) else {"top": []}
+                d: SlotView = describe(lp[j], lm.tokenizer, own, k) if j < len(ids) else {"top": []}
                 if same:
                     d["kl"] = kl(ref_lp[i], lp[j])
                     d["agree"] = int(np.argmax(ref_lp[i])) == int(np.argmax(lp[j]))
                 else:
                     d["kl"] = None
-                    a = pos["slots"][ref_slot["name"]]["top"]
+                    a = pos["slots"][ref_slot.name].get("top", [])
                     d["agree"] = bool(a and d["top"] and a[0][0].strip() == d["top"][0][0].strip())
-                pos["slots"][slot["name"]] = d
-        self.emit(type="inspection", positions=positions)
+                pos["slots"][slot.name] = d
+        self.emit(Inspection(id=self.rid, positions=positions))
+
+
+def parse_request(line: str) -> Request | Rejected:
+    """One input line as a request; what cannot be served becomes a Rejected that keeps the
+    line's id when it has one (so the client can match the error to its request)."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return Rejected(None, f"not a JSON request: {line[:80]!r}")
+    if not isinstance(d, dict):
+        return Rejected(None, f"not a JSON request: {line[:80]!r}")
+    try:
+        return request_from_dict(d)
+    except ValueError as e:
+        return Rejected(d.get("id"), one_line(e))
 
 
 def logprobs(model: Any, prompt_ids: list[int], answer: list[int]) -> np.ndarray:
@@ -336,7 +359,7 @@ def logprobs(model: Any, prompt_ids: list[int], answer: list[int]) -> np.ndarray
     return np.array(out)
 
 
-def describe(lp: np.ndarray, tokenizer: Any, token: int | None, k: int) -> dict[str, Any]:
+def describe(lp: np.ndarray, tokenizer: Any, token: int | None, k: int) -> SlotView:
     top = np.argpartition(-lp, min(k, lp.shape[0] - 1))[:k]
     top = top[np.argsort(-lp[top])]
     return {

@@ -1,14 +1,16 @@
 """Parent side of the Viewer's backend: starts `python -m kd_tui.infer_worker` and talks to it.
 
-Replies are read by a plain thread (no MLX in this process) and handed to `on_reply`, which
-the Viewer turns into a Textual message (`post_message` is thread-safe). If the worker dies
-the client reports {"type": "exit", "message": its last stderr line} and starts a fresh one
-on the next request.
+Requests and replies are the typed dataclasses of kd_tui/viewer_protocol.py. Replies are read
+by a plain thread (no MLX in this process), parsed (an unreadable line becomes an ErrorReply,
+never an exception in the reader) and handed to `on_reply`, which the Viewer turns into a
+Textual message (`post_message` is thread-safe). If the worker dies the client reports a
+WorkerExit (its last stderr line) and starts a fresh one on the next request.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import json
 import os
@@ -16,22 +18,21 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-Reply = dict[str, Any]
+from kd_tui.viewer_protocol import (
+    Cancel,
+    Generate,
+    Inspect,
+    Reply,
+    Request,
+    Shutdown,
+    Slot,
+    WorkerExit,
+    reply_from_json,
+)
 
-
-@dataclass
-class Slot:
-    """One column of the Viewer: a model (name or folder) with an optional adapter folder."""
-
-    name: str
-    model: str
-    adapter: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["InferenceClient", "Reply", "Slot", "tokenizer_verdict"]
 
 
 class InferenceClient:
@@ -79,16 +80,13 @@ class InferenceClient:
     def _read_stdout(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            try:
-                reply = json.loads(line)
-            except ValueError:
-                continue  # not ours (the worker sends library prints to stderr anyway)
-            self.on_reply(reply)
+            if line.strip():  # (the worker sends library prints to stderr: a bad line is rare)
+                self.on_reply(reply_from_json(line))
         code = proc.wait()
         if not self._closing:
             last = next((s for s in reversed(self._stderr) if s.strip()), "")
             why = last.strip()[:200] or f"exit code {code}"
-            self.on_reply({"type": "exit", "id": None, "message": f"viewer worker stopped: {why}"})
+            self.on_reply(WorkerExit(message=f"viewer worker stopped: {why}"))
 
     def _read_stderr(self, stream: IO[str] | None) -> None:
         if stream is None:
@@ -96,14 +94,22 @@ class InferenceClient:
         for line in stream:
             self._stderr.append(line.rstrip())
 
+    def request(self, req: Request) -> int:
+        """Send a request (starting the worker if needed) under a fresh id; returns the id."""
+        return self._write(lambda rid: dataclasses.replace(req, id=rid).to_json())
+
     def send(self, op: str, **fields: Any) -> int:
-        """Send a request (starting the worker if needed); returns its id."""
+        """Send a raw request by op name (no checking: the worker answers an unknown op or a
+        bad field with an ErrorReply); returns its id. Prefer `request`."""
+        return self._write(lambda rid: json.dumps({"id": rid, "op": op, **fields}))
+
+    def _write(self, line_for: Callable[[int], str]) -> int:
         with self._lock:
             self.start()
             rid = next(self._ids)
             assert self.proc is not None and self.proc.stdin is not None
             try:
-                self.proc.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
+                self.proc.stdin.write(line_for(rid) + "\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass  # the stdout reader reports the exit
@@ -117,28 +123,25 @@ class InferenceClient:
         max_tokens: int = 64,
         seed: int = 0,
     ) -> int:
-        return self.send(
-            "generate",
-            prompt=prompt,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            seed=seed,
-            slots=[s.to_dict() for s in slots],
+        return self.request(
+            Generate(
+                prompt=prompt,
+                slots=list(slots),
+                temperature=temperature,
+                max_tokens=max_tokens,
+                seed=seed,
+            )
         )
 
     def inspect(self, prompt: str, answer: list[int], slots: list[Slot], top_k: int = 5) -> int:
         """Top-k at every position of `answer` (the first slot's tokens) for every slot."""
-        return self.send(
-            "inspect",
-            prompt=prompt,
-            answer=list(answer),
-            top_k=top_k,
-            slots=[s.to_dict() for s in slots],
+        return self.request(
+            Inspect(prompt=prompt, answer=list(answer), slots=list(slots), top_k=top_k)
         )
 
     def cancel(self) -> None:
         if self.alive:
-            self.send("cancel")
+            self.request(Cancel())
 
     def close(self, timeout: float = 3.0) -> None:
         proc, self.proc = self.proc, None
@@ -147,7 +150,7 @@ class InferenceClient:
         self._closing = True
         try:
             if proc.poll() is None and proc.stdin is not None:
-                proc.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+                proc.stdin.write(Shutdown().to_json() + "\n")
                 proc.stdin.flush()
                 proc.stdin.close()
         except (BrokenPipeError, OSError):

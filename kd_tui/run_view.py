@@ -7,6 +7,9 @@ UI almost nothing (docs/ARCHITECTURE.md: never replot per event).
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,65 @@ from kd_core.events import (
 
 SERIES = ("kd", "ce", "combined")
 PLOT_MODES = ("all", "kd", "ce", "combined")
+# The plot's smoothing weights, cycled by a key: raw, then TensorBoard's default and heavier.
+SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
+MAX_SMOOTHING = 0.999
+
+
+def ema(values: Sequence[float], weight: float, counts: Sequence[int] | None = None) -> list[float]:
+    """Debiased exponential moving average, as TensorBoard and W&B smooth a curve.
+
+    weight 0 returns the values; 0.99 is very smooth. Debiasing divides by (1 - weight^n)
+    so the first points are not pulled towards 0 (a plain EMA starting at 0 would be).
+    `counts[i]` is how many steps point i stands for (LossSeries merges neighbours on long
+    runs): such a point decays the average by weight^count, as that many equal steps would,
+    so the smoothing per *step* stays the same after merging. Non-finite values are passed
+    through and not averaged in (one NaN step must not blank the rest of the curve). O(n).
+    """
+    w = min(max(float(weight), 0.0), MAX_SMOOTHING)
+    if w == 0.0:
+        return [float(v) for v in values]
+    out: list[float] = []
+    last, decay = 0.0, 1.0  # decay: the product of the weights so far (weight^steps)
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            out.append(float(v))
+            continue
+        d = w ** (counts[i] if counts is not None else 1)
+        last = last * d + (1.0 - d) * v
+        decay *= d
+        out.append(last / (1.0 - decay))
+    return out
+
+
+@dataclass
+class Segment:
+    """One domain's stretch of the curves, ready to plot: downsampled x, the raw values and,
+    when smoothing is on, the smoothed ones (None when off)."""
+
+    x: list[float]
+    raw: dict[str, list[float]]
+    smooth: dict[str, list[float]] | None
+
+
+def bucket_means(
+    x: Sequence[float], columns: dict[str, Sequence[float]], width: int
+) -> tuple[list[float], dict[str, list[float]]]:
+    """At most `width` points: means over equal buckets of consecutive points. O(n)."""
+    n = len(x)
+    width = max(1, width)
+    if n <= width:
+        return list(x), {s: list(c) for s, c in columns.items()}
+    xs: list[float] = []
+    out: dict[str, list[float]] = {s: [] for s in columns}
+    for b in range(width):
+        lo, hi = b * n // width, (b + 1) * n // width
+        if hi <= lo:
+            continue
+        xs.append(sum(x[lo:hi]) / (hi - lo))
+        for s, column in columns.items():
+            out[s].append(sum(column[lo:hi]) / (hi - lo))
+    return xs, out
 
 
 class LossSeries:
@@ -115,21 +177,44 @@ class LossSeries:
     def downsample(self, width: int) -> tuple[list[float], dict[str, list[float]]]:
         """At most `width` points per series: means over equal buckets of steps (a plot
         cannot show more points than it has columns, and plotext's cost grows with them)."""
+        return bucket_means(self.x, {s: self.values(s) for s in SERIES}, width)
+
+    def segments(
+        self,
+        width: int,
+        boundaries: Sequence[int] = (),
+        smoothing: float = 0.0,
+        series: Sequence[str] = SERIES,
+    ) -> list[Segment]:
+        """The curves cut at the domain boundaries (x offsets where a domain starts: its
+        points have x > boundary), each smoothed on its own (the EMA restarts per domain)
+        and then downsampled to its share of `width` points. Smoothing comes before the
+        downsampling, on the stored points: O(n) in all, whatever the smoothing."""
         n = len(self.x)
-        width = max(1, width)
-        if n <= width:
-            return list(self.x), {s: list(self.values(s)) for s in SERIES}
-        xs: list[float] = []
-        out: dict[str, list[float]] = {s: [] for s in SERIES}
-        for b in range(width):
-            lo, hi = b * n // width, (b + 1) * n // width
-            if hi <= lo:
-                continue
-            xs.append(sum(self.x[lo:hi]) / (hi - lo))
-            for s in SERIES:
-                chunk = self.values(s)[lo:hi]
-                out[s].append(sum(chunk) / len(chunk))
-        return xs, out
+        if not n:
+            return []
+        cuts = sorted(set(boundaries))
+        ranges: list[tuple[int, int]] = []
+        lo, part = 0, bisect_left(cuts, self.x[0])
+        for i in range(1, n):
+            p = bisect_left(cuts, self.x[i])  # how many boundaries lie below x
+            if p != part:
+                ranges.append((lo, i))
+                lo, part = i, p
+        ranges.append((lo, n))
+        out: list[Segment] = []
+        for lo, hi in ranges:
+            share = max(1, round(width * (hi - lo) / n))
+            raw = {s: self.values(s)[lo:hi] for s in series}
+            x = self.x[lo:hi]
+            xs, raw_down = bucket_means(x, raw, share)
+            smooth = None
+            if smoothing > 0:
+                counts = self._weight[lo:hi]
+                smoothed = {s: ema(v, smoothing, counts) for s, v in raw.items()}
+                smooth = bucket_means(x, smoothed, share)[1]
+            out.append(Segment(xs, raw_down, smooth))
+        return out
 
     def trend(self, name: str, window: int = 10, since_x: int = 0) -> float | None:
         """Mean of the last `window` points minus the mean of the `window` before them,

@@ -1,17 +1,28 @@
-"""The Viewer's worker protocol, run as the real child process on the tiny pair."""
+"""The Viewer's worker protocol, run as the real child process on the tiny pair.
+
+Replies arrive as the typed dataclasses of kd_tui/viewer_protocol.py (read with isinstance and
+attributes); test_viewer_protocol.py checks that every kind round-trips through JSON."""
 
 from __future__ import annotations
 
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from kd_tui.inference import InferenceClient, Slot, tokenizer_verdict
-
-Reply = dict[str, Any]
+from kd_tui.viewer_protocol import (
+    Done,
+    ErrorReply,
+    Finished,
+    Inspection,
+    Ready,
+    Reply,
+    Status,
+    Token,
+    WorkerExit,
+)
 
 
 class Replies:
@@ -38,7 +49,7 @@ class Replies:
                 return r
 
     def of(self, rid: int) -> list[Reply]:
-        return [r for r in self.seen if r.get("id") == rid]
+        return [r for r in self.seen if r.id == rid]
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +64,24 @@ def test_generate_streams_tokens_then_done(tiny_pair, worker) -> None:
     client, replies = worker
     slots = [Slot("teacher", str(tiny_pair.teacher)), Slot("student", str(tiny_pair.student))]
     rid = client.generate("Explain recursion.", slots, temperature=0.0, max_tokens=6)
-    replies.until(lambda r: r.get("id") == rid and r["type"] == "finished")
+    replies.until(lambda r: r.id == rid and isinstance(r, Finished))
     mine = replies.of(rid)
     for name in ("teacher", "student"):
-        tokens = [r for r in mine if r["type"] == "token" and r["slot"] == name]
-        done = [r for r in mine if r["type"] == "done" and r["slot"] == name]
-        assert len(done) == 1 and done[0]["finish_reason"] in ("stop", "length")
-        streamed = [r["token"] for r in tokens if r["token"] is not None]
-        assert streamed == done[0]["tokens"] and 1 <= len(streamed) <= 6
-        assert "".join(r["text"] for r in tokens) == done[0]["text"]
+        tokens = [r for r in mine if isinstance(r, Token) and r.slot == name]
+        done = [r for r in mine if isinstance(r, Done) and r.slot == name]
+        assert len(done) == 1 and done[0].finish_reason in ("stop", "length")
+        streamed = [r.token for r in tokens if r.token is not None]
+        assert streamed == done[0].tokens and 1 <= len(streamed) <= 6
+        assert "".join(r.text for r in tokens) == done[0].text
     # side by side: the two answers are interleaved, not one after the other
-    order = [r["slot"] for r in mine if r["type"] == "token"]
+    order = [r.slot for r in mine if isinstance(r, Token)]
     assert order[:2] == ["teacher", "student"]
     # greedy is deterministic
     again = client.generate("Explain recursion.", slots[:1], temperature=0.0, max_tokens=6)
-    replies.until(lambda r: r.get("id") == again and r["type"] == "finished")
-    first = next(r for r in mine if r["type"] == "done" and r["slot"] == "teacher")
-    second = next(r for r in replies.of(again) if r["type"] == "done")
-    assert second["tokens"] == first["tokens"]
+    replies.until(lambda r: r.id == again and isinstance(r, Finished))
+    first = next(r for r in mine if isinstance(r, Done) and r.slot == "teacher")
+    second = next(r for r in replies.of(again) if isinstance(r, Done))
+    assert second.tokens == first.tokens
 
 
 def test_bad_model_is_one_line_and_worker_lives(tiny_pair, tmp_path, worker) -> None:
@@ -82,8 +93,8 @@ def test_bad_model_is_one_line_and_worker_lives(tiny_pair, tmp_path, worker) -> 
         [Slot("teacher", str(bad)), Slot("student", str(tiny_pair.student), str(tmp_path))],
         max_tokens=3,
     )
-    replies.until(lambda r: r.get("id") == rid and r["type"] == "finished")
-    errors = {r["slot"]: r["message"] for r in replies.of(rid) if r["type"] == "error"}
+    replies.until(lambda r: r.id == rid and isinstance(r, Finished))
+    errors = {r.slot: r.message for r in replies.of(rid) if isinstance(r, ErrorReply)}
     assert "no config.json" in errors["teacher"] and "\n" not in errors["teacher"]
     assert "adapters.safetensors" in errors["student"]  # an adapter folder without adapters
     assert client.alive
@@ -91,10 +102,10 @@ def test_bad_model_is_one_line_and_worker_lives(tiny_pair, tmp_path, worker) -> 
     assert client.proc is not None and client.proc.stdin is not None
     client.proc.stdin.write("this is not json\n")
     client.proc.stdin.flush()
-    replies.until(lambda r: r["type"] == "error" and "not a JSON request" in r["message"])
+    replies.until(lambda r: isinstance(r, ErrorReply) and "not a JSON request" in r.message)
     rid = client.send("frobnicate")
-    r = replies.until(lambda r: r.get("id") == rid)
-    assert r["type"] == "error" and "unknown op" in r["message"]
+    r = replies.until(lambda r: r.id == rid)
+    assert isinstance(r, ErrorReply) and "unknown op" in r.message
     assert client.alive
 
 
@@ -102,8 +113,9 @@ def test_inspect_same_model_has_zero_kl(tiny_pair, worker) -> None:
     client, replies = worker
     teacher = Slot("teacher", str(tiny_pair.teacher))
     rid = client.generate("Plan a picnic.", [teacher], temperature=0.0, max_tokens=5)
-    done = replies.until(lambda r: r.get("id") == rid and r["type"] == "done")
-    answer = done["tokens"]
+    done = replies.until(lambda r: r.id == rid and isinstance(r, Done))
+    assert isinstance(done, Done)
+    answer = done.tokens
     assert answer
     rid = client.inspect(
         "Plan a picnic.",
@@ -111,9 +123,9 @@ def test_inspect_same_model_has_zero_kl(tiny_pair, worker) -> None:
         [teacher, Slot("student", str(tiny_pair.teacher)), Slot("other", str(tiny_pair.student))],
         top_k=4,
     )
-    r = replies.until(lambda r: r.get("id") == rid and r["type"] != "status")
-    assert r["type"] == "inspection"
-    positions = r["positions"]
+    r = replies.until(lambda r: r.id == rid and not isinstance(r, Status))
+    assert isinstance(r, Inspection)
+    positions = r.positions
     assert len(positions) == len(answer)
     for pos in positions:
         t, same, other = (pos["slots"][k] for k in ("teacher", "student", "other"))
@@ -135,12 +147,13 @@ def test_cancel_stops_generation(tiny_pair, worker) -> None:
         temperature=1.0,
         max_tokens=4000,
     )
-    replies.until(lambda r: r.get("id") == rid and r["type"] == "token")
+    replies.until(lambda r: r.id == rid and isinstance(r, Token))
     client.cancel()
-    r = replies.until(lambda r: r.get("id") == rid and r["type"] == "done", timeout=30)
-    if r["finish_reason"] != "stop":  # an early EOS may win the race
-        assert r["finish_reason"] == "cancelled" and len(r["tokens"]) < 4000
-    replies.until(lambda r: r.get("id") == rid and r["type"] == "finished")
+    r = replies.until(lambda r: r.id == rid and isinstance(r, Done), timeout=30)
+    assert isinstance(r, Done)
+    if r.finish_reason != "stop":  # an early EOS may win the race
+        assert r.finish_reason == "cancelled" and len(r.tokens) < 4000
+    replies.until(lambda r: r.id == rid and isinstance(r, Finished))
 
 
 def test_worker_death_is_reported_and_restarts(tiny_pair) -> None:
@@ -148,13 +161,13 @@ def test_worker_death_is_reported_and_restarts(tiny_pair) -> None:
     client = InferenceClient(replies)
     try:
         client.start()
-        replies.until(lambda r: r["type"] == "ready")
+        replies.until(lambda r: isinstance(r, Ready))
         assert client.proc is not None
         client.proc.kill()
-        r = replies.until(lambda r: r["type"] == "exit")
-        assert r["message"].startswith("viewer worker stopped")
+        r = replies.until(lambda r: isinstance(r, WorkerExit))
+        assert isinstance(r, WorkerExit) and r.message.startswith("viewer worker stopped")
         rid = client.generate("hi", [Slot("teacher", str(tiny_pair.teacher))], max_tokens=2)
-        replies.until(lambda r: r.get("id") == rid and r["type"] == "finished")
+        replies.until(lambda r: r.id == rid and isinstance(r, Finished))
     finally:
         client.close()
     assert not client.alive
@@ -181,12 +194,14 @@ def test_inspect_other_vocabulary(tiny_pair, tmp_path, worker) -> None:
     client, replies = worker
     teacher = Slot("teacher", str(tiny_pair.teacher))
     rid = client.generate("Name three colours.", [teacher], temperature=0.0, max_tokens=6)
-    answer = replies.until(lambda r: r.get("id") == rid and r["type"] == "done")["tokens"]
+    done = replies.until(lambda r: r.id == rid and isinstance(r, Done))
+    assert isinstance(done, Done)
+    answer = done.tokens
     rid = client.inspect(
         "Name three colours.", answer, [teacher, Slot("student", str(tmp_path / "other"))], top_k=3
     )
-    r = replies.until(lambda r: r.get("id") == rid and r["type"] != "status")
-    assert r["type"] == "inspection" and len(r["positions"]) == len(answer)
-    for pos in r["positions"]:
+    r = replies.until(lambda r: r.id == rid and not isinstance(r, Status))
+    assert isinstance(r, Inspection) and len(r.positions) == len(answer)
+    for pos in r.positions:
         s = pos["slots"]["student"]
         assert s["kl"] is None and len(s["top"]) == 3 and isinstance(s["agree"], bool)

@@ -139,6 +139,12 @@ class TrainPane(Container):
     def cycle_plot(self) -> str:
         return self.query_one(LossPlot).cycle_mode()
 
+    def cycle_smoothing(self) -> float:
+        return self.query_one(LossPlot).cycle_smoothing()
+
+    def toggle_log_scale(self) -> bool:
+        return self.query_one(LossPlot).toggle_log()
+
     def log_line(self, line: LogLine) -> None:
         text = Text()
         if getattr(self.app, "timestamps", True):

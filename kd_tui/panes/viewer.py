@@ -30,10 +30,24 @@ from textual.widget import Widget
 from textual.widgets import Input, Static
 
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS
-from kd_tui.inference import InferenceClient, Slot
+from kd_tui.inference import InferenceClient
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
+from kd_tui.viewer_protocol import (
+    Cancelled,
+    Done,
+    ErrorReply,
+    Finished,
+    Inspection,
+    Position,
+    Ready,
+    Reply,
+    Slot,
+    Status,
+    Token,
+    WorkerExit,
+)
 
 SLOTS = ("teacher", "student", "adapted")
 TITLES = {"teacher": "Teacher", "student": "Student (base)", "adapted": "Student + adapter"}
@@ -128,11 +142,11 @@ class TokenInspector(Widget, can_focus=True):
 
     def __init__(self) -> None:
         super().__init__(id="view-inspector")
-        self.positions: list[dict[str, Any]] = []
+        self.positions: list[Position] = []
         self.titles: dict[str, str] = {}
         self.note = "answers first: the inspector fills in when the teacher has answered"
 
-    def set_data(self, positions: list[dict[str, Any]], titles: dict[str, str]) -> None:
+    def set_data(self, positions: list[Position], titles: dict[str, str]) -> None:
         self.positions, self.titles = positions, titles
         self.position = 0
         self._show_position()
@@ -170,7 +184,7 @@ class TokenInspector(Widget, can_focus=True):
         return inspector_table(pos, self.titles, self.positions)
 
 
-def answer_summary(positions: list[dict[str, Any]], slot: str) -> tuple[float | None, int, int]:
+def answer_summary(positions: list[Position], slot: str) -> tuple[float | None, int, int]:
     """(mean KL, top-1 agreements, positions compared) of a slot over the whole answer."""
     kls = [
         p["slots"][slot]["kl"]
@@ -182,7 +196,7 @@ def answer_summary(positions: list[dict[str, Any]], slot: str) -> tuple[float | 
 
 
 def inspector_table(
-    pos: dict[str, Any], titles: dict[str, str], positions: list[dict[str, Any]] | None = None
+    pos: Position, titles: dict[str, str], positions: list[Position] | None = None
 ) -> Table:
     slots = [s for s in titles if s in pos["slots"]]
     table = Table(box=None, padding=(0, 1), expand=False, show_edge=False)
@@ -252,9 +266,9 @@ class ViewerPane(Container):
     class Reply(Message):
         """One reply of the inference worker (posted from its reader thread)."""
 
-        def __init__(self, data: dict[str, Any]) -> None:
+        def __init__(self, reply: Reply) -> None:
             super().__init__()
-            self.data = data
+            self.reply = reply
 
     def __init__(self) -> None:
         super().__init__()
@@ -303,7 +317,7 @@ class ViewerPane(Container):
     def on_mount(self) -> None:
         self.query_one("#view-temp").border_title = "T"
         self.query_one("#view-max").border_title = "max"
-        self.client = InferenceClient(lambda data: self.post_message(self.Reply(data)))
+        self.client = InferenceClient(lambda reply: self.post_message(self.Reply(reply)))
         self._refresh_defaults()
         for s in SLOTS:
             self._box(s).show(Answer(), note="ask something above (enter)")
@@ -455,47 +469,46 @@ class ViewerPane(Container):
 
     # ---- replies ------------------------------------------------------------------------------
     def on_viewer_pane_reply(self, message: ViewerPane.Reply) -> None:
-        r = message.data
-        kind, rid = r.get("type"), r.get("id")
-        if kind == "exit":
-            self.gen_id = self.inspect_id = None
-            self._status(r.get("message", "viewer worker stopped"), error=True)
-            return
-        if kind == "ready":
-            return
-        if rid is not None and rid == self.inspect_id:
+        r = message.reply
+        match r:
+            case WorkerExit():
+                self.gen_id = self.inspect_id = None
+                self._status(r.message, error=True)
+                return
+            case Ready() | Cancelled():
+                return
+        if r.id is not None and r.id == self.inspect_id:
             self._inspection_reply(r)
             return
-        if rid is None or rid != self.gen_id:
-            if kind == "error" and rid is None:
-                self._status(r.get("message", ""), error=True)
+        if r.id is None or r.id != self.gen_id:
+            if isinstance(r, ErrorReply) and r.id is None:
+                self._status(r.message, error=True)  # e.g. an unreadable line
             return  # a reply to a request we no longer wait for
-        slot = r.get("slot")
-        if kind == "status":
-            self._status(r.get("message", ""))
-        elif kind == "token" and slot in self.answers:
-            a = self.answers[slot]
-            if r.get("token") is None:
-                a.tail += r.get("text", "")
-            else:
-                a.pieces.append(r.get("text", ""))
-                a.tokens.append(int(r["token"]))
-            self._box(slot).show(a)
-            self._progress()
-        elif kind == "done" and slot in self.answers:
-            a = self.answers[slot]
-            a.done = r.get("finish_reason") or "stop"
-            a.tokens = list(r.get("tokens", a.tokens))
-            self._box(slot).show(a)
-        elif kind == "error":
-            if slot in self.answers:
-                self.answers[slot].error = r.get("message", "")
-                self._box(slot).show(self.answers[slot])
-            else:
-                self._status(r.get("message", ""), error=True)
-        elif kind == "finished":
-            self.gen_id = None
-            self._finished()
+        match r:
+            case Status():
+                self._status(r.message)
+            case Token() if r.slot in self.answers:
+                a = self.answers[r.slot]
+                if r.token is None:
+                    a.tail += r.text
+                else:
+                    a.pieces.append(r.text)
+                    a.tokens.append(r.token)
+                self._box(r.slot).show(a)
+                self._progress()
+            case Done() if r.slot in self.answers:
+                a = self.answers[r.slot]
+                a.done = r.finish_reason or "stop"
+                a.tokens = list(r.tokens)
+                self._box(r.slot).show(a)
+            case ErrorReply() if r.slot in self.answers:
+                self.answers[r.slot].error = r.message
+                self._box(r.slot).show(self.answers[r.slot])
+            case ErrorReply():
+                self._status(r.message, error=True)
+            case Finished():
+                self.gen_id = None
+                self._finished()
 
     def _progress(self) -> None:
         counts = " · ".join(
@@ -521,15 +534,19 @@ class ViewerPane(Container):
         self.inspect_id = self.client.inspect(self.prompt, teacher.tokens, usable, TOP_K)
         self._status("done · inspecting every position of the teacher's answer …")
 
-    def _inspection_reply(self, r: dict[str, Any]) -> None:
-        if r.get("type") == "inspection":
-            self.inspect_id = None
-            titles = {s.name: TITLES[s.name] for s in self.slots if not self.answers[s.name].error}
-            self.query_one(TokenInspector).set_data(r.get("positions", []), titles)
-            self._status("done · tab to the inspector, ←/→ to move along the teacher's answer")
-        elif r.get("type") == "error":
-            self.inspect_id = None if r.get("slot") is None else self.inspect_id
-            self._status(f"inspector: {r.get('message', '')}", error=True)
+    def _inspection_reply(self, r: Reply) -> None:
+        match r:
+            case Inspection():
+                self.inspect_id = None
+                titles = {
+                    s.name: TITLES[s.name] for s in self.slots if not self.answers[s.name].error
+                }
+                self.query_one(TokenInspector).set_data(r.positions, titles)
+                self._status("done · tab to the inspector, ←/→ to move along the teacher's answer")
+            case ErrorReply():
+                # A slot's error: the inspection still comes, without that slot.
+                self.inspect_id = None if r.slot is None else self.inspect_id
+                self._status(f"inspector: {r.message}", error=True)
 
     @on(TokenInspector.Moved)
     def _moved(self, event: TokenInspector.Moved) -> None:

@@ -16,6 +16,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("s", "stop the run (a checkpoint is saved)"),
     ("r", "resume a stopped run from its checkpoint"),
     ("p", "plot: all → KD → CE → combined"),
+    ("e", "plot smoothing (EMA, per domain): raw → 0.6 → 0.9 → 0.97"),
+    ("l", "plot y axis: linear ↔ log"),
     ("ctrl+s", "save the configuration to kd.toml"),
     ("ctrl+p", "command palette (every action, themes, tabs)"),
     ("tab / shift+tab", "move between fields"),
