@@ -83,7 +83,6 @@ class KDApp(App[None]):
         Binding("l", "toggle_log_scale", "log y"),
         Binding("ctrl+s", "save_config", "save"),
         Binding("f1", "help", "help"),
-        Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
     def __init__(
