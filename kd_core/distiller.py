@@ -231,7 +231,8 @@ class TrueKnowledgeDistiller:
                     should_stop=lambda: self.control.stop_requested,
                 )
             except GenerationStopped as e:
-                self.sink(Log(f"{name}: {e}", "warning"))
+                kept = "; the finished responses are kept for the next run" if e.done else ""
+                self.sink(Log(f"{name}: {e}{kept}", "warning"))
                 return
             run.outputs[name] = out
             self.sink(

@@ -245,26 +245,65 @@ def generate_responses(
                 progress(len(finished), len(uids), "generating")
                 last = time.monotonic()
             if should_stop is not None and should_stop():
-                raise GenerationStopped(len(finished), len(uids))
+                done = {
+                    i: _sequence(p, tokens[u], b, eos[0])
+                    for i, (p, u, b) in enumerate(zip(prompt_ids, uids, budgets, strict=True))
+                    if u in finished
+                }
+                raise GenerationStopped(len(finished), len(uids), done)
     finally:
         gen.close()
-    seqs: list[np.ndarray] = []
-    for p, uid, budget in zip(prompt_ids, uids, budgets, strict=True):
-        toks = tokens[uid][:budget]
-        if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
-            toks.append(eos[0])
-        seqs.append(np.array(p + toks, np.int32))
+    seqs = [
+        _sequence(p, tokens[uid], budget, eos[0])
+        for p, uid, budget in zip(prompt_ids, uids, budgets, strict=True)
+    ]
     if progress:
         progress(len(uids), len(uids), "generating")
     return seqs, [len(p) for p in prompt_ids]
 
 
-class GenerationStopped(Exception):
-    """A stop was asked during the teacher pass; nothing of the unfinished domain is cached."""
+def _sequence(prompt: list[int], toks: list[int], budget: int, eos: int) -> np.ndarray:
+    toks = toks[:budget]
+    if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
+        toks = [*toks, eos]
+    return np.array(prompt + toks, np.int32)
 
-    def __init__(self, done: int, total: int) -> None:
+
+class GenerationStopped(Exception):
+    """A stop was asked during the teacher pass. `finished` holds the responses done so far
+    (prompt index -> sequence): TeacherPass keeps them, so the next run generates the rest."""
+
+    def __init__(self, done: int, total: int, finished: dict[int, np.ndarray] | None = None):
         super().__init__(f"stopped during the teacher pass ({done} of {total} responses done)")
         self.done, self.total = done, total
+        self.finished = finished or {}
+
+
+def _save_partial(path: Path, key: str, done: dict[int, tuple[np.ndarray, int]]) -> None:
+    """Responses finished before a stop: prompt index, sequence, prompt length."""
+    index = sorted(done)
+    flat, offsets = _pack([done[i][0] for i in index])
+    arrays = {
+        "index": mx.array(np.array(index, np.int32)),
+        "tokens": mx.array(flat),
+        "offsets": mx.array(offsets),
+        "prompt_lens": mx.array(np.array([done[i][1] for i in index], np.int32)),
+    }
+    atomic_save_safetensors(path, arrays, {"key": json.dumps(key)})
+
+
+def _load_partial(path: Path, key: str) -> dict[int, tuple[np.ndarray, int]]:
+    """What _save_partial kept, or nothing when the file is missing, damaged or stale."""
+    try:
+        arrays, meta = mx.load(str(path), return_metadata=True)
+        if json.loads(meta["key"]) != key:
+            return {}
+        index = [int(i) for i in np.array(arrays["index"])]
+        flat, offsets = np.array(arrays["tokens"]), np.array(arrays["offsets"])
+        plens = [int(x) for x in np.array(arrays["prompt_lens"])]
+        return {i: (flat[offsets[j] : offsets[j + 1]], plens[j]) for j, i in enumerate(index)}
+    except Exception:
+        return {}
 
 
 def soft_targets(
@@ -371,8 +410,8 @@ class TeacherPass:
                 if warn:
                     warn(f"{e}; rebuilding")
         if seq_out is None:
-            seqs, plens = generate_responses(
-                model, tokenizer, prompts, self.cfg, progress, should_stop
+            seqs, plens = self._generate(
+                model, tokenizer, prompts, gkey, gpath, progress, should_stop
             )
             cut = [was_cut for _, was_cut in fitted_prompts(tokenizer, prompts, self.cfg)]
             seq_out = TeacherOutputs(seqs, plens, None, None, vocab, prompt_cut=cut)
@@ -399,6 +438,37 @@ class TeacherPass:
         save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
         out.path = tpath
         return out
+
+    def _generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: list[str],
+        gkey: str,
+        gpath: Path,
+        progress: ProgressFn | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """Responses to every prompt, resumable per prompt: responses finished before a stop
+        are kept beside the cache (`.partial`), and the next run generates only the rest."""
+        partial_path = gpath.with_name(gpath.name.replace(".safetensors", ".partial.safetensors"))
+        done = _load_partial(partial_path, gkey)
+        todo = [i for i in range(len(prompts)) if i not in done]
+        try:
+            seqs, plens = generate_responses(
+                model, tokenizer, [prompts[i] for i in todo], self.cfg, progress, should_stop
+            )
+        except GenerationStopped as e:
+            for j, seq in e.finished.items():
+                i = todo[j]
+                done[i] = (seq, len(fitted_prompts(tokenizer, [prompts[i]], self.cfg)[0][0]))
+            if done:
+                _save_partial(partial_path, gkey, done)
+            raise GenerationStopped(len(done), len(prompts)) from None
+        for i, seq, plen in zip(todo, seqs, plens, strict=True):
+            done[i] = (seq, plen)
+        partial_path.unlink(missing_ok=True)
+        return [done[i][0] for i in range(len(prompts))], [done[i][1] for i in range(len(prompts))]
 
     def _run_shared(
         self,

@@ -301,3 +301,45 @@ def test_control_file_appended_is_still_obeyed(tmp_path):
     while control.paused and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not control.paused
+
+
+def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path):
+    """Responses finished before a stop are kept beside the cache; the next pass generates
+    only the rest and keeps those it has (the cache is resumable per prompt)."""
+    from mlx_lm import load
+
+    from kd_core.config import KDConfig
+    from kd_core.teacher import GenerationStopped, TeacherPass
+
+    model, tok = load(str(tiny_pair.teacher))
+    # Prompts of many lengths: their token budgets differ, so they finish at different steps.
+    prompts = [" ".join(["word"] * n) for n in range(2, 26, 2)]
+    cfg = KDConfig(max_tokens=60, max_seq_length=64)
+    tpass = TeacherPass(tmp_path / "cache", "fp", cfg)
+    calls = []
+
+    def stop_after_45() -> bool:
+        calls.append(1)
+        return len(calls) >= 45
+
+    with pytest.raises(GenerationStopped) as stopped:
+        tpass.run("d", prompts, False, lambda: (model, tok), should_stop=stop_after_45)
+    kept = stopped.value.done
+    assert 0 < kept < len(prompts)
+    partial = list((tmp_path / "cache" / "teacher").glob("*.partial.safetensors"))
+    assert len(partial) == 1
+    from kd_core.teacher import _load_partial
+
+    first = _load_partial(partial[0], tpass.paths("d", prompts)[0])
+    assert len(first) == kept
+    generated: list[int] = []
+
+    def count(done: int, total: int, what: str) -> None:
+        generated.append(total)
+
+    out = tpass.run("d", prompts, False, lambda: (model, tok), progress=count)
+    assert len(out.sequences) == len(prompts)
+    assert max(generated) == len(prompts) - kept  # only the rest was generated
+    for i, (seq, plen) in first.items():
+        assert (out.sequences[i] == seq).all() and out.prompt_lens[i] == plen
+    assert not partial[0].exists()  # merged into the cache
