@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "TrueKnowledgeDistiller": "kd_core.distiller",
-    "DomainResult": "kd_core.trainer",
+    "DomainResult": "kd_core.events",
     "KDConfig": "kd_core.config",
     "RunSpec": "kd_core.config",
     "ConfigError": "kd_core.config",
@@ -32,6 +32,7 @@ _EXPORTS = {
     "compute_combined_loss": "kd_core.losses",
     "combined_loss": "kd_core.losses",
     "align_vocab_sizes": "kd_core.vocab",
+    "align_sequences": "kd_core.align",
     "plan_vocab_alignment": "kd_core.vocab",
     "RunControl": "kd_core.control",
 }
