@@ -83,7 +83,7 @@ class Distil:
             elif isinstance(e, Step):
                 step_times.append(e.elapsed_s)
             elif isinstance(e, DomainFinished):
-                info["result"] = e.result
+                info["result"] = e.result.to_dict()
 
         d = TrueKnowledgeDistiller(
             f"{pair}/{teacher}",
