@@ -57,6 +57,11 @@ GOALS: dict[str, tuple[str, float]] = {
     "cache_bytes_per_token": ("<=", 256.0),
     "mfu": (">=", 0.6),
     "mlx_vs_numpy_matmul_ratio": ("<=", 1.3),
+    # An on-policy step (the student samples SEQ - PROMPT_LEN tokens per row, the teacher
+    # scores them) / an online forward-KL step, same shapes: reported, aim <= 3.
+    "on_policy_step_ratio": ("<=", 3.0),
+    # The slowest divergence / forward KL, offline fused step (kd_core/divergences.py).
+    "divergence_step_ratio_max": ("<=", 1.2),
 }
 
 
@@ -401,6 +406,63 @@ def _offline_vs_online(ctx: Context, teacher: str, tag: str) -> tuple[float, dic
     return ratio, d
 
 
+def sec_on_policy(ctx: Context) -> None:
+    """An on-policy reverse-KL step, sampling included, vs an online forward-KL step."""
+    p, pair = ctx.plan, ctx.ensure_pair()
+    with (
+        ctx.worker(
+            "bench.steps:KDStep",
+            "kd-on-policy",
+            mode="online",
+            pair=pair,
+            work=str(ctx.tmp / "kd-on-policy"),
+            on_policy=True,
+        ) as pol,
+        ctx.worker(
+            "bench.steps:KDStep", "kd-online", mode="online", pair=pair, work=str(ctx.tmp / "on")
+        ) as onl,
+    ):
+        ctx.log("  on-policy step (student samples 4 x 224 tokens) vs online forward-KL step")
+        rp, ro = _alternate(ctx, pol, onl, p.torch_rounds, p.torch_steps, p.torch_steps)
+    t_p, t_o = median(_times(rp)), median(_times(ro))
+    sample = median([t for r in rp for t in r["sample_s"]])
+    ctx.results["on_policy_step_ratio"] = t_p / t_o
+    ctx.details["on_policy"] = {
+        "on_policy_step_median_s": t_p,
+        "online_fkl_step_median_s": t_o,
+        "sampling_median_s": sample,
+        "sampled_tokens_per_s": rp[0]["response_tokens"] / sample if sample > 0 else None,
+        "on_policy_steps_s": _times(rp),
+        "online_fkl_steps_s": _times(ro),
+        "response_tokens": rp[0]["response_tokens"],
+    }
+
+
+def sec_divergence(ctx: Context) -> None:
+    """Each divergence's offline fused step against forward KL's, one worker, alternated."""
+    p, pair = ctx.plan, ctx.ensure_pair()
+    kinds = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    with ctx.worker(
+        "bench.steps:KDStep", "kd-divergence", mode="offline", pair=pair, work=str(ctx.tmp / "dv")
+    ) as w:
+        for r in range(p.sft_rounds):
+            for k in kinds:
+                runs[k].append(w.call("steps", n=p.sft_steps, divergence=k))
+            ctx.log(
+                f"  round {r + 1}/{p.sft_rounds}: "
+                + ", ".join(f"{k} {median(runs[k][-1]['times']):.2f} s" for k in kinds)
+            )
+    med = {k: median(_times(v)) for k, v in runs.items()}
+    ratios = {k: med[k] / med["forward_kl"] for k in kinds}
+    ctx.results["divergence_step_ratio_max"] = max(ratios[k] for k in kinds[1:])
+    ctx.details["divergence"] = {
+        "step_median_s": med,
+        "ratio_to_forward_kl": ratios,
+        "steps_s": {k: _times(v) for k, v in runs.items()},
+    }
+
+
 def sec_distil(ctx: Context) -> None:
     """One domain end to end, offline vs online (the issue's teacher, then a teacher 9.4x the
     student as real pairs are); then the cache file's size and precision."""
@@ -471,6 +533,8 @@ SECTIONS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
         sec_large,
         ("kd_vs_mlxlm_ce_peak_memory_ratio", "kd_vs_mlxlm_ce_step_time_ratio_large_vocab"),
     ),
+    "on_policy": (sec_on_policy, ("on_policy_step_ratio",)),
+    "divergence": (sec_divergence, ("divergence_step_ratio_max",)),
 }
 NEEDS = {"mfu": ("matmul", "sft")}
 

@@ -163,10 +163,20 @@ class KDStep(_Student):
     """kd's training step via StudentTrainer.train(), online or offline."""
 
     def __init__(
-        self, mode: str, pair: str | None = None, large: bool = False, work: str | None = None
+        self,
+        mode: str,
+        pair: str | None = None,
+        large: bool = False,
+        work: str | None = None,
+        on_policy: bool = False,
     ) -> None:
         super().__init__(pair, large, mode)
         self.mode = mode
+        self.sampler = None
+        if on_policy:  # every step samples SEQ - PROMPT_LEN tokens per row: the same shapes
+            self.cfg = self.cfg.replace(
+                on_policy_ratio=1.0, divergence="reverse_kl", max_tokens=self.seq - PROMPT_LEN
+            )
         self.work = Path(work) if work else Path(tempfile.mkdtemp(prefix="kd-bench-"))
         rows = [r for r in self.tokens]
         lens = [PROMPT_LEN] * len(rows)
@@ -192,16 +202,21 @@ class KDStep(_Student):
                 ]
                 del teacher
                 release()
+        if on_policy:
+            self.sampler = _sampler(pair, self.model, self.cfg)
         self.examples = []
         for r, (ids, lps) in zip(rows, targets, strict=True):
             ex = Example(r.copy(), PROMPT_LEN, topk_ids=ids, topk_logprobs=lps)
+            ex.teacher_prompt = r[:PROMPT_LEN].copy()
             if mode == "online":
                 ex.teacher_tokens, ex.teacher_prompt_len = r.copy(), PROMPT_LEN
             self.examples.append(ex)
         self.peak_bytes: list[int] = []
 
-    def _trainer(self, iters: int) -> StudentTrainer:
+    def _trainer(self, iters: int, divergence: str | None = None) -> StudentTrainer:
         cfg = self.cfg.replace(num_iters=iters)
+        if divergence is not None:
+            cfg = cfg.replace(divergence=divergence)
         return StudentTrainer(
             self.model,
             cfg,
@@ -210,11 +225,13 @@ class KDStep(_Student):
             adapter_config(cfg, len(self.model.layers), "student", "teacher", "bench"),
             domain="bench",
             teacher=self.teacher,
+            sampler=self.sampler,
         )
 
-    def steps(self, n: int) -> dict[str, Any]:
-        """n + 1 real steps (the first compiles and is reported apart); per-step seconds."""
-        trainer = self._trainer(n + 1)
+    def steps(self, n: int, divergence: str | None = None) -> dict[str, Any]:
+        """n + 1 real steps (the first compiles and is reported apart); per-step seconds.
+        `divergence` overrides the configuration's (offline: the divergence bench)."""
+        trainer = self._trainer(n + 1, divergence)
         trainer.train()
         peak = int(mx.get_peak_memory())  # train() resets the peak when it starts
         times = [row["step_time"] for row in trainer.metrics]
@@ -226,6 +243,7 @@ class KDStep(_Student):
             and want_chunking(self.cfg.loss_chunk, BATCH, self.cfg.max_seq_length, self.vocab) > 0,
             "response_tokens": trainer.metrics[-1]["tokens"],
             "positions": BATCH * self.seq,
+            "sample_s": [row["sample_s"] for row in trainer.metrics[1:]],
         }
 
     def profile(self, repeats: int = 2) -> dict[str, float]:
@@ -282,6 +300,17 @@ class KDStep(_Student):
 
     def profile_chunked(self, repeats: int = 1) -> dict[str, Any]:
         return profile_chunked(self, repeats)
+
+
+def _sampler(pair: str | None, model: Any, cfg: KDConfig) -> Any:
+    """The on-policy sampler of the bench student (one tokenizer: identical vocabularies)."""
+    from kd_core.on_policy import StudentSampler
+    from kd_core.vocab import plan_vocab_alignment
+
+    assert pair is not None
+    _, tok = load_model(Path(pair) / "student", "student")
+    al = plan_vocab_alignment(tok, tok, STUDENT.vocab, STUDENT.vocab)
+    return StudentSampler(model, tok, cfg, al, int(tok.eos_token_id))
 
 
 class MlxLmCEStep(_Student):

@@ -30,6 +30,7 @@ _EXPORTS = {
     "compute_ce_loss": "kd_core.losses",
     "compute_sparse_kd_loss": "kd_core.losses",
     "compute_combined_loss": "kd_core.losses",
+    "compute_divergence": "kd_core.divergences",
     "combined_loss": "kd_core.losses",
     "align_vocab_sizes": "kd_core.vocab",
     "align_sequences": "kd_core.align",

@@ -27,7 +27,8 @@ from mlx.utils import tree_flatten
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices
 from kd_core.data import Batch
-from kd_core.losses import combined_loss, offline_loss_sums
+from kd_core.divergences import DivergenceSpec, offline_sums
+from kd_core.losses import combined_loss
 from kd_core.step_api import StepOutput, add_trees
 
 AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
@@ -90,10 +91,10 @@ class ChunkedStep:
         self.split = split
         self.optimizer = optimizer
         self.chunk = chunk
-        alpha, temperature = cfg.alpha, cfg.temperature
+        alpha, temperature, spec = cfg.alpha, cfg.temperature, DivergenceSpec.of(cfg)
 
         def chunk_loss(h, targets, mask, ids, lps, inv):
-            kd, ce = offline_loss_sums(split.head(h), targets, mask, ids, lps, alpha, temperature)
+            kd, ce = offline_sums(split.head(h), targets, mask, ids, lps, alpha, temperature, spec)
             return combined_loss(kd, ce, alpha) * inv, (kd, ce)
 
         self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))

@@ -216,6 +216,13 @@ def _add_eval_parser(sub: Any) -> None:
         help="train a KD student and a CE-only student with the same steps and "
         "seed, and compare both with the base student",
     )
+    e.add_argument(
+        "--methods",
+        metavar="NAMES",
+        help="with --compare: comma-separated methods to train and compare instead of kd and "
+        "ce_only, e.g. ce_only,offline_fkl,online_fkl,jsd,on_policy_rkl (ce_only, kd, or fkl, "
+        "rkl, jsd, skew_kl, tvd with an optional offline_, online_ or on_policy_ prefix)",
+    )
     e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     e.add_argument(
         "--domain-file",
@@ -406,9 +413,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'student':<12} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8}"]
+    own = any("reverse_kl_on_student_samples" in m for m in rows.values())
+    width = max([12, *(len(n) for n in rows)])
+    head = f"{'student':<{width}} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8}"
+    lines = [head + (f" {'KL(S||T) own':>13}" if own else "")]
     for name, m in rows.items():
-        lines.append(f"{name:<12} {m['kl']:>10.4f} {m['top1_agreement']:>12.3f} {m['ce']:>8.4f}")
+        line = f"{name:<{width}} {m['kl']:>10.4f} {m['top1_agreement']:>12.3f} {m['ce']:>8.4f}"
+        if own:
+            line += f" {m.get('reverse_kl_on_student_samples', float('nan')):>13.4f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -432,34 +445,20 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kd_core.atomic_io import atomic_write_json
-    from kd_core.evaluate import compare_kd_vs_ce, heldout_prompts, measure, teacher_reference
+    from kd_core.evaluate import heldout_prompts, measure, teacher_reference
     from kd_core.outputs import check_output_dir
 
     spec = spec_from_args(args)
     cfg = spec.config
     domains = spec.domains or ["thinking"]
+    if args.methods and not args.compare:
+        raise UsageError("--methods: goes with --compare")
     if args.json:  # before the work, not after it
         check_output_dir(Path(args.json).expanduser().parent, "json")
     report: dict[str, Any] = {}
     for domain in domains:
         if args.compare:
-            out = check_output_dir(Path(cfg.output) / "compare")
-            sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
-            res = compare_kd_vs_ce(
-                spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink
-            )
-            s = res["summary"]
-            print(
-                f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed} · KD student alpha "
-                f"{cfg.alpha:g}, T {cfg.temperature:g} · held-out prompts "
-                f"{len(heldout_prompts(domain))}"
-            )
-            print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
-            print(
-                f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
-                f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
-            )
-            report[domain] = res
+            report[domain] = _compare(spec, domain, args)
         else:
             prompts = heldout_prompts(domain, spec.domain_files)
             ref = teacher_reference(
@@ -478,6 +477,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.json), data)
         print(f"wrote {args.json}")
     return 0
+
+
+def _compare(spec: RunSpec, domain: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`kd eval --compare` of one domain: KD vs CE-only, or the --methods named."""
+    from kd_core.evaluate import compare_kd_vs_ce, compare_methods, heldout_prompts
+    from kd_core.outputs import check_output_dir
+
+    cfg = spec.config
+    out = check_output_dir(Path(cfg.output) / "compare")
+    sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
+    head = f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed}"
+    held = f"held-out prompts {len(heldout_prompts(domain))}"
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        res = compare_methods(
+            spec.teacher, spec.student, domain, cfg, out, methods, args.allow_download, sink
+        )
+        print(f"{head} · T {cfg.temperature:g} · {held}")
+        for m, c in res["summary"]["methods"].items():
+            print(
+                f"  {m}: alpha {c['alpha']:g} · {c['divergence']} · {c['teacher_mode']} · "
+                f"on-policy {c['on_policy_ratio']:g}"
+            )
+        print(format_table({k: res[k] for k in ("base", *methods)}))
+        return res
+    res = compare_kd_vs_ce(spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink)
+    s = res["summary"]
+    print(f"{head} · KD student alpha {cfg.alpha:g}, T {cfg.temperature:g} · {held}")
+    print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
+    print(
+        f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
+        f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
+    )
+    return res
 
 
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:

@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 TeacherMode = Literal["offline", "online"]
 VocabStrategy = Literal["auto", "truncate", "project"]
 LrSchedule = Literal["constant", "cosine"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"]
 
 
 def _spec(
@@ -110,6 +111,54 @@ class KDConfig:
         "maps ids through token strings.",
         choices=get_args(VocabStrategy),
         group="kd",
+    )
+
+    # Divergence and on-policy distillation (kd_core/divergences.py, kd_core/on_policy.py)
+    divergence: Divergence = _spec(
+        "forward_kl",
+        "What the KD term measures between the teacher P and the student Q at temperature T "
+        "(scaled by T^2): forward_kl (mass-covering, the classic KD; fastest), reverse_kl "
+        "(mode-seeking: the usual choice for on-policy training), jsd (generalized "
+        "Jensen-Shannon, jsd_beta), skew_kl (KL to a P/Q mixture, skew; stable), tvd "
+        "(total variation, bounded).",
+        choices=get_args(Divergence),
+        group="divergence",
+    )
+    jsd_beta: float = _spec(
+        0.5,
+        "jsd only: beta in beta*KL(P||M) + (1-beta)*KL(Q||M), M = beta*P + (1-beta)*Q. "
+        "Near 0 acts like forward KL, near 1 like reverse KL.",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        group="divergence",
+    )
+    skew: float = _spec(
+        0.1,
+        "skew_kl only: s in KL(P || s*P + (1-s)*Q) (DistiLLM); larger is smoother.",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        group="divergence",
+    )
+    on_policy_ratio: float = _spec(
+        0.0,
+        "Share of optimiser steps trained on the student's own samples, scored by the "
+        "teacher (0 = off, today's KD; 1 = every step). Cures exposure bias; pair it with "
+        "divergence = reverse_kl. Keeps the teacher in memory beside the student.",
+        lo=0.0,
+        hi=1.0,
+        group="divergence",
+    )
+    student_temperature: float = _spec(
+        1.0,
+        "Sampling temperature of the student on on-policy steps (1 = its own distribution, "
+        "0 = greedy).",
+        lo=0.0,
+        hi=5.0,
+        group="divergence",
     )
 
     # LoRA

@@ -40,6 +40,7 @@ class Example:
     valid: np.ndarray | None = None  # [R] bool: response positions that can be trained on
     teacher_tokens: np.ndarray | None = None  # [m] teacher ids (online mode)
     teacher_prompt_len: int = 0
+    teacher_prompt: np.ndarray | None = None  # the prompt in teacher ids (on-policy steps)
 
     @property
     def response_len(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 
 from kd_core.checkpoints import run_fingerprint
-from kd_core.config import KDConfig
+from kd_core.config import ConfigError, KDConfig
 from kd_core.control import RunControl
 from kd_core.distributed import world as get_world
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, check_domain_name
@@ -48,6 +48,7 @@ from kd_core.models import (
     resolve_model,
     vocab_size,
 )
+from kd_core.on_policy import StudentSampler
 from kd_core.outputs import (
     SUMMARY_FILE,
     OutputError,
@@ -166,6 +167,8 @@ class TrueKnowledgeDistiller:
             check_domain_name(name)
             if not prompts:
                 raise ValueError(f"domain: {name!r} has no prompts")
+        # Before anything is written: an on-policy run must be able to hold its teacher.
+        resident = self._on_policy_teacher() if cfg.on_policy_ratio > 0 else None
         output = Path(cfg.output).expanduser()
         if self.world.is_main:
             check_output_dir(output)
@@ -189,7 +192,29 @@ class TrueKnowledgeDistiller:
                 cfg.num_iters * len(domains),
             )
         )
-        return _Run(domains, resume, output, _Teacher(t_path), s_path, time.perf_counter())
+        teacher = resident if resident is not None else _Teacher(t_path)
+        return _Run(domains, resume, output, teacher, s_path, time.perf_counter())
+
+    def _on_policy_teacher(self) -> _Teacher:
+        """The teacher, loaded, for a run whose on-policy steps need it resident (even when
+        its soft targets are cached); a teacher that cannot be loaded, or a pair that will
+        not fit in memory together, is a one-line ConfigError naming on_policy_ratio."""
+        cfg = self.config
+        _, s_path = self._resolve_pair(teacher=False)
+        try:
+            t_path, _ = self._resolve_pair(student=False)
+            teacher = _Teacher(t_path)
+            teacher.load(self.sink)
+        except Exception as e:
+            raise ConfigError(
+                f"on_policy_ratio: {cfg.on_policy_ratio:g} needs the teacher in memory, but "
+                f"it cannot be loaded ({one_line(e)}); set on_policy_ratio = 0 to train from "
+                "its cached targets"
+            ) from None
+        est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
+        if refusal := est.on_policy_refusal(cfg):
+            raise ConfigError(refusal)
+        return teacher
 
     def _pair_warnings(self, t_path: Path, s_path: Path, hidden: int) -> list[str]:
         out = []
@@ -246,8 +271,8 @@ class TrueKnowledgeDistiller:
     def _release_teacher(self, run: _Run) -> tuple[Any, Any]:
         """(teacher model or None, teacher tokenizer). Offline, the teacher is released here:
         it never sits in memory beside the student being trained."""
-        if self.config.teacher_mode == "online":
-            return run.teacher.load(self.sink)
+        if self.config.teacher_mode == "online" or self.config.on_policy_ratio > 0:
+            return run.teacher.load(self.sink)  # on-policy steps score with it: resident
         tokenizer = run.teacher.tokenizer
         if run.teacher.model is not None:
             run.teacher.model = None
@@ -274,6 +299,12 @@ class TrueKnowledgeDistiller:
         examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment)
         mx.random.seed(cfg.seed)  # same LoRA init for the same seed
         n_layers = apply_lora(student, cfg)
+        sampler = None
+        if cfg.on_policy_ratio > 0:
+            eos = getattr(t_tok, "eos_token_id", None)
+            sampler = StudentSampler(
+                student, s_tok, cfg, run.alignment, int(eos if eos is not None else 0)
+            )
         trainer = StudentTrainer(
             student,
             cfg,
@@ -295,6 +326,7 @@ class TrueKnowledgeDistiller:
                 vocab_strategy=run.alignment.strategy,
                 prompts=prompts,
             ),
+            sampler=sampler,
         )
         result = trainer.train(resume=run.resume)
         result.teacher_cache = str(run.outputs[name].path)
@@ -356,8 +388,9 @@ class TrueKnowledgeDistiller:
                 time.perf_counter() - run.started,
             )
 
-    def _resolve_pair(self) -> tuple[Path, Path]:
-        """Resolve both models; a first use of the demo pair builds it, with progress."""
+    def _resolve_pair(self, teacher: bool = True, student: bool = True) -> tuple[Path, Path]:
+        """Resolve both models (or one: the other is then Path()); a first use of the demo
+        pair builds it, with progress."""
         from kd_core import demo
 
         started = time.perf_counter()
@@ -380,8 +413,11 @@ class TrueKnowledgeDistiller:
             # Rank 0 first: on one machine the others then find the demo pair built.
             if not self.world.is_main:
                 self.world.barrier()
-            t_path = resolve_model(self.teacher_model_id, "teacher", self.allow_download)
-            s_path = resolve_model(self.student_model_id, "student", self.allow_download)
+            t_path = s_path = Path()
+            if teacher:
+                t_path = resolve_model(self.teacher_model_id, "teacher", self.allow_download)
+            if student:
+                s_path = resolve_model(self.student_model_id, "student", self.allow_download)
             if self.world.is_main:
                 self.world.barrier()
         finally:

@@ -7,9 +7,16 @@ cache as training), then at every response position we compare full distribution
     top1_agreement  share of positions where both put the top token on the same id
     ce              mean -log P_student(teacher's token)                 (lower is better)
 
+and, on the student's own text (what it will meet at inference: exposure bias):
+
+    reverse_kl_on_student_samples   the student samples an answer to each held-out prompt
+                    (seeded, T = 1), the teacher scores it: mean over its tokens of
+                    KL(P_student || P_teacher) at T = 1                  (lower is better)
+
 `compare_kd_vs_ce` trains, with the same steps and seed, a KD student (the configuration's
-alpha and T) and a CE-only student (alpha 0), and reports the three figures for base, kd and
-ce_only. The command line around all this is in kd_core/cli.py.
+alpha and T) and a CE-only student (alpha 0), and reports the figures for base, kd and
+ce_only; `compare_methods` does the same for any list of named methods (`METHODS`). The
+command line around all this is in kd_core/cli.py.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from kd_core.events import EvalResult, EventSink, PhaseStarted, null_sink
 from kd_core.examples import build_examples
 from kd_core.losses import log_softmax
 from kd_core.models import load_model, model_fingerprint, release, resolve_model, vocab_size
-from kd_core.teacher import TeacherOutputs, TeacherPass
+from kd_core.on_policy import student_to_teacher
+from kd_core.teacher import TeacherOutputs, TeacherPass, fitted_prompts, sample_batch
 from kd_core.user_dirs import default_cache_dir
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
 
@@ -45,6 +53,7 @@ class TeacherReference:
     log_probs: list[np.ndarray]  # per example [R, V_t]
     tokenizer: Any
     vocab: int
+    teacher_path: Path | None = None  # loaded again to score the students' own answers
 
 
 def _response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> list[np.ndarray]:
@@ -72,7 +81,7 @@ def teacher_reference(
     vocab = int(logits[0].shape[-1]) if logits else 0
     lps = [np.array(log_softmax(mx.array(lg))).astype(np.float16) for lg in logits]
     release(model)
-    return TeacherReference(prompts, out, lps, tok, vocab)
+    return TeacherReference(prompts, out, lps, tok, vocab, t_path)
 
 
 def measure(
@@ -92,8 +101,69 @@ def measure(
     examples = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True).examples
     seqs = [e.tokens for e in examples]
     logits = _response_logits(model, seqs, [e.prompt_len for e in examples])
+    figures: dict[str, float] = compare_distributions(ref, examples, logits, al)
+    del logits
+    own = sample_answers(model, s_tok, ref.prompts, cfg)
+    own_lps = [log_softmax_np(x) for x in _response_logits(model, *own)]
     release(model)
-    return compare_distributions(ref, examples, logits, al)
+    if ref.teacher_path is not None:
+        figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(ref, own, own_lps, al, cfg)
+    return figures
+
+
+def log_softmax_np(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)
+
+
+def sample_answers(
+    model: Any, tokenizer: Any, prompts: list[str], cfg: KDConfig
+) -> tuple[list[np.ndarray], list[int]]:
+    """The model's own answer to each prompt (seeded by cfg.seed, T = 1, max_tokens):
+    (prompt + answer sequences, prompt lengths)."""
+    eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    prompt_ids = [ids for ids, _ in fitted_prompts(tokenizer, prompts, cfg)]
+    budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
+    mx.random.seed(cfg.seed)
+    answers = sample_batch(model, prompt_ids, budgets, eos, 1.0)
+    seqs = [np.array(p + a, np.int32) for p, a in zip(prompt_ids, answers, strict=True)]
+    return seqs, [len(p) for p in prompt_ids]
+
+
+def reverse_kl_on_samples(
+    ref: TeacherReference,
+    own: tuple[list[np.ndarray], list[int]],
+    student_lps: list[np.ndarray],
+    al: VocabAlignment,
+    cfg: KDConfig,
+) -> float:
+    """Mean over the student's own answer tokens of KL(Q || P) at T = 1, the teacher reading
+    the same text in its ids (tokens it cannot read are left out)."""
+    assert ref.teacher_path is not None
+    s2t = student_to_teacher(al)
+    t_prompts = [ids for ids, _ in fitted_prompts(ref.tokenizer, ref.prompts, cfg)]
+    t_seqs, valids = [], []
+    for seq, plen, t_prompt in zip(*own, t_prompts, strict=True):
+        resp = seq[plen:]
+        t_resp = np.where(resp < len(s2t), s2t[np.minimum(resp, len(s2t) - 1)], -1)
+        valids.append(t_resp >= 0)
+        t_resp = np.where(t_resp >= 0, t_resp, 0)
+        t_seqs.append(np.concatenate([np.array(t_prompt, np.int32), t_resp]).astype(np.int32))
+    teacher, _ = load_model(ref.teacher_path, "teacher")
+    t_logits = _response_logits(teacher, t_seqs, [len(p) for p in t_prompts])
+    release(teacher)
+    total, n = 0.0, 0
+    for q_full, t_lg, valid in zip(student_lps, t_logits, valids, strict=True):
+        q = q_full.astype(np.float64)[:, al.student_ids]
+        p = log_softmax_np(t_lg).astype(np.float64)[:, al.teacher_ids]
+        if al.strategy == "project":  # over the shared tokens, renormalised
+            q = q - np.log(np.exp(q).sum(-1, keepdims=True))
+            p = p - np.log(np.exp(p).sum(-1, keepdims=True))
+        kl = (np.exp(q) * (q - p)).sum(-1)
+        total += float(kl[valid].sum())
+        n += int(valid.sum())
+    return total / max(n, 1)
 
 
 def compare_distributions(
@@ -135,26 +205,20 @@ def heldout_prompts(domain: str, domain_files: list[str] | None = None) -> list[
     raise DomainError(f"domain: unknown domain {domain!r} for eval")
 
 
-def compare_kd_vs_ce(
+def _train_and_measure(
     teacher: str | None,
     student: str | None,
     domain: str,
     cfg: KDConfig,
-    output: Path,
-    allow_download: bool = False,
-    sink: EventSink = null_sink,
+    runs: dict[str, KDConfig],
+    allow_download: bool,
+    sink: EventSink,
 ) -> dict[str, Any]:
-    """Train a KD student (cfg's alpha and T) and a CE-only student (alpha 0) with the same
-    steps and seed; measure both and the base student on the held-out prompts."""
+    """Train each run (same steps and seed) on the domain's training prompts, then measure
+    it and the base student on the held-out prompts: {"base": ..., name: ...}."""
     prompts = DOMAIN_PROMPTS[domain]["examples"] if domain in BUILTIN_DOMAINS else None
     if prompts is None:
         raise DomainError(f"domain: --compare needs a built-in domain, not {domain!r}")
-    if cfg.alpha == 0.0:
-        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
-    runs = {
-        "kd": cfg.replace(output=str(output / "kd")),
-        "ce_only": cfg.replace(alpha=0.0, output=str(output / "ce_only")),
-    }
     for run_cfg in runs.values():
         TrueKnowledgeDistiller(
             teacher, student, run_cfg, on_event=sink, allow_download=allow_download
@@ -168,6 +232,27 @@ def compare_kd_vs_ce(
         result[name] = measure(ref, s, Path(run_cfg.output) / domain, cfg, allow_download)
     for name in ("base", *runs):
         sink(EvalResult(domain, cfg.num_iters, result[name], student=name))
+    return result
+
+
+def compare_kd_vs_ce(
+    teacher: str | None,
+    student: str | None,
+    domain: str,
+    cfg: KDConfig,
+    output: Path,
+    allow_download: bool = False,
+    sink: EventSink = null_sink,
+) -> dict[str, Any]:
+    """Train a KD student (cfg's alpha and T) and a CE-only student (alpha 0) with the same
+    steps and seed; measure both and the base student on the held-out prompts."""
+    if cfg.alpha == 0.0:
+        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
+    runs = {
+        "kd": cfg.replace(output=str(output / "kd")),
+        "ce_only": cfg.replace(alpha=0.0, on_policy_ratio=0.0, output=str(output / "ce_only")),
+    }
+    result = _train_and_measure(teacher, student, domain, cfg, runs, allow_download, sink)
     base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
     result["summary"] = {
         "domain": domain,
@@ -182,4 +267,76 @@ def compare_kd_vs_ce(
     return result
 
 
-__all__ = ["measure", "teacher_reference", "compare_kd_vs_ce", "heldout_prompts"]
+# --methods: a name is ce_only, kd (the configuration as given), or a divergence's short
+# name with an optional prefix saying where the KD term's text comes from.
+METHOD_DIVERGENCES = {
+    "fkl": "forward_kl",
+    "rkl": "reverse_kl",
+    "jsd": "jsd",
+    "skew_kl": "skew_kl",
+    "tvd": "tvd",
+}
+METHOD_PREFIXES = ("offline_", "online_", "on_policy_")
+
+
+def method_config(name: str, cfg: KDConfig) -> KDConfig:
+    """The configuration of a named method, from the run's: offline_X / online_X train on
+    the teacher's text with that teacher mode; on_policy_X samples from the student on
+    on_policy_ratio of the steps (1 when the configuration has 0); a bare X keeps the
+    configuration's teacher mode, off-policy."""
+    if name == "ce_only":
+        return cfg.replace(alpha=0.0, on_policy_ratio=0.0, divergence="forward_kl")
+    if name == "kd":
+        return cfg
+    prefix = next((p for p in METHOD_PREFIXES if name.startswith(p)), "")
+    divergence = METHOD_DIVERGENCES.get(name[len(prefix) :])
+    if divergence is None:
+        raise ConfigError(
+            f"methods: unknown method {name!r}; use ce_only, kd, or one of "
+            f"{', '.join(METHOD_DIVERGENCES)} with an optional prefix "
+            f"{', '.join(METHOD_PREFIXES)} (e.g. offline_fkl, on_policy_rkl)"
+        )
+    if cfg.alpha == 0.0:
+        raise ConfigError(f"alpha: method {name!r} needs alpha above 0 (it is 0)")
+    changes: dict[str, Any] = {"divergence": divergence, "on_policy_ratio": 0.0}
+    if prefix in ("offline_", "online_"):
+        changes["teacher_mode"] = prefix.rstrip("_")
+    elif prefix == "on_policy_":
+        changes["on_policy_ratio"] = cfg.on_policy_ratio or 1.0
+    return cfg.replace(**changes)
+
+
+def compare_methods(
+    teacher: str | None,
+    student: str | None,
+    domain: str,
+    cfg: KDConfig,
+    output: Path,
+    methods: list[str],
+    allow_download: bool = False,
+    sink: EventSink = null_sink,
+) -> dict[str, Any]:
+    """Train each named method with the same steps and seed and measure every figure for
+    each and for the base student: {"base": ..., method: ..., "summary": ...}."""
+    if not methods or len(set(methods)) != len(methods) or "base" in methods:
+        raise ConfigError(f"methods: name each method once (not 'base'), got {methods!r}")
+    runs = {m: method_config(m, cfg).replace(output=str(output / m)) for m in methods}
+    result = _train_and_measure(teacher, student, domain, cfg, runs, allow_download, sink)
+    keys = ("alpha", "divergence", "jsd_beta", "skew", "teacher_mode", "on_policy_ratio")
+    result["summary"] = {
+        "domain": domain,
+        "iters": cfg.num_iters,
+        "seed": cfg.seed,
+        "temperature": cfg.temperature,
+        "methods": {m: {k: getattr(c, k) for k in keys} for m, c in runs.items()},
+    }
+    return result
+
+
+__all__ = [
+    "measure",
+    "teacher_reference",
+    "compare_kd_vs_ce",
+    "compare_methods",
+    "heldout_prompts",
+]

@@ -130,6 +130,8 @@ class Step(Event):
     peak_memory_gb: float
     elapsed_s: float
     eta_s: float | None
+    on_policy: bool = False  # the student sampled this step's responses (on_policy_ratio)
+    sample_tokens_per_second: float = 0.0  # its sampling speed (0 on other steps)
 
 
 @dataclass(frozen=True)
@@ -316,10 +318,11 @@ def _progress(e: Progress) -> Description:
 
 
 def _step(e: Step) -> Description:
+    policy = f" · on-policy, sampled {e.sample_tokens_per_second:.0f} tok/s" if e.on_policy else ""
     return Description(
         f"[{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · ce {e.ce:.4f} · "
         f"loss {e.combined:.4f} · lr {e.lr:.1e} · {e.tokens_per_second:.0f} tok/s · "
-        f"{e.peak_memory_gb:.2f} GB · ETA {fmt_time(e.eta_s)}",
+        f"{e.peak_memory_gb:.2f} GB · ETA {fmt_time(e.eta_s)}{policy}",
         "dim",
     )
 

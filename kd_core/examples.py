@@ -61,6 +61,7 @@ def build_examples(
                 was_cut = True
         out.cut += was_cut
         ex = Example(np.concatenate([s_prompt, mapped]), len(s_prompt), valid=valid)
+        ex.teacher_prompt = seq[:plen]
         if online:
             ex.teacher_tokens = seq
             ex.teacher_prompt_len = plen

@@ -41,6 +41,22 @@ class MemoryEstimate:
     teacher_pass_gb: float
     student_pass_gb: float
     available_gb: float | None
+    resident_teacher_gb: float = 0.0  # part of student_pass_gb: the teacher kept beside it
+
+    def on_policy_refusal(self, cfg: KDConfig) -> str | None:
+        """One line when an on-policy run (teacher resident beside the student) will not fit:
+        such a run is refused rather than left to swap or be killed."""
+        if cfg.on_policy_ratio <= 0 or self.available_gb is None:
+            return None
+        if self.student_pass_gb <= 0.9 * self.available_gb:
+            return None
+        return (
+            f"on_policy_ratio: {cfg.on_policy_ratio:g} keeps the teacher in memory beside the "
+            f"student (about {self.resident_teacher_gb:.1f} GB of the student pass's "
+            f"{self.student_pass_gb:.1f} GB) but the machine has {self.available_gb:.1f} GB; "
+            f"try a smaller batch_size (now {cfg.batch_size}) or max_seq_length (now "
+            f"{cfg.max_seq_length}), a quantized teacher, or on_policy_ratio = 0"
+        )
 
     @property
     def peak_gb(self) -> float:
@@ -89,7 +105,11 @@ def estimate_memory(
     acts = tokens * student.hidden_size * student.layers * 4 * 12
     logits = tokens * student.vocab_size * 4 * 3
     student_gb = (s_w * 1.2 + acts + logits) / GB
-    if cfg.teacher_mode == "online":
-        student_gb += (t_w * 1.1 + tokens * teacher.vocab_size * 4 * 2) / GB
+    resident = 0.0
+    if cfg.teacher_mode == "online" or cfg.on_policy_ratio > 0:
+        resident = (t_w * 1.1 + tokens * teacher.vocab_size * 4 * 2) / GB
+    if cfg.on_policy_ratio > 0:  # the student's KV cache while it samples the step's answers
+        resident += 2 * student.layers * student.hidden_size * tokens * 2 / GB
+    student_gb += resident
     avail = available if available is not None else machine_memory_bytes()
-    return MemoryEstimate(teacher_gb, student_gb, avail / GB if avail else None)
+    return MemoryEstimate(teacher_gb, student_gb, avail / GB if avail else None, resident)

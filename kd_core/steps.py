@@ -7,7 +7,8 @@ of valid response tokens in the whole optimiser step (all micro-batches, all pro
 on the host before the step, so no host round-trip happens inside it; `prev_grad` is the
 gradient accumulated over the step's earlier micro-batches; with `do_update` the optimiser
 applies the (all-process) gradient and `grad` comes back None. Every step computes
-L = alpha * KD + (1 - alpha) * CE through `losses.combined_loss`.
+L = alpha * KD + (1 - alpha) * CE through `losses.combined_loss`, KD being the configured
+divergence (kd_core/divergences.py; forward KL by default).
 
 - OfflineStep: KD against the cached top-k soft targets, one compiled value_and_grad.
 - OnlineStep:  the teacher's full distribution, its forward outside the compiled student step.
@@ -31,13 +32,8 @@ from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices, shard_batch
 from kd_core.data import Batch
-from kd_core.losses import (
-    ce_loss_sum,
-    combined_loss,
-    kd_loss_sum,
-    offline_loss_sums,
-    online_loss_sums,
-)
+from kd_core.divergences import DivergenceSpec, divergence_sum, offline_sums, online_sums
+from kd_core.losses import ce_loss_sum, combined_loss
 from kd_core.step_api import StepOutput, TrainStep, add_trees
 from kd_core.vocab import VocabAlignment, align_vocab_sizes
 
@@ -51,6 +47,7 @@ class _CompiledStep:
         self, model: nn.Module, optimizer: Any, cfg: KDConfig, reduce: Reduce, streams: StreamSet
     ) -> None:
         self.model, self.cfg, self.streams = model, cfg, streams
+        self.spec = DivergenceSpec.of(cfg)
         value_and_grad = nn.value_and_grad(model, self._loss)
         state = [model.state, optimizer.state, mx.random.state]
 
@@ -103,9 +100,8 @@ class OfflineStep(_CompiledStep):
 
     def loss_sums(self, logits, targets, mask, extra):
         ids, lps = extra
-        return offline_loss_sums(
-            logits, targets, mask, ids, lps, self.cfg.alpha, self.cfg.temperature
-        )
+        cfg = self.cfg
+        return offline_sums(logits, targets, mask, ids, lps, cfg.alpha, cfg.temperature, self.spec)
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:
         return mx.array(batch.topk_ids), mx.array(batch.topk_logprobs)
@@ -137,9 +133,9 @@ class OnlineStep(_CompiledStep):
         t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
         if strategy == "truncate" and s_al.shape == logits.shape:
             # KD over the student's whole vocabulary, in its order: one fused pass.
-            return online_loss_sums(logits, t_al, targets, mask, cfg.temperature)
+            return online_sums(logits, t_al, targets, mask, cfg.temperature, self.spec)
         ce, _ = ce_loss_sum(logits, targets, mask=mask)
-        kd, _ = kd_loss_sum(t_al, s_al, cfg.temperature, mask)
+        kd, _ = divergence_sum(t_al, s_al, self.spec, cfg.temperature, mask)
         return kd, ce
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:

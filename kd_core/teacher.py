@@ -205,28 +205,47 @@ def generate_responses(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Sample one response per prompt; sequences include the EOS when the teacher stopped.
-    Returns (sequences, prompt lengths).
-
-    mlx-lm's BatchGenerator (what its batch_generate drives), fed every prompt at once so
-    finished sequences are replaced by waiting ones, with progress as sequences finish.
-    `should_stop` is polled between decoding steps: when it says stop, GenerationStopped
-    carries the responses finished so far."""
-    from mlx_lm.generate import BatchGenerator
-    from mlx_lm.sample_utils import make_sampler
-
+    Returns (sequences, prompt lengths). Seeded by cfg.seed; see `sample_batch`."""
     mx.random.seed(cfg.seed)
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     prompt_ids = [ids for ids, _ in fitted_prompts(tokenizer, prompts, cfg)]
     if not prompt_ids:
         return [], []
     budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
-    batch = generation_batch(
+    responses = sample_batch(
+        model, prompt_ids, budgets, eos, cfg.teacher_temperature, progress, should_stop
+    )
+    seqs = [np.array(p + r, np.int32) for p, r in zip(prompt_ids, responses, strict=True)]
+    return seqs, [len(p) for p in prompt_ids]
+
+
+def sample_batch(
+    model: Any,
+    prompt_ids: list[list[int]],
+    budgets: list[int],
+    eos: list[int],
+    temperature: float,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    batch_size: int | None = None,
+) -> list[list[int]]:
+    """One sampled response per prompt (at most its budget of tokens; ending in eos[0] when
+    the model stopped, so that a student learns to stop), from the global MLX random state.
+
+    mlx-lm's BatchGenerator (what its batch_generate drives), fed every prompt at once so
+    finished sequences are replaced by waiting ones, with progress as sequences finish.
+    `should_stop` is polled between decoding steps: when it says stop, GenerationStopped
+    carries the responses finished so far. The teacher pass and on-policy steps use it."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_sampler
+
+    batch = batch_size or generation_batch(
         model, max(len(p) + b for p, b in zip(prompt_ids, budgets, strict=True))
     )
     gen = BatchGenerator(
         model,
         stop_tokens=[[t] for t in eos],
-        sampler=make_sampler(temp=cfg.teacher_temperature),
+        sampler=make_sampler(temp=temperature),
         completion_batch_size=batch,
         prefill_batch_size=min(batch, 16),
     )
@@ -253,20 +272,23 @@ def generate_responses(
                 raise GenerationStopped(len(finished), len(uids), done)
     finally:
         gen.close()
-    seqs = [
-        _sequence(p, tokens[uid], budget, eos[0])
-        for p, uid, budget in zip(prompt_ids, uids, budgets, strict=True)
+    out = [
+        _response(tokens[uid], budget, eos[0]) for uid, budget in zip(uids, budgets, strict=True)
     ]
     if progress:
         progress(len(uids), len(uids), "generating")
-    return seqs, [len(p) for p in prompt_ids]
+    return out
 
 
-def _sequence(prompt: list[int], toks: list[int], budget: int, eos: int) -> np.ndarray:
+def _response(toks: list[int], budget: int, eos: int) -> list[int]:
     toks = toks[:budget]
     if len(toks) < budget:  # stopped on EOS: keep it so the student learns to stop
         toks = [*toks, eos]
-    return np.array(prompt + toks, np.int32)
+    return toks
+
+
+def _sequence(prompt: list[int], toks: list[int], budget: int, eos: int) -> np.ndarray:
+    return np.array(prompt + _response(toks, budget, eos), np.int32)
 
 
 class GenerationStopped(Exception):

@@ -33,6 +33,7 @@ from kd_core.distributed import World
 from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, DomainResult, EventSink, Log, Paused, Step, null_sink
 from kd_core.models import vocab_size
+from kd_core.on_policy import SampleStats, StudentSampler, is_on_policy_step, make_policy_step
 from kd_core.outputs import lora_parameters
 from kd_core.steps import StepOutput, TrainStep, make_step
 from kd_core.vocab import VocabAlignment
@@ -82,6 +83,9 @@ class StepRecord:
     tokens: int
     step_time: float
     elapsed_s: float
+    on_policy: bool = False  # the student sampled this step's responses
+    sample_s: float = 0.0  # ... in this many seconds (part of step_time)
+    sample_tokens: int = 0
 
     def to_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,6 +109,7 @@ class StudentTrainer:
         alignment: VocabAlignment | None = None,
         world: World | None = None,
         fingerprint: dict[str, Any] | None = None,
+        sampler: StudentSampler | None = None,
     ) -> None:
         if not examples:
             raise ValueError(f"domain {domain!r}: no training examples")
@@ -124,8 +129,14 @@ class StudentTrainer:
             )
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
-        self.top_k = None if teacher is not None else examples[0].topk_ids.shape[1]
+        self.online = cfg.teacher_mode == "online" and teacher is not None
+        self.top_k = None if self.online else examples[0].topk_ids.shape[1]
         self.teacher, self.alignment = teacher, alignment
+        # On-policy steps (cfg.on_policy_ratio) need the sampler and the resident teacher.
+        self.sampler = sampler if cfg.on_policy_ratio > 0 else None
+        if self.sampler is not None and teacher is None:
+            raise ValueError("on_policy_ratio: on-policy steps need the teacher in memory")
+        self.policy_step: TrainStep | None = None
         self.checkpoints = CheckpointStore(out_dir, domain, fingerprint)
         self.metrics: list[dict[str, Any]] = []
         # KD_VERIFY_SYNC=1: check every step that all ranks hold identical weights (tests).
@@ -134,15 +145,27 @@ class StudentTrainer:
     def _make_step(self) -> TrainStep:
         cfg = self.cfg
         rows = max(1, cfg.batch_size // self.world.size)  # sequences per micro-batch per rank
+        streams = StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed))
+        if self.sampler is not None:
+            assert self.teacher is not None
+            self.policy_step = make_policy_step(
+                self.model,
+                self.optimizer,
+                cfg,
+                streams,
+                self.teacher,
+                self.alignment,
+                self.world.sum_tree,
+            )
         return make_step(
             self.model,
             self.optimizer,
             cfg,
-            StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed)),
-            teacher=self.teacher,
+            streams,
+            teacher=self.teacher if self.online else None,
             alignment=self.alignment,
             reduce=self.world.sum_tree,
-            vocab=vocab_size(self.model) if self.teacher is None else 0,
+            vocab=0 if self.online else vocab_size(self.model),
             warn=lambda m: self.sink(Log(f"{self.domain}: {m}", "warning")),
         )
 
@@ -258,23 +281,41 @@ class StudentTrainer:
             stop = bool(self.world.broadcast_int(int(stop)))
         return stop
 
+    def _plan_step(self, step: int) -> tuple[list[list[Example]], int, SampleStats | None]:
+        """This rank's micro-batches of `step`, the valid tokens of the whole step (all
+        micro-batches, all ranks) and, on an on-policy step, the sampling's figures (the
+        examples are then the student's own answers to the same prompts)."""
+        cfg = self.cfg
+        accum = cfg.grad_accumulation
+        step_idx = [self.plan.indices(step, m, accum) for m in range(accum)]
+        micro = [[self.examples[i] for i in self.world.share(idx)] for idx in step_idx]
+        if self.sampler is None or not is_on_policy_step(step, cfg.on_policy_ratio):
+            n_tok = sum(
+                valid_tokens(self.examples[i], cfg.max_seq_length) for idx in step_idx for i in idx
+            )
+            return micro, n_tok, None
+        micro, stats = self.sampler.sample(micro)
+        n_tok = sum(valid_tokens(e, cfg.max_seq_length) for m in micro for e in m)
+        if self.world.distributed:  # each rank sampled its own share: the count is global
+            n_tok = int(self.world.all_sum(mx.array(n_tok)).item())
+            stats.tokens = int(self.world.all_sum(mx.array(stats.tokens)).item())
+        return micro, n_tok, stats
+
     def _train_step(self, step: int, last_saved: int) -> StepRecord:
         cfg = self.cfg
         tic = time.perf_counter()
-        # Randomness (LoRA dropout) is a function of (seed, step): a resumed run draws
-        # exactly what an uninterrupted one would, with no RNG state to save.
+        # Randomness (LoRA dropout, on-policy sampling) is a function of (seed, step): a
+        # resumed run draws exactly what an uninterrupted one would, with no RNG state to save.
         mx.random.seed((cfg.seed << 20) + step)
-        accum = cfg.grad_accumulation
-        step_idx = [self.plan.indices(step, m, accum) for m in range(accum)]
-        n_tok = sum(
-            valid_tokens(self.examples[i], cfg.max_seq_length) for idx in step_idx for i in idx
-        )  # the whole step, all ranks
+        micro, n_tok, sampled = self._plan_step(step)
+        step_fn = self.step_fn if sampled is None else self.policy_step
+        assert step_fn is not None
+        top_k = self.top_k if sampled is None else None
         inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
         total = StepOutput(mx.array(0.0), mx.array(0.0), mx.array(0.0), None)
-        for m, idx in enumerate(step_idx):
-            mine = [self.examples[i] for i in self.world.share(idx)]
-            out = self.step_fn(
-                make_batch(mine, cfg.max_seq_length, self.top_k), inv, total.grad, m == accum - 1
+        for m, mine in enumerate(micro):
+            out = step_fn(
+                make_batch(mine, cfg.max_seq_length, top_k), inv, total.grad, m == len(micro) - 1
             )
             total = StepOutput(
                 total.loss + out.loss, total.kd + out.kd, total.ce + out.ce, out.grad
@@ -299,7 +340,11 @@ class StudentTrainer:
         denom = max(n_tok, 1)
         elapsed = (self.metrics[-1]["elapsed_s"] if self.metrics else 0.0) + dt
         lr = float(self.optimizer.learning_rate.item())
-        return StepRecord(step, kd_sum / denom, ce_sum / denom, loss, lr, n_tok, dt, elapsed)
+        record = StepRecord(step, kd_sum / denom, ce_sum / denom, loss, lr, n_tok, dt, elapsed)
+        if sampled is not None:
+            record.on_policy, record.sample_s = True, sampled.seconds
+            record.sample_tokens = sampled.tokens
+        return record
 
     def _step_event(self, r: StepRecord) -> Step:
         eta = r.elapsed_s / max(1, r.step) * (self.cfg.num_iters - r.step)
@@ -316,6 +361,8 @@ class StudentTrainer:
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             elapsed_s=r.elapsed_s,
             eta_s=eta,
+            on_policy=r.on_policy,
+            sample_tokens_per_second=r.sample_tokens / r.sample_s if r.sample_s > 0 else 0.0,
         )
 
     def _result(

@@ -42,11 +42,23 @@ def test_auto_threshold():
     assert want_chunking(-1, 4, 512, 151_936) == 0 and want_chunking(64, 1, 8, 10) == 64
 
 
-@pytest.mark.parametrize("alpha", [0.7, 0.0])
-def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha):
+@pytest.mark.parametrize(
+    "alpha,divergence",
+    [(0.7, "forward_kl"), (0.0, "forward_kl"), (0.7, "reverse_kl"), (0.7, "jsd"), (1.0, "tvd")]
+    + [(0.7, "skew_kl")],
+)
+def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha, divergence):
     model, _ = load(str(tiny_pair.student))
     mx.random.seed(0)
-    cfg = KDConfig(alpha=alpha, batch_size=4, max_seq_length=64, loss_chunk=24)
+    cfg = KDConfig(
+        alpha=alpha,
+        batch_size=4,
+        max_seq_length=64,
+        loss_chunk=24,
+        divergence=divergence,
+        jsd_beta=0.3,
+        skew=0.2,
+    )
     apply_lora(model, cfg)
     vocab = int(model(mx.array([[0]])).shape[-1])
     ex = _examples(vocab)
@@ -72,6 +84,7 @@ def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha):
     for k in f1:
         a, c = np.array(f1[k]), np.array(f2[k])
         assert np.allclose(a, c, rtol=1e-3, atol=1e-6 * max(1.0, np.abs(a).max())), k
+        assert np.abs(a - c).max() <= 1e-4 * max(np.abs(a).max(), 1e-12), k
 
 
 def test_split_model_checks_the_real_model(tiny_pair):

@@ -83,3 +83,44 @@ def test_compare_reports_base_kd_ce_only(tiny_pair, tmp_path, capsys):
     assert (root / "kd" / "task" / "adapters.safetensors").is_file()
     assert (root / "ce_only" / "task" / "adapters.safetensors").is_file()
     assert "KD vs CE-only" in capsys.readouterr().out
+
+
+def test_reverse_kl_on_own_samples_is_zero_for_the_teacher_itself(tiny_pair):
+    cfg = KDConfig(max_tokens=10, max_seq_length=64)
+    prompts = ["Explain what a list is.", "Why is the sky blue?"]
+    ref = teacher_reference(str(tiny_pair.teacher), prompts, cfg, "hand")
+    same = measure(ref, str(tiny_pair.teacher), None, cfg)
+    assert same["reverse_kl_on_student_samples"] == pytest.approx(0.0, abs=1e-4)
+    other = measure(ref, str(tiny_pair.student), None, cfg)
+    assert other["reverse_kl_on_student_samples"] > 0.01
+    # Seeded: the same student's answers, hence the same figure.
+    again = measure(ref, str(tiny_pair.student), None, cfg)
+    assert again["reverse_kl_on_student_samples"] == other["reverse_kl_on_student_samples"]
+
+
+def test_compare_methods_reports_every_metric_per_method(tiny_pair, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    methods = ["ce_only", "offline_fkl", "online_jsd", "on_policy_rkl"]
+    args = ["eval", "--compare", "--methods", ",".join(methods), "--domain", "task"]
+    args += ["--teacher", str(tiny_pair.teacher), "--student", str(tiny_pair.student)]
+    args += ["--iters", "2", "--max-tokens", "8", "--batch-size", "2"]
+    rc = main([*args, "--output", str(tmp_path / "cmp"), "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert set(data) == {"base", "summary", *methods}
+    for run in ("base", *methods):
+        assert set(data[run]) >= {"kl", "top1_agreement", "ce", "reverse_kl_on_student_samples"}
+    cfgs = data["summary"]["methods"]
+    assert cfgs["on_policy_rkl"]["divergence"] == "reverse_kl"
+    assert cfgs["on_policy_rkl"]["on_policy_ratio"] == 1.0
+    assert cfgs["online_jsd"]["teacher_mode"] == "online"
+    assert cfgs["ce_only"]["alpha"] == 0.0
+    rows = (tmp_path / "cmp/compare/on_policy_rkl/task/metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(r)["on_policy"] for r in rows)
+    assert "KL(S||T) own" in capsys.readouterr().out
+
+
+def test_unknown_method_is_one_line(tmp_path, capsys):
+    rc = main(["eval", "--compare", "--methods", "ce_only,fancy_kl", "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("kd: error: methods: unknown method 'fancy_kl'")

@@ -85,6 +85,31 @@ async def test_now_panel_shows_latest_step_and_hyper_parameters(tmp_path: Path) 
         await wait_until(pilot, lambda: not app.running)
 
 
+async def test_on_policy_steps_show_their_sampling(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from kd_core.events import RunStarted
+
+    events = []
+    for e in scripted_run(iters=12, finish=False):
+        if isinstance(e, RunStarted):
+            config = dict(e.config, divergence="reverse_kl", on_policy_ratio=0.5)
+            e = replace(e, config=config)
+        if isinstance(e, Step) and e.step % 2 == 0:
+            e = replace(e, on_policy=True, sample_tokens_per_second=321.0)
+        events.append(e)
+    while not (isinstance(events[-1], Step) and events[-1].on_policy):
+        events.pop()
+    app = scripted_app(events, tmp_path / "kd.toml", timestamps=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await run_script_to_end(pilot, app)
+        assert "sampled 321/s" in label(app, "#now-tps")
+        assert "on-policy: the student samples (321 tok/s)" in label(app, "#phase-text")
+        assert label(app, "#now-hyper") == "T 2 · α 0.7 · r 16 · reverse_kl · on-policy 0.5"
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.running)
+
+
 async def test_failure_shows_one_line_reason(tmp_path: Path) -> None:
     app = scripted_app(failing_run("student: out of memory at step 3"), tmp_path / "kd.toml")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -25,6 +25,7 @@ from kd_tui.widgets import set_text
 
 GROUPS: tuple[tuple[str, str], ...] = (
     ("kd", "Knowledge distillation"),
+    ("divergence", "Divergence and on-policy"),
     ("teacher", "Teacher pass"),
     ("lora", "LoRA"),
     ("training", "Training"),

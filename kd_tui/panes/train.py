@@ -217,6 +217,12 @@ class TrainPane(Container):
         if v.domain and v.phase in ("teacher", "student"):
             where = f' · domain {v.domain_index}/{len(v.domains)} "{v.domain}"'
         message = f" · {v.phase_message}" if v.phase_message and v.phase != "student" else ""
+        last = v.last_step
+        if v.phase == "student" and last is not None and last.on_policy:
+            message = (
+                f" · on-policy: the student samples ({last.sample_tokens_per_second:,.0f} "
+                "tok/s), the teacher scores"
+            )
         paused = " · ⏸ paused" if v.paused else ""
         set_text(text, f"{word}{where}{message}{paused}")
         if v.phase_total > 0:

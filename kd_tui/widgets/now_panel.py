@@ -64,7 +64,11 @@ class NowPanel(Grid):
                 trend = trend_text(series.trend(key, since_x=since_x))
                 put(key, f"{fmt_loss(value):>7}  {trend}")
             put("lr", f"{step.lr:.1e}")
-            put("tps", f"{step.tokens_per_second:,.0f}")
+            # On an on-policy step the student first samples its answers (kd_core/on_policy.py).
+            sampling = (
+                f" · sampled {step.sample_tokens_per_second:,.0f}/s" if step.on_policy else ""
+            )
+            put("tps", f"{step.tokens_per_second:,.0f}{sampling}")
             put("mem", f"{step.peak_memory_gb:.2f} GB")
             put("step", f"{step.step}/{step.total_steps}" + ("  ⏸" if paused else ""))
         put("hyper", hyper_text(config))
@@ -73,7 +77,13 @@ class NowPanel(Grid):
 def hyper_text(config: dict[str, Any]) -> str:
     if not config:
         return ""
-    return (
+    text = (
         f"T {config.get('temperature', 0):g} · α {config.get('alpha', 0):g} · "
         f"r {config.get('lora_rank', 0)}"
     )
+    divergence = config.get("divergence", "forward_kl")
+    if divergence != "forward_kl":
+        text += f" · {divergence}"
+    if config.get("on_policy_ratio", 0):
+        text += f" · on-policy {config['on_policy_ratio']:g}"
+    return text
