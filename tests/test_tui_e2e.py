@@ -1,5 +1,6 @@
-"""End to end: training the tiny local pair from the dashboard with the real TrainerProcess
-(a child `kd distill --events jsonl --control-stdin`), and controlling it over stdin."""
+"""End to end: training the tiny local pair from the dashboard with the real trainer, a
+detached `kd distill` that owns its output folder (kd_tui/detached.py; TrainerProcess, the
+child on a pipe, was the source before), controlled through the folder's control file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from textual.widgets import ProgressBar
 from tui_support import wait_until
 
 from kd_tui.app import KDApp
-from kd_tui.engine import TrainerProcess
+from kd_tui.detached import DetachedRun
 from kd_tui.widgets.loss_plot import LossPlot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -35,7 +36,7 @@ async def test_train_tiny_pair_from_the_ui(tiny_pair, tmp_path: Path) -> None:
     app = _app(tiny_pair, tmp_path, num_iters=6, max_tokens=16, batch_size=2, steps_per_save=6)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
-        assert isinstance(app.engine, TrainerProcess)
+        assert isinstance(app.engine, DetachedRun)
         await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT)
         pane = app.train_pane
         pane.flush(force=True)

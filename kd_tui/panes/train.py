@@ -128,6 +128,16 @@ class TrainPane(Container):
         )
         self.flush(force=True)
 
+    def begin_attach(self, output: Path, record: str) -> None:
+        """Following a run that lives in its own process: its events replay from the first,
+        so the view starts empty (RunStarted brings its domains and settings)."""
+        self.view.reset()
+        self.view.status = "running"
+        self.view.phase_message = "reading the run's events…"
+        self.query_one(LossPlot).set_series(self.view.series, self.view.boundaries)
+        self.log_line(LogLine(f"── attached to {output}{record} ──", "success"))
+        self.flush(force=True)
+
     def handle_event(self, event: Event) -> None:
         self.events_seen += 1
         line = self.view.apply(event)
