@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
 import themes
-from kd_core.config import ConfigError
+from kd_core.config import ConfigError, RunSpec
 from kd_core.events import (
     Event,
     Paused,
@@ -48,6 +48,8 @@ from kd_tui.run_view import RunView
 from kd_tui.state import AppState
 from kd_tui.widgets.confirm import ConfirmScreen
 from kd_tui.widgets.help_screen import HelpScreen
+
+REPLAY_BATCH = 200  # events taken at once that are a replay (an attach), not a live run's
 
 # (tab id, title, module, class): the contract with the panes' authors.
 PANES: tuple[tuple[str, str, str, str], ...] = (
@@ -248,6 +250,8 @@ class KDApp(App[None]):
         for event in events:
             pane.handle_event(event)
             self._after_event(event)
+        if len(events) >= REPLAY_BATCH:
+            pane.flush(force=True)  # an attach's replay: draw it now, not at the next tick
 
     def _after_event(self, event: Event) -> None:
         if isinstance(event, Paused):
@@ -407,13 +411,30 @@ class KDApp(App[None]):
         )
 
     def action_resume_training(self) -> None:
-        self.start_run(resume=True)
+        self.start_run(resume=True, spec=self._attached_run_spec())
 
-    def start_run(self, resume: bool = False) -> bool:
+    def _attached_run_spec(self) -> RunSpec | None:
+        """After following a run started elsewhere, r continues *that* run, from the settings
+        saved in its folder, not the one in the Config tab."""
+        from kd_core.config import load_toml
+        from kd_core.run_record import CONFIG_FILE, run_dir
+
+        engine = self.engine
+        output = getattr(engine, "output", None)
+        if self.running or output is None or getattr(engine, "started_here", True):
+            return None
+        try:
+            return load_toml(run_dir(output) / CONFIG_FILE)
+        except (ConfigError, OSError):
+            return None
+
+    def start_run(self, resume: bool = False, spec: RunSpec | None = None) -> bool:
+        """Start (or resume) a run of `spec`, by default the dashboard's own settings."""
         if self.running:
             self.notify("a run is already in progress", severity="warning")
             return False
-        config_errors = self._config_errors()
+        config_errors = self._config_errors() if spec is None else []
+        spec = spec or self.state.spec
         if config_errors:
             self.action_show_tab("tab-config")
             self.notify(
@@ -426,14 +447,14 @@ class KDApp(App[None]):
         self.running = True
         self.paused = False
         self.refresh_bindings()
-        self.train_pane.begin_run(resume)
+        self.train_pane.begin_run(resume, spec)
         self.action_show_tab("tab-train")
         try:
-            self.engine.start(self.state.spec, resume)
+            self.engine.start(spec, resume)
         except Exception as e:  # e.g. the interpreter cannot be started
             self.handle_engine_events([RunFailed(f"cannot start the trainer: {e}")])
             return False
-        self._remember(Path(self.state.spec.config.output))
+        self._remember(Path(spec.config.output))
         self._update_header()
         return True
 
