@@ -130,6 +130,34 @@ async def test_the_runs_pane_marks_live_runs_and_attaches(tmp_path: Path) -> Non
         w.close(0)
 
 
+async def test_starting_into_a_folder_a_live_run_holds_is_refused(tmp_path: Path) -> None:
+    """The trainer the dashboard starts refuses with one line; the dashboard shows that line,
+    not the live run's events."""
+    out = tmp_path / "out"
+    w = _writer(out)
+    for e in scripted_run(iters=10, output=str(out), finish=False):
+        w(e)
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    app.state.spec.config = app.state.spec.config.replace(output=str(out))
+    app.state.spec.domains = ["thinking"]
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("t")
+            await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT)
+            view = app.train_pane.view
+            assert view.status == "failed" and "in use by a live run" in view.error
+            assert view.last_step is None and "\n" not in view.error
+            assert app.engine.returncode == 2
+    finally:
+        w.close(0)
+
+
+def test_run_folders_are_read_without_mlx() -> None:
+    code = "import sys, kd_core.run_status, kd_tui.runs_data; print('mlx.core' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 # ---- the real trainer -------------------------------------------------------------------------
 def _spec(app: KDApp, tiny_pair, out: Path, prompts: Path, **config) -> None:
     prompts.write_text("Name a colour.\nCount to three.\nSay hello.\nPick a number.\n")
@@ -183,8 +211,21 @@ async def test_leave_it_running_then_attach_from_another_dashboard(tiny_pair, tm
             await pilot.press("s")  # stop works on the attached run
             await wait_until(pilot, lambda: not b.running, timeout=RUN_TIMEOUT)
             assert view.status == "stopped", view.error
-        state = read_state(out)
-        assert state.state == "stopped" and state.record.exit_status == 3
+            state = read_state(out)
+            assert state.state == "stopped" and state.record.exit_status == 3
+            stopped_at = state.last_step["step"]
+            # r continues *that* run (its folder's settings), not the Config tab's.
+            await pilot.press("r")
+            await wait_until(
+                pilot,
+                lambda: view.last_step is not None and view.last_step.step > stopped_at,
+                timeout=RUN_TIMEOUT,
+            )
+            pid = read_state(out).record.pid
+            assert b.engine.started_here and view.series.x[0] == 1  # the replayed curve stays
+            await pilot.press("s")
+            await wait_until(pilot, lambda: not b.running, timeout=RUN_TIMEOUT)
+            assert view.status == "stopped", view.error
     finally:
         if is_live(out):
             os.kill(pid, 9)
