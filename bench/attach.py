@@ -49,8 +49,8 @@ def distill(pair, out: Path, prompts: Path, steps: int) -> list[str]:
     return [
         sys.executable, "-m", "kd_core", "distill", "--quiet",
         "--teacher", str(pair.teacher), "--student", str(pair.student),
-        "--domain-file", str(prompts), "--iters", str(steps), "--max-tokens", "8",
-        "--batch-size", "1", "--steps-per-save", str(steps), "--seed", "7",
+        "--domain-file", str(prompts), "--iters", str(steps), "--max-tokens", "16",
+        "--batch-size", "4", "--steps-per-save", str(steps), "--seed", "7",
         "--output", str(out),
     ]  # fmt: skip
 
@@ -86,7 +86,7 @@ async def watch_live(out: Path, cycles: int, work: Path) -> dict:
         app.attach_run(out)
         await until(pilot, lambda: plot.points > 0)
         first_curve = time.perf_counter() - t1
-        steps_then = app.train_pane.view.last_step.step
+        steps_then = app.train_pane.view.last_step.step  # < --steps: the run was live
         times = []
         for _ in range(cycles):
             app.detach_run()
@@ -221,6 +221,7 @@ def main() -> None:
     shown, from_file = live.pop("series"), file_series(watched)
     events = run_dir(watched) / EVENTS_FILE
     result = {
+        "load_average_at_end": os.getloadavg(),
         "kd_tui_attach_in_tmux_s": in_terminal,
         **live,
         "import_kd_tui_app_s": round(import_cost(), 3),

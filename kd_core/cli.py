@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
     m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    _add_status_parser(sub)
+    return parser
+
+
+def _add_status_parser(sub: Any) -> None:
     st = sub.add_parser(
         "status",
         help="where the runs in an output folder stand (live, finished, crashed, ...)",
@@ -208,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("path", nargs="?", help="output folder (default: kd.toml's output)")
     st.add_argument("--config", metavar="PATH", help="kd.toml to take the output from")
-    return parser
 
 
 def _add_eval_parser(sub: Any) -> None:
@@ -350,7 +354,9 @@ def _distill(
         if args.control_file:
             control.follow_file(args.control_file)
         if record is not None:
-            control.follow_file(record.control_path)  # anyone may append pause/resume/stop
+            # Anyone may append pause/resume/stop; the file was emptied when the run took the
+            # folder, so a word sent since (while MLX loaded) is this run's too.
+            control.follow_file(record.control_path, skip_existing=False)
 
     def on_signal(signum: int, frame: Any) -> None:
         # First Ctrl-C: stop after this step with a checkpoint; the second one kills.

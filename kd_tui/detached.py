@@ -149,7 +149,9 @@ class DetachedRun:
         except Exception as e:  # never leave the UI waiting on a run it cannot read
             self._post([RunFailed(f"cannot follow {output} ({e.__class__.__name__}: {e})")], gen)
 
-    def _launch(self, cmd: list[str], tmpdir: Path, log: Path, processes: int, gen: int) -> None:
+    def _launch(
+        self, cmd: list[str], tmpdir: Path | None, log: Path, processes: int, gen: int
+    ) -> None:
         assert self.output is not None
         output = self.output
         try:
@@ -167,7 +169,11 @@ class DetachedRun:
                 )
             self.proc = proc
             record = self._wait_until_owned(output, proc, before, processes, gen)
-            shutil.rmtree(tmpdir, ignore_errors=True)  # the trainer has read its settings
+            if record is None and proc.poll() is None:
+                tmpdir = None  # closed before the trainer read its settings: leave them
+                return
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)  # the trainer has read its settings
             if record is None:
                 if proc.returncode is not None:  # it never took the folder: its own words
                     error = one_line_error(_tail(log), proc.returncode)
@@ -180,7 +186,8 @@ class DetachedRun:
         except Exception as e:
             self._post([RunFailed(f"lost the trainer ({e.__class__.__name__}: {e})")], gen)
         finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _wait_until_owned(
         self,

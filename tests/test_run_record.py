@@ -186,3 +186,24 @@ def test_a_killed_run_is_crashed_and_its_resume_command_continues(tiny_pair, tmp
     assert state.state == "finished" and state.record.events_offset > 0
     assert state.last_step["step"] == step + 2
     assert (out / "quick" / "adapters.safetensors").is_file()
+
+
+def test_a_word_sent_before_the_run_follows_its_control_file_counts(tmp_path: Path) -> None:
+    """The dashboard may send `pause` as soon as run.json names the trainer, while the
+    trainer is still importing MLX: the control file was emptied when the run took the
+    folder, so whatever is in it when the run starts following it is for this run."""
+    from kd_core.control import RunControl
+
+    w = RunWriter.open(tmp_path / "out", [], resume=False, extra=[])
+    try:
+        with open(w.control_path, "a") as fh:
+            fh.write("pause\n")
+        control = RunControl()
+        control.follow_file(w.control_path, interval=0.01, skip_existing=False)
+        deadline = time.monotonic() + 5
+        while not control.paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert control.paused
+        control.request_stop()  # ends the polling thread
+    finally:
+        w.close(0)
