@@ -147,23 +147,24 @@ def terminal_attach(out: Path, work: Path, steps: int) -> float | None:
 
     if not shutil.which("tmux"):
         return None
-    session = f"kd-attach-bench-{os.getpid()}"
+    session = f"kd-attach-bench-{os.getpid()}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "kd_tui", "--attach", str(out), "--config", str(work / "kd.toml")]
     env = f"KD_CONFIG_DIR={shlex.quote(str(work / 'cfg'))} PYTHONPATH={shlex.quote(str(ROOT))}"
     seen = re.compile(rf"\b[1-9][0-9]*/{steps}\b")
     t0 = time.perf_counter()
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+    tmux = ["tmux", "-L", session]  # a server of its own: never another user's sessions
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
                     f"env {env} {shlex.join(cmd)}"], check=True)  # fmt: skip
     try:
         while time.perf_counter() - t0 < 60:
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True).stdout  # fmt: skip
             if seen.search(screen):
                 return round(time.perf_counter() - t0, 3)
             time.sleep(0.02)
         return None
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
 
 
 def import_cost() -> float:
