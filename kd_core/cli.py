@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -410,7 +411,7 @@ def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
     from kd_core.outputs import check_output_dir
     from kd_core.run_record import RunWriter
 
-    extra: list[str] = []
+    extra: list[str] = shlex.split(os.environ.get("KD_LAUNCH_ARGS", ""))
     if args.allow_download:
         extra.append("--allow-download")
     output = check_output_dir(Path(spec.config.output).expanduser().absolute())
@@ -466,7 +467,14 @@ def launch_distributed(args: argparse.Namespace) -> int:
         "kd_core",
         *inner,
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Rank 0 records the run's --resume command: it must launch the same way again.
+    launch = ["--backend", args.backend]
+    if args.hostfile:
+        launch += ["--hostfile", str(Path(args.hostfile).absolute())]
+    else:
+        launch += ["--distributed", str(args.distributed)]
+    env = dict(os.environ, KD_LAUNCH_ARGS=shlex.join(launch))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     status = 0
     watchdog: threading.Timer | None = None
     assert proc.stderr is not None

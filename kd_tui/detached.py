@@ -172,8 +172,10 @@ class DetachedRun:
             if record is None and proc.poll() is None:
                 tmpdir = None  # closed before the trainer read its settings: leave them
                 return
-            if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)  # the trainer has read its settings
+            if tmpdir is not None and processes == 1:
+                # The trainer has read its settings. (Under mlx.launch the other ranks may
+                # not have yet: their copy goes when the launcher ends, in `finally`.)
+                shutil.rmtree(tmpdir, ignore_errors=True)
             if record is None:
                 if proc.returncode is not None:  # it never took the folder: its own words
                     error = one_line_error(_tail(log), proc.returncode)

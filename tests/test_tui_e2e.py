@@ -10,6 +10,7 @@ import pytest
 from textual.widgets import ProgressBar
 from tui_support import wait_until
 
+from kd_core.run_record import read_record
 from kd_tui.app import KDApp
 from kd_tui.detached import DetachedRun
 from kd_tui.widgets.loss_plot import LossPlot
@@ -111,3 +112,7 @@ async def test_a_two_process_run_from_the_ui(tiny_pair, tmp_path: Path) -> None:
         assert pane.view.status == "finished", pane.view.error
         assert app.query_one(LossPlot).points == 4  # rank 0's steps only, each once
         assert (tmp_path / "out" / "thinking" / "adapters.safetensors").is_file()
+        # Rank 0 owned the folder; its --resume command launches two processes again.
+        record = read_record(tmp_path / "out")
+        assert record is not None and record.exit_status == 0
+        assert "--distributed 2" in record.resume_command
