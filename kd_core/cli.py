@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,7 +38,7 @@ from kd_core.events import CheckpointSaved, Event, Progress, RunFailed, Step, de
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_STOPPED = 3  # a stop (signal, control word, dashboard) ended the run early; --resume
-COMMANDS = ("distill", "eval", "demo")
+COMMANDS = ("distill", "eval", "demo", "status")
 SHORT_FLAGS = {"num_iters": ["--iters"]}
 
 
@@ -199,7 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
     m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    _add_status_parser(sub)
     return parser
+
+
+def _add_status_parser(sub: Any) -> None:
+    st = sub.add_parser(
+        "status",
+        help="where the runs in an output folder stand (live, finished, crashed, ...)",
+        description="Print the run in PATH (an output folder), or the runs in its sub-folders: "
+        "state, pid, host, start time, last step and losses, and the --resume command of a "
+        "run that crashed. Exit status 0 when a run was found, 1 when none was.",
+    )
+    st.add_argument("path", nargs="?", help="output folder (default: kd.toml's output)")
+    st.add_argument("--config", metavar="PATH", help="kd.toml to take the output from")
 
 
 def _add_eval_parser(sub: Any) -> None:
@@ -268,6 +282,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from kd_core.domains import DomainError
     from kd_core.models import ModelError
     from kd_core.outputs import OutputError
+    from kd_core.run_record import RunLockedError
     from kd_core.teacher import CacheError
     from kd_core.vocab import VocabError
 
@@ -280,41 +295,76 @@ def _input_errors() -> tuple[type[Exception], ...]:
         CacheError,
         ResumeError,
         NoExamplesError,
+        RunLockedError,
     )
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from kd_core.control import RunControl
-    from kd_core.distiller import TrueKnowledgeDistiller
     from kd_core.domains import resolve_domains
 
     try:
         spec = spec_from_args(args)
         domains = resolve_domains(spec.domains, spec.domain_files)
+        if args.distributed is not None and args.distributed < 1:
+            raise UsageError(
+                f"--distributed: expected a whole number from 1, got {args.distributed}"
+            )
+        launching = bool(args.distributed or args.hostfile) and "MLX_RANK" not in os.environ
+        record = None
+        if not args.save_config and launching:
+            _refuse_if_live(spec.config.output)  # rank 0 takes the folder once it is up
+        elif not args.save_config and int(os.environ.get("MLX_RANK", "0")) == 0:
+            record = open_record(spec, args)
     except Exception as e:
         if args.events == "jsonl":
             # A parent reading the event protocol gets the error as its terminal event too
             # (errors once the run has started are reported by the distiller itself).
             JsonLinesPrinter(sys.stdout)(RunFailed(one_line(e), detail=e.__class__.__name__))
         raise
-    if args.distributed is not None and args.distributed < 1:
-        raise UsageError(f"--distributed: expected a whole number from 1, got {args.distributed}")
-    if (args.distributed or args.hostfile) and "MLX_RANK" not in os.environ:
+    if launching:
         return launch_distributed(args)
     if args.save_config:
         save_toml(spec, args.save_config)
         print(f"wrote {args.save_config}")
         return 0
+    status = EXIT_FAILED
+    try:
+        status = _distill(args, spec, domains, record)
+        return status
+    except KeyboardInterrupt:
+        status = 130
+        raise
+    except Exception as e:
+        status = EXIT_BAD_INPUT if isinstance(e, _input_errors()) else EXIT_FAILED
+        raise
+    finally:
+        if record is not None:
+            record.close(status)
+
+
+def _distill(
+    args: argparse.Namespace, spec: RunSpec, domains: dict[str, list[str]], record: Any
+) -> int:
+    from kd_core.control import RunControl
+    from kd_core.distiller import TrueKnowledgeDistiller
+
     sink: Callable[[Event], None]
     if args.events == "jsonl":
         sink = JsonLinesPrinter(sys.stdout)
     else:
         sink = TextPrinter(sys.stdout, spec.config.steps_per_report, args.quiet)
+    if record is not None:
+        sink = _tee(sink, record)
     control = RunControl()
     if args.control_stdin:
         control.follow_stdin()
-    if args.control_file and int(os.environ.get("MLX_RANK", "0")) == 0:
-        control.follow_file(args.control_file)
+    if int(os.environ.get("MLX_RANK", "0")) == 0:
+        if args.control_file:
+            control.follow_file(args.control_file)
+        if record is not None:
+            # Anyone may append pause/resume/stop; the file was emptied when the run took the
+            # folder, so a word sent since (while MLX loaded) is this run's too.
+            control.follow_file(record.control_path, skip_existing=False)
 
     def on_signal(signum: int, frame: Any) -> None:
         # First Ctrl-C: stop after this step with a checkpoint; the second one kills.
@@ -338,6 +388,55 @@ def cmd_distill(args: argparse.Namespace) -> int:
     )
     distiller.run(domains, resume=args.resume)
     return EXIT_STOPPED if control.stop_requested else 0
+
+
+def _tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
+    def tee(e: Event) -> None:
+        for sink in sinks:
+            sink(e)
+
+    return tee
+
+
+def _refuse_if_live(output: str) -> None:
+    from kd_core.run_record import RunLockedError, _locked_message, is_live
+
+    if is_live(output):
+        raise RunLockedError(_locked_message(Path(output).expanduser().absolute()))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path that names something here, made absolute (the resume command runs anywhere)."""
+    if path and not Path(path).is_absolute() and Path(path).expanduser().exists():
+        return str(Path(path).expanduser().absolute())
+    return path
+
+
+def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
+    """Take the output folder (RunLockedError when a live run has it) and write the run's
+    resolved settings beside its record, so its --resume command needs nothing else."""
+    from kd_core.outputs import check_output_dir
+    from kd_core.run_record import RunWriter
+
+    extra: list[str] = shlex.split(os.environ.get("KD_LAUNCH_ARGS", ""))
+    if args.allow_download:
+        extra.append("--allow-download")
+    output = check_output_dir(Path(spec.config.output).expanduser().absolute())
+    record = RunWriter.open(output, ["kd", *args.argv], args.resume, extra)
+    try:
+        saved = RunSpec(
+            _absolute(spec.teacher),
+            _absolute(spec.student),
+            list(spec.domains),
+            [str(Path(f).expanduser().absolute()) for f in spec.domain_files],
+            spec.config.replace(output=str(output)),
+        )
+        record.config_path.unlink(missing_ok=True)  # written anew, not edited in place
+        save_toml(saved, record.config_path)
+    except BaseException:
+        record.close(EXIT_FAILED)
+        raise
+    return record
 
 
 def launch_distributed(args: argparse.Namespace) -> int:
@@ -375,7 +474,14 @@ def launch_distributed(args: argparse.Namespace) -> int:
         "kd_core",
         *inner,
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Rank 0 records the run's --resume command: it must launch the same way again.
+    launch = ["--backend", args.backend]
+    if args.hostfile:
+        launch += ["--hostfile", str(Path(args.hostfile).absolute())]
+    else:
+        launch += ["--distributed", str(args.distributed)]
+    env = dict(os.environ, KD_LAUNCH_ARGS=shlex.join(launch))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     status = 0
     watchdog: threading.Timer | None = None
     assert proc.stderr is not None
@@ -402,6 +508,24 @@ LAUNCH_GRACE_S = 20.0
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(OSError):  # already gone
         os.killpg(pid, signal.SIGKILL)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kd_core.run_status import find_states, status_lines
+
+    path = args.path
+    if path is None:
+        spec = load_toml(args.config) if args.config else None
+        if spec is None and Path("kd.toml").is_file():
+            spec = load_toml("kd.toml")
+        path = (spec.config if spec else KDConfig()).output
+    states = find_states(path)
+    if not states:
+        print(f"no runs in {path} (a run writes {Path(path) / '.kd-run'})")
+        return 1
+    for s in states:
+        print("\n".join(status_lines(s)))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -525,7 +649,12 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
-        handler = {"distill": cmd_distill, "eval": cmd_eval, "demo": cmd_demo}[args.command]
+        handler = {
+            "distill": cmd_distill,
+            "eval": cmd_eval,
+            "demo": cmd_demo,
+            "status": cmd_status,
+        }[args.command]
         return handler(args)
     except UsageError as e:
         print(f"kd: error: {e}", file=sys.stderr)

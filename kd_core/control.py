@@ -62,10 +62,14 @@ class RunControl:
         t.start()
         return t
 
-    def follow_file(self, path: str | Path, interval: float = 0.2) -> threading.Thread:
+    def follow_file(
+        self, path: str | Path, interval: float = 0.2, skip_existing: bool = True
+    ) -> threading.Thread:
         """Poll a file for control words appended to it (works under mlx.launch, where stdin
-        does not reach rank 0). The file may not exist yet; its old lines are ignored. A file
-        written anew (`echo stop > file` rather than `>>`) is read from its start again."""
+        does not reach rank 0). The file may not exist yet; its old lines are ignored unless
+        `skip_existing` is False (a file the run itself emptied at its start: everything in
+        it was written for this run). A file written anew (`echo stop > file` rather than
+        `>>`) is read from its start again."""
         p = Path(path)
         words = {"pause": self.pause, "resume": self.resume, "stop": self.request_stop}
 
@@ -77,7 +81,7 @@ class RunControl:
                 return [], None
 
         lines, stamp = read()
-        seen = len(lines)
+        seen = len(lines) if skip_existing else 0
 
         def poll() -> None:
             nonlocal seen, stamp

@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
 import themes
-from kd_core.config import ConfigError
+from kd_core.config import ConfigError, RunSpec
 from kd_core.events import (
     Event,
     Paused,
@@ -33,14 +33,23 @@ from kd_core.events import (
     RunStarted,
 )
 from kd_tui import preferences
-from kd_tui.engine import EventSource, EventSourceFactory, TrainerProcess
-from kd_tui.messages import EngineEvent, RunCompleted, StateChanged, broadcast_copy
+from kd_tui.detached import DetachedRun
+from kd_tui.engine import EventSource, EventSourceFactory
+from kd_tui.messages import (
+    AttachRequested,
+    EngineEvent,
+    RunCompleted,
+    StateChanged,
+    broadcast_copy,
+)
 from kd_tui.panes.config import ConfigPane
 from kd_tui.panes.train import TrainPane
 from kd_tui.run_view import RunView
 from kd_tui.state import AppState
 from kd_tui.widgets.confirm import ConfirmScreen
 from kd_tui.widgets.help_screen import HelpScreen
+
+REPLAY_BATCH = 200  # events taken at once that are a replay (an attach), not a live run's
 
 # (tab id, title, module, class): the contract with the panes' authors.
 PANES: tuple[tuple[str, str, str, str], ...] = (
@@ -91,6 +100,7 @@ class KDApp(App[None]):
         event_source_factory: EventSourceFactory | None = None,
         *,
         timestamps: bool = True,
+        attach: Path | None = None,
     ) -> None:
         super().__init__()
         self.config_path = Path(config_path)
@@ -102,8 +112,13 @@ class KDApp(App[None]):
             # defaults, and never save them over the user's file (AppState.unreadable).
             self.state = AppState(config_path=self.config_path, unreadable=str(e))
             self.load_error = str(e)
-        self.event_source_factory: EventSourceFactory = event_source_factory or TrainerProcess
+        # Runs are their own processes (kd_tui/detached.py): quitting can leave them going.
+        self.event_source_factory: EventSourceFactory = event_source_factory or DetachedRun
         self.engine: EventSource | None = None
+        self.attach_path = Path(attach).expanduser().absolute() if attach else None
+        self.state.known_outputs = preferences.recent_outputs()
+        if self.attach_path is not None:
+            self.state.known_outputs.insert(0, self.attach_path)
         self.running = False
         self.paused = False
         self._quit_when_ended = False  # the user chose "stop and quit" during a run
@@ -147,6 +162,8 @@ class KDApp(App[None]):
             )
         elif summary := self.state.bad_summary():
             self.notify(summary, severity="warning", timeout=12, markup=False)
+        if self.attach_path is not None:
+            self.attach_run(self.attach_path)
 
     def watch_theme(self, name: str) -> None:
         # Every change, from the palette or a command, is remembered for the next start.
@@ -233,6 +250,8 @@ class KDApp(App[None]):
         for event in events:
             pane.handle_event(event)
             self._after_event(event)
+        if len(events) >= REPLAY_BATCH:
+            pane.flush(force=True)  # an attach's replay: draw it now, not at the next tick
 
     def _after_event(self, event: Event) -> None:
         if isinstance(event, Paused):
@@ -259,26 +278,83 @@ class KDApp(App[None]):
 
     # ---- questions before losing work -------------------------------------------------------
     async def action_quit(self) -> None:
-        """Quitting during a run asks: stop it with a checkpoint first, or stay."""
+        """Quitting during a run asks: stop it with a checkpoint first, leave it running (a
+        detached run outlives the dashboard), or stay. A run this dashboard only attached to
+        is simply left: it was never ours to stop."""
         if not self.running or self.engine is None:
+            self.exit()
+            return
+        detached = bool(getattr(self.engine, "detached", False))
+        if detached and not getattr(self.engine, "started_here", True):
             self.exit()
             return
 
         def answered(answer: str | None) -> None:
-            if answer == "stop" and self.running and self.engine is not None:
+            if answer == "leave":
+                self.exit()
+            elif answer == "stop" and self.running and self.engine is not None:
                 self._quit_when_ended = True
                 self.engine.stop()
                 self.notify("stopping after this step (a checkpoint is saved), then quitting…")
 
-        self.push_screen(
-            ConfirmScreen(
-                "A run is in progress",
+        answers = [("stop", "Stop with a checkpoint and quit")]
+        if detached:
+            output = self.train_pane.view.output or self.state.spec.config.output
+            text = (
+                "This dashboard started the run. Stop it after this step (a checkpoint is "
+                "saved, r resumes it later) and quit, or quit and leave it running (follow it "
+                f"again with kd-tui --attach {output})?"
+            )
+            answers.append(("leave", "Quit, leave it running"))
+        else:
+            text = (
                 "Quitting ends the trainer. Stop it after this step (a checkpoint is saved, "
-                "r resumes it later) and quit, or keep the dashboard open?",
-                [("stop", "Stop with a checkpoint and quit"), ("cancel", "Keep running")],
-            ),
-            answered,
-        )
+                "r resumes it later) and quit, or keep the dashboard open?"
+            )
+        answers.append(("cancel", "Keep running" if not detached else "Cancel"))
+        self.push_screen(ConfirmScreen("A run is in progress", text, answers), answered)
+
+    # ---- following runs in their own processes ------------------------------------------
+    def on_attach_requested(self, message: AttachRequested) -> None:
+        self.attach_run(message.output)
+
+    def attach_run(self, output: Path) -> bool:
+        """Follow the run in `output` in the Train pane: its events replay, then go live;
+        space and s pause and stop it. A run started here keeps the pane until it ends."""
+        from kd_core.run_record import read_record
+
+        if self.running and getattr(self.engine, "started_here", True):
+            self.notify("a run started here is in progress", severity="warning")
+            return False
+        record = read_record(output)
+        if record is None:
+            self.notify(f"no run in {output}", severity="error", markup=False)
+            return False
+        self.detach_run()
+        engine = DetachedRun(self)
+        self.engine = engine
+        self.running, self.paused = True, False
+        self.refresh_bindings()
+        self.train_pane.begin_attach(output, f" · pid {record.pid} on {record.host}")
+        self.action_show_tab("tab-train")
+        engine.attach(output)
+        self._remember(output)
+        self._update_header()
+        return True
+
+    def detach_run(self) -> None:
+        """Stop following an attached run (it goes on); nothing to do for a run started here."""
+        if self.engine is not None and not getattr(self.engine, "started_here", True):
+            self.engine.close()
+            self.running = self.paused = False
+            self.refresh_bindings()
+
+    def _remember(self, output: Path) -> None:
+        output = Path(output).expanduser().absolute()
+        preferences.remember_output(output)
+        known = self.state.known_outputs
+        if output not in known:
+            known.insert(0, output)
 
     def _earlier_checkpoints(self) -> list[Path]:
         """Checkpoint folders a fresh start (not a resume) would delete."""
@@ -335,31 +411,50 @@ class KDApp(App[None]):
         )
 
     def action_resume_training(self) -> None:
-        self.start_run(resume=True)
+        self.start_run(resume=True, spec=self._attached_run_spec())
 
-    def start_run(self, resume: bool = False) -> bool:
+    def _attached_run_spec(self) -> RunSpec | None:
+        """After following a run started elsewhere, r continues *that* run, from the settings
+        saved in its folder, not the one in the Config tab."""
+        from kd_core.config import load_toml
+        from kd_core.run_record import CONFIG_FILE, run_dir
+
+        engine = self.engine
+        output = getattr(engine, "output", None)
+        if self.running or output is None or getattr(engine, "started_here", True):
+            return None
+        try:
+            return load_toml(run_dir(output) / CONFIG_FILE)
+        except (ConfigError, OSError):
+            return None
+
+    def start_run(self, resume: bool = False, spec: RunSpec | None = None) -> bool:
+        """Start (or resume) a run of `spec`, by default the dashboard's own settings."""
         if self.running:
             self.notify("a run is already in progress", severity="warning")
             return False
-        config_errors = self._config_errors()
+        config_errors = self._config_errors() if spec is None else []
+        spec = spec or self.state.spec
         if config_errors:
             self.action_show_tab("tab-config")
             self.notify(
                 f"fix the configuration first: {config_errors[0]}", severity="error", markup=False
             )
             return False
-        if self.engine is None:
+        if self.engine is None or not getattr(self.engine, "started_here", True):
+            self.detach_run()  # an attached run goes on; this dashboard starts its own
             self.engine = self.event_source_factory(self)
         self.running = True
         self.paused = False
         self.refresh_bindings()
-        self.train_pane.begin_run(resume)
+        self.train_pane.begin_run(resume, spec)
         self.action_show_tab("tab-train")
         try:
-            self.engine.start(self.state.spec, resume)
+            self.engine.start(spec, resume)
         except Exception as e:  # e.g. the interpreter cannot be started
             self.handle_engine_events([RunFailed(f"cannot start the trainer: {e}")])
             return False
+        self._remember(Path(spec.config.output))
         self._update_header()
         return True
 
@@ -481,6 +576,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="train data-parallel in N local processes (mlx.launch, ring backend); "
         "the dashboard follows process 0",
     )
+    p.add_argument(
+        "--attach",
+        metavar="PATH",
+        help="follow the run in this output folder (live or not) in the Train tab",
+    )
+    g = p.add_argument_group("the dashboard in a browser")
+    g.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the dashboard over HTTP (textual-serve): one dashboard per browser tab",
+    )
+    g.add_argument("--host", default="localhost", help="address to bind (default: localhost)")
+    g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    g.add_argument(
+        "--token",
+        help="the access token every request must carry; required off localhost, so one is "
+        "generated and printed when not given",
+    )
     return p
 
 
@@ -489,7 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes: expected a whole number from 1, got {args.processes}")
-    app = KDApp(config_path=Path(args.config))
+    if args.serve:
+        from kd_tui.serve import serve
+
+        return serve(args, parser)
+    app = KDApp(config_path=Path(args.config), attach=Path(args.attach) if args.attach else None)
     app.state.processes = args.processes
     app.run()
     return 0

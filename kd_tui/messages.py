@@ -3,6 +3,7 @@
 - StateChanged: a pane changed `app.state`; it bubbles to the app, which re-broadcasts a
   non-bubbling copy to every other pane so they can refresh.
 - RunCompleted: a run finished and wrote adapters under `output` (Viewer and Runs reload).
+- AttachRequested: a pane asks the app to follow the run in an output folder.
 - EngineEvent: one kd_core event from the event source (posted from its worker thread;
   `post_message` is thread-safe), or None: "events are waiting in the source's queue".
 """
@@ -27,6 +28,13 @@ class StateChanged(Message):
 @dataclass
 class RunCompleted(Message):
     """A run finished (or was stopped with a checkpoint); adapters are under `output`."""
+
+    output: Path
+
+
+@dataclass
+class AttachRequested(Message):
+    """Follow the run in `output` in the Train pane (the Runs pane asks; the app does it)."""
 
     output: Path
 

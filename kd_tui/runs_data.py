@@ -1,9 +1,12 @@
-"""Past runs on disk: find `kd_summary.json` files, read them and their metrics.jsonl.
+"""Runs on disk: find output folders, read their summary, record and metrics.jsonl.
 
 No Textual and no MLX here: plain files, so the Runs pane can call it from a thread worker
 and tests can call it directly. A run is an output folder holding kd_summary.json
-(written by kd_core.distiller) with one sub-folder per domain (metrics.jsonl: one JSON row
-per step with step, kd, ce, combined, lr, tokens, step_time, elapsed_s).
+(written by kd_core.distiller when a run ends) and/or `.kd-run/run.json` (written by the
+run's process when it starts: kd_core/run_record.py), with one sub-folder per domain
+(metrics.jsonl: one JSON row per step with step, kd, ce, combined, lr, tokens, step_time,
+elapsed_s). A run still going has no summary yet: its pair and settings come from
+`.kd-run/kd.toml`, its domains from the folders that hold a metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kd_core.run_record import CONFIG_FILE, RECORD_FILE, RUN_DIR
+from kd_core.run_status import RunState, read_state
 
 SUMMARY_FILE = "kd_summary.json"  # kd_core.distiller.SUMMARY_FILE (not imported: it loads MLX)
 METRICS_FILE = "metrics.jsonl"
@@ -40,6 +47,16 @@ class RunInfo:
     student: str
     config: dict[str, Any] = field(default_factory=dict)
     domains: list[DomainRun] = field(default_factory=list)
+    status: RunState | None = None  # from .kd-run/ (None: a run from before records)
+
+    @property
+    def state(self) -> str:
+        """running / paused / finished / stopped / failed / crashed ("" if unknown)."""
+        return self.status.state if self.status else ""
+
+    @property
+    def live(self) -> bool:
+        return bool(self.status and self.status.live)
 
     @property
     def pair(self) -> str:
@@ -67,13 +84,47 @@ def _float(x: Any) -> float | None:
 
 
 def read_run(folder: Path) -> RunInfo | None:
-    """A run from its output folder, or None if kd_summary.json is missing or unreadable."""
+    """A run from its output folder (its summary, else its record), or None if neither is
+    there and readable."""
+    status = read_state(folder) if (folder / RUN_DIR / RECORD_FILE).is_file() else None
     try:
         data = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
+        data = None
+    if not isinstance(data, dict) or (status is not None and status.live):
+        # No summary yet (or the one of an earlier run in a folder now taken by a live one).
+        return _run_from_record(folder, status) if status is not None else None
+    run = _run_from_summary(folder, data)
+    run.status = status
+    return run
+
+
+def _run_from_record(folder: Path, status: RunState) -> RunInfo:
+    try:
+        spec = tomllib.loads((folder / RUN_DIR / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        spec = {}
+    config = {k: v for k, v in spec.items() if k not in ("teacher", "student", "domains")}
+    run = RunInfo(
+        folder,
+        status.record.started,
+        str(spec.get("teacher") or "?"),
+        str(spec.get("student") or "?"),
+        config,
+        status=status,
+    )
+    try:
+        names = sorted(c.name for c in folder.iterdir() if (c / METRICS_FILE).is_file())
+    except OSError:
+        names = []
+    for name in names:
+        metrics = folder / name / METRICS_FILE
+        steps = len(read_metrics(metrics))
+        run.domains.append(DomainRun(name, None, None, None, steps, metrics, folder / name))
+    return run
+
+
+def _run_from_summary(folder: Path, data: dict[str, Any]) -> RunInfo:
     run = RunInfo(
         folder,
         str(data.get("updated", "")),
@@ -138,11 +189,24 @@ def candidate_folders(output: Path, extra: list[Path] | None = None) -> list[Pat
     return list(seen)
 
 
-def find_runs(output: Path, extra: list[Path] | None = None) -> list[RunInfo]:
-    """Every run found, newest first."""
+def is_run_folder(folder: Path) -> bool:
+    return (folder / SUMMARY_FILE).is_file() or (folder / RUN_DIR / RECORD_FILE).is_file()
+
+
+def find_runs(
+    output: Path, extra: list[Path] | None = None, known: list[Path] | None = None
+) -> list[RunInfo]:
+    """Every run found, newest first: under the output folder and `extra` (see
+    candidate_folders), and in each `known` folder itself (recent and --attach folders)."""
+    folders = candidate_folders(output, extra)
+    for p in known or []:
+        with contextlib.suppress(OSError):
+            p = p.expanduser().resolve()
+            if p not in folders:
+                folders.append(p)
     runs = []
-    for folder in candidate_folders(output, extra):
-        if (folder / SUMMARY_FILE).is_file():
+    for folder in folders:
+        if is_run_folder(folder):
             run = read_run(folder)
             if run is not None:
                 runs.append(run)

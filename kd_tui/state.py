@@ -36,6 +36,7 @@ class AppState:
     processes: int = 1  # > 1: a local data-parallel run (kd distill --distributed N)
     bad: list[BadSetting] = field(default_factory=list)  # in kd.toml, but unusable
     unreadable: str | None = None  # why kd.toml could not be read: then it is never saved
+    known_outputs: list[Path] = field(default_factory=list)  # recent and --attach folders
 
     @classmethod
     def load(cls, config_path: Path) -> AppState:

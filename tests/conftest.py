@@ -41,7 +41,10 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own teacher cache; nothing touches the user's cache folder."""
+    """Each test gets its own teacher cache and dashboard preferences; nothing touches the
+    user's folders."""
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "kd-cache"))
+    # The dashboard remembers themes and recent output folders: never in the user's folder.
+    monkeypatch.setenv("KD_CONFIG_DIR", str(tmp_path / "kd-config"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,5 +1,6 @@
-"""End to end: training the tiny local pair from the dashboard with the real TrainerProcess
-(a child `kd distill --events jsonl --control-stdin`), and controlling it over stdin."""
+"""End to end: training the tiny local pair from the dashboard with the real trainer, a
+detached `kd distill` that owns its output folder (kd_tui/detached.py; TrainerProcess, the
+child on a pipe, was the source before), controlled through the folder's control file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from textual.widgets import ProgressBar
 from tui_support import wait_until
 
+from kd_core.run_record import read_record
 from kd_tui.app import KDApp
-from kd_tui.engine import TrainerProcess
+from kd_tui.detached import DetachedRun
 from kd_tui.widgets.loss_plot import LossPlot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -35,7 +37,7 @@ async def test_train_tiny_pair_from_the_ui(tiny_pair, tmp_path: Path) -> None:
     app = _app(tiny_pair, tmp_path, num_iters=6, max_tokens=16, batch_size=2, steps_per_save=6)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("t")
-        assert isinstance(app.engine, TrainerProcess)
+        assert isinstance(app.engine, DetachedRun)
         await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT)
         pane = app.train_pane
         pane.flush(force=True)
@@ -110,3 +112,7 @@ async def test_a_two_process_run_from_the_ui(tiny_pair, tmp_path: Path) -> None:
         assert pane.view.status == "finished", pane.view.error
         assert app.query_one(LossPlot).points == 4  # rank 0's steps only, each once
         assert (tmp_path / "out" / "thinking" / "adapters.safetensors").is_file()
+        # Rank 0 owned the folder; its --resume command launches two processes again.
+        record = read_record(tmp_path / "out")
+        assert record is not None and record.exit_status == 0
+        assert "--distributed 2" in record.resume_command

@@ -1,8 +1,10 @@
-"""Runs pane: past runs found on disk, their loss curves, and two runs compared.
+"""Runs pane: runs found on disk (live ones marked), their loss curves, two runs compared.
 
-Keys: ↑/↓ pick a run (its curves follow) · m mark it for comparison · x stop comparing ·
-c cycle the plotted curves · ctrl+r rescan · type a folder in the box + enter to scan it too.
-(p and r stay the app's plot / resume keys.)
+Keys: ↑/↓ pick a run (its curves follow) · a attach: follow it in the Train tab (live or
+not) · m mark it for comparison · x stop comparing · c cycle the plotted curves · ctrl+r
+rescan · type a folder in the box + enter to scan it too. (p and r stay the app's plot /
+resume keys.) The folders scanned: the configured output with its siblings, the folders
+added here, and the ones the dashboard knows (recent runs, --attach).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import DataTable, Input, Static
 from textual_plotext import PlotextPlot
 
-from kd_tui.messages import RunCompleted, StateChanged
+from kd_tui.messages import AttachRequested, RunCompleted, StateChanged
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.runs_data import (
     DomainRun,
@@ -31,6 +33,7 @@ from kd_tui.runs_data import (
 from kd_tui.state import app_state
 
 MODES = ("all", "combined", "kd", "ce")
+STATE_MARKS = {"running": "● running", "paused": "● paused", "crashed": "✗ crashed"}
 LABELS = {"kd": "KD", "ce": "CE", "combined": "combined"}
 
 
@@ -63,6 +66,7 @@ class RunsPane(Container):
     RunsPane #runs-keys { height: 1; color: $text-muted; }
     """
     BINDINGS = [
+        Binding("a", "attach", "attach"),
         Binding("m", "mark", "mark for compare"),
         Binding("x", "unmark", "stop comparing"),
         Binding("c", "cycle_plot", "curves"),
@@ -91,13 +95,15 @@ class RunsPane(Container):
             with Vertical(id="runs-compare", classes="-hidden"):
                 yield DataTable(id="runs-final", cursor_type="none", show_cursor=False)
         yield Static(
-            "↑↓ pick · m mark for compare · x stop comparing · c curves · ctrl+r rescan",
+            "↑↓ pick · a attach · m mark for compare · x stop comparing · c curves · ctrl+r rescan",
             id="runs-keys",
         )
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
-        table.add_columns("date", "pair", "domain", "steps", "KD", "CE", "combined", "folder")
+        table.add_columns(
+            "date", "pair", "domain", "steps", "KD", "CE", "combined", "state", "folder"
+        )
         self.query_one("#runs-table", DataTable).border_title = "Runs"
         self.query_one("#runs-plot", PlotextPlot).border_title = "Loss"
         self.query_one("#runs-compare").border_title = "Final losses"
@@ -108,14 +114,14 @@ class RunsPane(Container):
         return Path(app_state(self).spec.config.output).expanduser()
 
     def rescan(self) -> None:
-        self._scan(self._output(), list(self.extra))
+        self._scan(self._output(), list(self.extra), list(app_state(self).known_outputs))
 
     @work(thread=True, exclusive=True, group="runs-scan", exit_on_error=False)
-    def _scan(self, output: Path, extra: list[Path]) -> None:
+    def _scan(self, output: Path, extra: list[Path], known: list[Path]) -> None:
         # Plain file reads: fine in a thread (no MLX). A surprise in someone's files must
         # not close the dashboard: say it in the note instead.
         try:
-            runs = find_runs(output, extra)
+            runs = find_runs(output, extra, known)
         except Exception as e:
             self.app.call_from_thread(self._note, f"cannot scan for runs: {e}", True)
             return
@@ -137,11 +143,14 @@ class RunsPane(Container):
                 _fmt(f["kd"]),
                 _fmt(f["ce"]),
                 _fmt(f["combined"]),
+                STATE_MARKS.get(row.run.state, row.run.state or "—"),
                 str(row.run.path),
                 key=str(i),
             )
+        live = sum(r.live for r in runs)
         self._note(
             f"{len(runs)} run{'s' * (len(runs) != 1)} found"
+            + (f", {live} live (a attaches)" if live else "")
             if runs
             else f"no runs yet under {self._output()} (train one, or add a folder)"
         )
@@ -192,7 +201,20 @@ class RunsPane(Container):
 
     @on(DataTable.RowHighlighted, "#runs-table")
     def _highlighted(self) -> None:
+        row = self.selected()
+        status = row.run.status if row else None
+        if status is not None and status.state in ("crashed", "stopped", "failed"):
+            self._note(f"{status.state}: continue with {status.record.resume_command}")
         self.replot()
+
+    def action_attach(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.run.status is None:
+            self._note(f"{row.run.path} has no run record to follow", error=True)
+            return
+        self.post_message(AttachRequested(row.run.path))
 
     def on_resize(self) -> None:
         self.replot()

@@ -113,19 +113,25 @@ class TrainPane(Container):
         self.set_timer(self.flush_interval, self._tick)
 
     # ---- the app calls these ------------------------------------------------------------
-    def begin_run(self, resume: bool) -> None:
-        spec = app_state(self).spec
+    def begin_run(self, resume: bool, spec: RunSpec | None = None) -> None:
+        spec = spec or app_state(self).spec
         self.view.reset(planned_domains(spec), spec.config.to_dict(), keep_series=resume)
         self.view.status = "running"
         self.view.phase_message = "starting the trainer…"
         self.query_one(LossPlot).set_series(self.view.series, self.view.boundaries)
         word = "resuming the stopped run" if resume else "starting a run"
-        self.log_line(
-            LogLine(
-                f"── {word}: {app_state(self).teacher_name} → {app_state(self).student_name} ──",
-                "success",
-            )
-        )
+        pair = f"{spec.teacher or 'demo-teacher'} → {spec.student or 'demo-student'}"
+        self.log_line(LogLine(f"── {word}: {pair} ──", "success"))
+        self.flush(force=True)
+
+    def begin_attach(self, output: Path, record: str) -> None:
+        """Following a run that lives in its own process: its events replay from the first,
+        so the view starts empty (RunStarted brings its domains and settings)."""
+        self.view.reset()
+        self.view.status = "running"
+        self.view.phase_message = "reading the run's events…"
+        self.query_one(LossPlot).set_series(self.view.series, self.view.boundaries)
+        self.log_line(LogLine(f"── attached to {output}{record} ──", "success"))
         self.flush(force=True)
 
     def handle_event(self, event: Event) -> None:

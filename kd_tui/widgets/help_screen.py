@@ -22,7 +22,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("ctrl+p", "command palette (every action, themes, tabs)"),
     ("tab / shift+tab", "move between fields"),
     ("f1", "this help"),
-    ("ctrl+q", "quit (during a run it asks: stop with a checkpoint, or keep running)"),
+    ("a (Runs tab)", "attach: follow the selected run in Train (live or not)"),
+    ("ctrl+q", "quit (a run started here: stop it, leave it running, or cancel)"),
 )
 
 
