@@ -421,8 +421,11 @@ def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
     extra: list[str] = shlex.split(os.environ.get("KD_LAUNCH_ARGS", ""))
     if args.allow_download:
         extra.append("--allow-download")
-    output = check_output_dir(Path(spec.config.output).expanduser().absolute())
+    wanted = Path(spec.config.output).expanduser().absolute()
+    existed = wanted.exists()
+    output = check_output_dir(wanted)
     record = RunWriter.open(output, ["kd", *args.argv], args.resume, extra)
+    record.created_output = not existed  # a refused run then leaves no folder behind
     try:
         saved = RunSpec(
             _absolute(spec.teacher),

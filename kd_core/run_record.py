@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -142,6 +143,9 @@ def resume_command(output: Path, extra: list[str] | None = None) -> str:
     return shlex.join([*cmd, *(extra or []), "--resume"])
 
 
+REFUSED_STATUS = 2  # kd distill: bad input
+
+
 class RunWriter:
     """Owns the output folder for one process: lock, run.json, the event file.
 
@@ -153,6 +157,7 @@ class RunWriter:
     def __init__(self, output: Path, fd: int, record: RunRecord, events: TextIO) -> None:
         self.output, self._fd, self.record, self._events = output, fd, record, events
         self._closed = False
+        self.created_output = False  # set by the opener: this run made the output folder
 
     @classmethod
     def open(
@@ -210,6 +215,15 @@ class RunWriter:
             self._events.close()
             atomic_write_json(run_dir(self.output) / RECORD_FILE, self.record.to_dict())
         os.close(self._fd)  # releases the lock
+        if exit_status == REFUSED_STATUS and self.created_output:
+            self._discard()
+
+    def _discard(self) -> None:
+        """A run refused on its input (status 2) before it trained writes nothing: the output
+        folder it made, holding only its own record, goes again."""
+        with contextlib.suppress(OSError):
+            if {p.name for p in self.output.iterdir()} <= {RUN_DIR}:
+                shutil.rmtree(self.output)
 
 
 def _ends_with_newline(path: Path) -> bool:
