@@ -7,8 +7,8 @@ cache as training), then at every response position we compare full distribution
     top1_agreement  share of positions where both put the top token on the same id
     ce              mean -log P_student(teacher's token)                 (lower is better)
 
-`--compare` trains, with the same steps and seed, a KD student (alpha 0.7, T 2) and a CE-only
-student (alpha 0), and reports the three figures for base, kd and ce_only.
+`--compare` trains, with the same steps and seed, a KD student (the run's alpha and T) and a
+CE-only student (alpha 0), and reports the three figures for base, kd and ce_only.
 """
 
 from __future__ import annotations
@@ -142,13 +142,13 @@ def compare_kd_vs_ce(
     allow_download: bool = False,
     sink: Any = None,
 ) -> dict[str, Any]:
-    """Train KD (alpha 0.7, T 2) and CE-only (alpha 0) students alike; evaluate all three."""
+    """Train KD (cfg's alpha and T) and CE-only (alpha 0) students alike; evaluate all three."""
     prompts = DOMAIN_PROMPTS[domain]["examples"] if domain in BUILTIN_DOMAINS else None
     if prompts is None:
         raise DomainError(f"domain: --compare needs a built-in domain, not {domain!r}")
     runs = {
-        "kd": cfg.replace(alpha=0.7, temperature=2.0, output=str(output / "kd")),
-        "ce_only": cfg.replace(alpha=0.0, temperature=2.0, output=str(output / "ce_only")),
+        "kd": cfg.replace(output=str(output / "kd")),
+        "ce_only": cfg.replace(alpha=0.0, output=str(output / "ce_only")),
     }
     for run_cfg in runs.values():
         TrueKnowledgeDistiller(
