@@ -1,4 +1,12 @@
-"""The built-in demo pair, built on first use and cached (see kd_core.demo.build)."""
+"""The built-in demo pair: shipped in the package, or built and cached (see kd_core.demo.build).
+
+The pair built by the default DemoRecipe is checked into the repository as float16
+safetensors (kd_core/demo/pair/, with its SHA-256 manifest): training a teacher that writes
+the demo language well takes longer than a new user should wait. On first use it is unpacked
+once to a float32 copy in the user cache folder (about a second). `kd demo --rebuild` trains
+the pair again from the recipe and says whether the bytes match the shipped manifest.
+Another recipe (the tests' reduced one) is built on first use and cached.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from kd_core.demo.build import DemoPair, DemoRecipe, build_demo_pair, verify
+from kd_core.demo.build import (
+    DemoPair,
+    DemoRecipe,
+    build_demo_pair,
+    differences,
+    manifest,
+    unpack,
+    verify,
+)
+
+SHIPPED = Path(__file__).resolve().parent / "pair"
 
 _lock = threading.Lock()
 BuildProgress = Callable[[str, int, int], None]
@@ -27,14 +45,35 @@ def set_build_progress(hook: BuildProgress | None) -> None:
 
 
 def _folder(recipe: DemoRecipe) -> Path:
+    """The float32 working copy (what the engine loads)."""
     return Path(os.environ.get("KD_DEMO_DIR", demo_root() / recipe.key()))
 
 
-def built_demo_path(name: str, recipe: DemoRecipe | None = None) -> Path | None:
-    """The demo model's folder if it is built and intact; None otherwise (never builds)."""
-    folder = _folder(recipe or DemoRecipe())
-    if not verify(folder):
+def _built(folder: Path) -> Path:
+    """Where a local build writes its float16 pair (beside the working copy)."""
+    return folder.with_name(folder.name + ".built")
+
+
+def shipped_pair(recipe: DemoRecipe | None = None) -> Path | None:
+    """The pair in the package if it is intact and was built from this recipe."""
+    recipe = recipe or DemoRecipe()
+    if manifest(SHIPPED).get("key") != recipe.key() or not verify(SHIPPED):
         return None
+    return SHIPPED
+
+
+def built_demo_path(name: str, recipe: DemoRecipe | None = None) -> Path | None:
+    """The demo model's folder if the pair is ready (unpacking the shipped one if needed,
+    about a second); None when it would have to be trained. Never trains."""
+    recipe = recipe or DemoRecipe()
+    folder = _folder(recipe)
+    if not verify(folder):
+        src = shipped_pair(recipe) or (_built(folder) if verify(_built(folder)) else None)
+        if src is None:
+            return None
+        with _lock:
+            if not verify(folder):
+                unpack(src, folder)
     return folder / ("teacher" if name == "demo-teacher" else "student")
 
 
@@ -43,23 +82,51 @@ def ensure_demo_pair(
     rebuild: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> DemoPair:
-    """The cached demo pair, built (or rebuilt if missing or damaged) when needed."""
+    """The demo pair's working copy: unpacked from the shipped or cached build, or trained
+    (rebuild=True: always trained, then compared with the shipped manifest)."""
     recipe = recipe or DemoRecipe()
     folder = _folder(recipe)
+    say = progress or (lambda msg: None)
     with _lock:
         if not rebuild and verify(folder):
             return DemoPair(folder / "teacher", folder / "student", folder)
-        last = [-1]
+        src = None if rebuild else shipped_pair(recipe)
+        if src is None:
+            src = _built(folder)
+            if rebuild or not verify(src):
+                _train_pair(src, recipe, say)
+            if rebuild:
+                _compare_with_shipped(src, recipe, say)
+        return unpack(src, folder)
 
-        def report(what: str, done: int, total: int) -> None:
-            if _progress_hook:
-                _progress_hook(what, done, total)
-            pct = done * 100 // total
-            if progress and pct != last[0] and pct % 10 == 0:
-                last[0] = pct
-                progress(f"building the demo pair: {what} {pct}%")
 
-        return build_demo_pair(folder, recipe, report)
+def _train_pair(dest: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> None:
+    last = [-1]
+
+    def report(what: str, done: int, total: int) -> None:
+        if _progress_hook:
+            _progress_hook(what, done, total)
+        pct = done * 100 // total
+        if pct != last[0] and pct % 10 == 0:
+            last[0] = pct
+            say(f"building the demo pair: {what} {pct}%")
+
+    build_demo_pair(dest, recipe, report)
+
+
+def _compare_with_shipped(built: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> None:
+    if manifest(SHIPPED).get("key") != recipe.key():
+        say("no shipped pair for this recipe to compare with")
+        return
+    diff = differences(built, SHIPPED)
+    n = len(manifest(SHIPPED)["files"])
+    if not diff:
+        say(f"rebuilt pair is bit for bit the shipped one (SHA-256 of all {n} files match)")
+    else:
+        say(
+            f"rebuilt pair differs from the shipped one in {', '.join(diff)} (floating-point "
+            "results differ between CPUs and BLAS builds); using the rebuilt pair"
+        )
 
 
 def demo_model_path(name: str) -> Path:
@@ -68,10 +135,12 @@ def demo_model_path(name: str) -> Path:
 
 
 __all__ = [
+    "SHIPPED",
     "DemoPair",
     "DemoRecipe",
     "ensure_demo_pair",
     "demo_model_path",
     "built_demo_path",
+    "shipped_pair",
     "verify",
 ]

@@ -1,14 +1,16 @@
-"""The built-in demo pair: a teacher that knows the six domains and a weaker student.
+"""The built-in demo pair: a teacher that writes the six domains well and a weaker student.
 
-Both are llama models in mlx-lm's layout, trained here from scratch on text the project
-generates (kd_core.demo.corpus: prompt/response pairs for every domain with structured
-randomness, i.e. several plausible continuations with unequal probabilities — the dark
-knowledge a teacher's distribution carries and a single sampled text does not). The teacher
-is larger and trained longer; the student is smaller and sees a short slice of training, so
-it knows the format but not the domains' distributions. Deterministic given the seed.
+Both are llama models in mlx-lm's layout, trained here from scratch with a byte-level BPE
+tokenizer trained here too. The teacher learns the text the project generates
+(kd_core.demo.corpus: prompt/response pairs for every domain with structured randomness, i.e.
+several plausible continuations with unequal probabilities — the dark knowledge a teacher's
+distribution carries and a single sampled text does not). The student, about half its size,
+learns only the same words and to copy from its prompt (corpus.echo_corpus), the way a small
+pretrained model knows a language but not the task: what distillation then teaches it.
+Deterministic given the recipe (bit for bit on the same CPU and BLAS).
 
-Built on first use into the user's cache folder (KD_CACHE_DIR overrides), verified by a
-manifest of SHA-256 sums written last; a damaged or partial build is rebuilt.
+The weights are written as float16 with a manifest of SHA-256 sums written last; the default
+recipe's pair ships in kd_core/demo/pair (see kd_core.demo), others are built on first use.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import json
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from kd_core.atomic_io import atomic_write_json
 from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_tokenizer
 
 MANIFEST = "manifest.json"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -40,19 +41,22 @@ class DemoRecipe:
 
     seed: int = 0
     vocab_size: int = 1024
-    # Sized so the first build fits in ~2.5 min on a 2-core CPU (measured: 128x4 at batch 16
-    # takes ~0.42 s a step with OpenBLAS; MLX's CPU element-wise work dominates at this size).
+    # 1.0 M parameters. 1200 steps (~5 passes over the corpus, ~15 min on one CPU core) take
+    # its valid-3-gram share on the held-out prompts to >= 0.95 (260 steps: 0.14-0.37, the
+    # garbled teacher of issue 14; 800 steps: 0.87-0.93).
     teacher: LlamaSize = field(default_factory=lambda: LlamaSize(128, 4, 384, 4))
-    # Half the teacher's depth and a short slice of its training: weaker, but with room to
-    # learn (a much smaller student could not get near the teacher whatever the method).
+    teacher_steps: int = 1200
+    # 0.56 M parameters: half the teacher's depth, trained on echo_corpus only, so it knows
+    # the tokens and copies from the prompt but writes no domain's language (share < 0.1).
     student: LlamaSize = field(default_factory=lambda: LlamaSize(128, 2, 384, 4))
-    teacher_steps: int = 260
-    student_steps: int = 40
+    student_steps: int = 1500
+    student_data: str = "echo"  # or "corpus": the teacher's text (a short slice of it)
     batch_size: int = 16
     max_len: int = 128
     learning_rate: float = 3e-3
     samples_per_prompt: int = 6
     extra_prompts_per_domain: int = 200
+    dtype: str = "float16"  # of the written weights; unpack() makes the float32 copy in use
 
     def key(self) -> str:
         blob = json.dumps({"v": BUILD_VERSION, **asdict(self)}, sort_keys=True)
@@ -171,11 +175,19 @@ def _train(
     return model, config
 
 
+def _save(model: Any, config: dict, folder: Path, tok: Path, eos: int, recipe: DemoRecipe) -> None:
+    save_model(model, config, folder, tok, eos, dtype=recipe.dtype)
+
+
 def build_demo_pair(
     folder: Path, recipe: DemoRecipe = DemoRecipe(), progress: ProgressFn | None = None
 ) -> DemoPair:
-    """Build tokenizer, teacher and student into `folder` (replaced atomically at the end)."""
-    from kd_core.demo.corpus import build_corpus
+    """Build tokenizer, teacher and student into `folder` (replaced atomically at the end).
+
+    The weights are written in recipe.dtype (float16: the form shipped in the repository);
+    `unpack` makes the float32 copy that is used (MLX's CPU matmul is ~20x slower in float16).
+    """
+    from kd_core.demo.corpus import build_corpus, echo_corpus
 
     progress = progress or (lambda what, done, total: None)
     total = recipe.teacher_steps + recipe.student_steps + 2
@@ -201,10 +213,13 @@ def build_demo_pair(
             recipe.seed + 1,
             lambda i: progress("teacher", done + i, total),
         )
-        save_model(t_model, t_cfg, tmp / "teacher", tmp / "tokenizer", eos)
+        _save(t_model, t_cfg, tmp / "teacher", tmp / "tokenizer", eos, recipe)
         done += recipe.teacher_steps
-        # The student sees a different, short slice of training: it learns the format,
-        # not the domains' distributions.
+        # The student learns the words and to copy, not the domains (see echo_corpus).
+        if recipe.student_data == "echo":
+            data = _encode_examples(
+                tmp / "tokenizer", echo_corpus(triples, recipe.seed), recipe.max_len
+            )
         s_model, s_cfg = _train(
             recipe.student,
             recipe.vocab_size,
@@ -214,20 +229,59 @@ def build_demo_pair(
             recipe.seed + 2,
             lambda i: progress("student", done + i, total),
         )
-        save_model(s_model, s_cfg, tmp / "student", tmp / "tokenizer", eos)
+        _save(s_model, s_cfg, tmp / "student", tmp / "tokenizer", eos, recipe)
         shutil.rmtree(tmp / "tokenizer")
-        atomic_write_json(
-            tmp / MANIFEST,
-            {
-                "recipe": asdict(recipe),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "files": {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)},
-            },
-        )
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        _write_manifest(tmp, {"recipe": asdict(recipe), "key": recipe.key()})
+        _replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return DemoPair(folder / "teacher", folder / "student", folder)
+
+
+def _write_manifest(folder: Path, extra: dict[str, Any]) -> None:
+    # written last: a folder without a complete manifest is never trusted (see verify)
+    files = {str(p.relative_to(folder)): _sha256(p) for p in _files(folder)}
+    atomic_write_json(folder / MANIFEST, {**extra, "files": files})
+
+
+def _replace(tmp: Path, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def manifest(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def unpack(src: Path, folder: Path) -> DemoPair:
+    """The float32 working copy of a built (or shipped) pair; exact, about a second."""
+    import mlx.core as mx
+
+    tmp = folder.with_name(folder.name + f".unpacking-{random.randrange(1 << 30):08x}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for rel in manifest(src)["files"]:
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if rel.endswith(".safetensors"):
+                weights = {k: v.astype(mx.float32) for k, v in mx.load(str(src / rel)).items()}
+                mx.save_safetensors(str(out), weights, metadata={"format": "mlx"})
+            else:
+                shutil.copyfile(src / rel, out)
+        _write_manifest(tmp, {"unpacked_from": manifest(src).get("key"), "source": str(src)})
+        _replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DemoPair(folder / "teacher", folder / "student", folder)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Files whose SHA-256 differs between two built pairs' manifests (or that one lacks)."""
+    fa, fb = manifest(a).get("files", {}), manifest(b).get("files", {})
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

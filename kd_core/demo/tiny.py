@@ -90,9 +90,15 @@ def new_llama(size: LlamaSize, vocab_size: int, seed: int) -> tuple[Any, dict[st
 
 
 def save_model(
-    model: Any, config: dict[str, Any], folder: Path, tokenizer_folder: Path, eos_token_id: int
+    model: Any,
+    config: dict[str, Any],
+    folder: Path,
+    tokenizer_folder: Path,
+    eos_token_id: int,
+    dtype: str | None = None,
 ) -> None:
-    """model.safetensors + config.json + the tokenizer files, as mlx_lm.load expects."""
+    """model.safetensors (in `dtype`, e.g. "float16", if given) + config.json + the tokenizer
+    files, as mlx_lm.load expects."""
     import shutil
 
     import mlx.core as mx
@@ -100,6 +106,8 @@ def save_model(
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
+    if dtype:
+        weights = {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()}
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(
         json.dumps({**config, "eos_token_id": eos_token_id}, indent=2)
