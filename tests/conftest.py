@@ -48,3 +48,8 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KD_CONFIG_DIR", str(tmp_path / "kd-config"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `kd` and `kd-tui` read ./kd.toml; the repository ships one for the demo pair. Tests run
+    # in an empty folder so that neither it nor a user's kd.toml changes what they test.
+    work = tmp_path / "cwd"
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
