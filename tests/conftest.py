@@ -39,6 +39,16 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
     return build_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _empty_working_folder(tmp_path_factory: pytest.TempPathFactory):
+    """`kd` and `kd-tui` read ./kd.toml and the repository ships one for the demo pair: every
+    test (and every module- or session-wide fixture) runs in an empty folder instead, so that
+    neither it nor a user's kd.toml changes what a test tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own teacher cache and dashboard preferences; nothing touches the
@@ -48,8 +58,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KD_CONFIG_DIR", str(tmp_path / "kd-config"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # `kd` and `kd-tui` read ./kd.toml; the repository ships one for the demo pair. Tests run
-    # in an empty folder so that neither it nor a user's kd.toml changes what they test.
+    # A folder of the test's own (see _empty_working_folder).
     work = tmp_path / "cwd"
     work.mkdir(exist_ok=True)
     monkeypatch.chdir(work)
