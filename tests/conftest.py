@@ -50,7 +50,9 @@ def _empty_working_folder(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each test gets its own teacher cache and dashboard preferences; nothing touches the
     user's folders."""
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "kd-cache"))
@@ -59,6 +61,4 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # A folder of the test's own (see _empty_working_folder).
-    work = tmp_path / "cwd"
-    work.mkdir(exist_ok=True)
-    monkeypatch.chdir(work)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # not inside tmp_path: tests list it

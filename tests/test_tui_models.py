@@ -45,9 +45,18 @@ async def type_and_enter(pilot, app: App, selector: str, value: str) -> None:
 
 def test_check_model_never_builds_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "no-demo"))
+    monkeypatch.setattr("kd_core.demo.shipped_pair", lambda recipe=None: None)  # not shipped
     c = check_model("demo-teacher", "teacher")
     assert c.ok and c.path is None and c.note == DEMO_PENDING
     assert not (tmp_path / "no-demo").exists()
+
+
+def test_the_shipped_demo_pair_is_ready_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "demo"))
+    c = check_model("demo-teacher", "teacher")
+    assert c.ok and c.path is not None and (c.path / "config.json").is_file()
 
 
 def test_path_completion(tmp_path: Path) -> None:
@@ -69,6 +78,7 @@ async def test_models_pane_pick_pair(
     tiny_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "no-demo"))  # demo pair not built
+    monkeypatch.setattr("kd_core.demo.shipped_pair", lambda recipe=None: None)  # nor shipped
     monkeypatch.setattr("kd_tui.panes.models.list_cached_models", lambda: ["acme/tiny-lm"])
     app = _Host()
     async with app.run_test(size=(120, 40)) as pilot:
