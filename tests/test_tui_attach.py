@@ -275,7 +275,7 @@ def test_kd_distill_started_in_a_terminal_can_be_attached(tiny_pair, tmp_path) -
             _pump(source, view)
             time.sleep(0.05)
         _pump(source, view)
-        assert view.status == "finished" and view.series.x[-1] == 40
+        assert view.status == "finished" and view.series.x[-1] == 40, view.error
         assert proc.wait(timeout=RUN_TIMEOUT) == 0
     finally:
         if proc.poll() is None:
