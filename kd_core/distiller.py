@@ -93,6 +93,8 @@ class _Run:
     teacher: _Teacher
     student_path: Path
     started: float
+    teacher_weights: str = ""  # model_fingerprint of each, computed once per run
+    student_weights: str = ""
     outputs: dict[str, TeacherOutputs] = field(default_factory=dict)
     results: list[DomainResult] = field(default_factory=list)
     alignment: VocabAlignment | None = None
@@ -177,7 +179,8 @@ class TrueKnowledgeDistiller:
         self.sink(PhaseStarted("load", None, 2, "finding models"))
         t_path, s_path = self._resolve_pair()
         t_info, s_info = model_info(t_path), model_info(s_path)
-        for warning in self._pair_warnings(t_path, s_path, s_info.hidden_size):
+        t_fp, s_fp = model_fingerprint(t_path), model_fingerprint(s_path)
+        for warning in self._pair_warnings(t_path, s_path, t_fp == s_fp, s_info.hidden_size):
             self.sink(Log(warning, "warning"))
         est = estimate_memory(t_info, s_info, cfg)
         if warning := est.warning(cfg):
@@ -216,11 +219,11 @@ class TrueKnowledgeDistiller:
             raise ConfigError(refusal)
         return teacher
 
-    def _pair_warnings(self, t_path: Path, s_path: Path, hidden: int) -> list[str]:
+    def _pair_warnings(
+        self, t_path: Path, s_path: Path, same_weights: bool, hidden: int
+    ) -> list[str]:
         out = []
-        if t_path.resolve() == s_path.resolve() or model_fingerprint(t_path) == model_fingerprint(
-            s_path
-        ):
+        if same_weights or t_path.resolve() == s_path.resolve():
             out.append("teacher and student are the same model: distillation has little to teach")
         if hidden and self.config.lora_rank > hidden:
             out.append(
@@ -232,7 +235,7 @@ class TrueKnowledgeDistiller:
     def _teacher_pass(self, run: _Run) -> None:
         """Responses and soft targets for every domain (from the cache when it has them)."""
         cfg = self.config
-        tpass = TeacherPass(self.cache_dir, model_fingerprint(run.teacher.path), cfg)
+        tpass = TeacherPass(self.cache_dir, run.teacher_weights, cfg)
         for name, prompts in run.domains.items():
             self.sink(PhaseStarted("teacher", name, len(prompts)))
             started = time.perf_counter()
@@ -320,9 +323,9 @@ class TrueKnowledgeDistiller:
             fingerprint=run_fingerprint(
                 cfg,
                 teacher=str(run.teacher.path),
-                teacher_weights=model_fingerprint(run.teacher.path),
+                teacher_weights=run.teacher_weights,
                 student=str(run.student_path),
-                student_weights=model_fingerprint(run.student_path),
+                student_weights=run.student_weights,
                 vocab_strategy=run.alignment.strategy,
                 prompts=prompts,
             ),

@@ -39,6 +39,7 @@ from kd_core.losses import (
     log_softmax,
     offline_loss_sums,
     online_loss_sums,
+    response_ce_sum,
     sparse_kd_loss_sum,
 )
 
@@ -215,9 +216,7 @@ def _fused_offline_div(temperature: float, spec: DivergenceSpec) -> Any:
     def sums(z, targets, mask, ids, lps):
         z = z.astype(mx.float32)
         lse1, lse_t = pair.log_sum_exps(z)
-        vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
-        picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
-        ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
+        ce = response_ce_sum(z, lse1, targets, mask)
         d = _topk_terms(lps.astype(mx.float32), bucket_log_q(z, ids, lse_t), spec)
         kd = (t * t) * (d * mask.astype(mx.float32)).sum()
         return kd, ce, lse1, lse_t  # the log-sum-exps are kept for the backward pass

@@ -175,6 +175,14 @@ def offline_loss_sums(
     return kd, ce
 
 
+def response_ce_sum(z: mx.array, lse1: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+    """Sum of -log softmax(z)[target] over valid response positions, from logsumexp(z) already
+    computed (the fused losses share it with their soft-maxes)."""
+    vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
+    picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
+    return ((lse1 - picked) * vce.astype(mx.float32)).sum()
+
+
 class _SoftPair:
     """softmax(z) and softmax(z / T) of the same logits, for the hand-written backward passes.
 
@@ -237,9 +245,7 @@ def _fused_offline(temperature: float) -> Any:
     def sums(z, targets, mask, ids, lps):
         z = z.astype(mx.float32)
         lse1, lse_t = pair.log_sum_exps(z)
-        vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
-        picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
-        ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
+        ce = response_ce_sum(z, lse1, targets, mask)
         log_q = mx.take_along_axis(z, ids, axis=-1) * inv_t - lse_t[..., None]
         kl = _topk_kl(lps.astype(mx.float32), log_q)
         kd = (t * t) * (kl * mask.astype(mx.float32)).sum()
@@ -310,9 +316,7 @@ def _fused_online(temperature: float) -> Any:
         lse_tt = mx.max(tt, axis=-1) + mx.log(total)
         kl = (p * (tt - z * inv_t)).sum(axis=-1) - lse_tt + lse_t
         kd = (t * t) * (kl * mask.astype(mx.float32)).sum()
-        vce = mx.logical_and(targets != IGNORE_INDEX, mask > 0)
-        picked = mx.take_along_axis(z, mx.where(vce, targets, 0)[..., None], axis=-1)[..., 0]
-        ce = ((lse1 - picked) * vce.astype(mx.float32)).sum()
+        ce = response_ce_sum(z, lse1, targets, mask)
         return kd, ce, lse1, lse_t, p  # kept for the backward pass
 
     @sums.vjp

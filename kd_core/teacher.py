@@ -203,12 +203,16 @@ def generate_responses(
     cfg: KDConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    fitted: list[tuple[list[int], bool]] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Sample one response per prompt; sequences include the EOS when the teacher stopped.
+    `fitted`: the prompts' `fitted_prompts`, when the caller has them already.
     Returns (sequences, prompt lengths). Seeded by cfg.seed; see `sample_batch`."""
     mx.random.seed(cfg.seed)
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
-    prompt_ids = [ids for ids, _ in fitted_prompts(tokenizer, prompts, cfg)]
+    if fitted is None:
+        fitted = fitted_prompts(tokenizer, prompts, cfg)
+    prompt_ids = [ids for ids, _ in fitted]
     if not prompt_ids:
         return [], []
     budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
@@ -432,10 +436,11 @@ class TeacherPass:
                 if warn:
                     warn(f"{e}; rebuilding")
         if seq_out is None:
+            fitted = fitted_prompts(tokenizer, prompts, self.cfg)  # tokenized once
             seqs, plens = self._generate(
-                model, tokenizer, prompts, gkey, gpath, progress, should_stop
+                model, tokenizer, fitted, gkey, gpath, progress, should_stop
             )
-            cut = [was_cut for _, was_cut in fitted_prompts(tokenizer, prompts, self.cfg)]
+            cut = [was_cut for _, was_cut in fitted]
             seq_out = TeacherOutputs(seqs, plens, None, None, vocab, prompt_cut=cut)
             save_outputs(gpath, seq_out, {"key": gkey})
             seq_out.path = gpath
@@ -465,7 +470,7 @@ class TeacherPass:
         self,
         model: Any,
         tokenizer: Any,
-        prompts: list[str],
+        fitted: list[tuple[list[int], bool]],
         gkey: str,
         gpath: Path,
         progress: ProgressFn | None,
@@ -475,22 +480,21 @@ class TeacherPass:
         are kept beside the cache (`.partial`), and the next run generates only the rest."""
         partial_path = gpath.with_name(gpath.name.replace(".safetensors", ".partial.safetensors"))
         done = _load_partial(partial_path, gkey)
-        todo = [i for i in range(len(prompts)) if i not in done]
+        todo = [i for i in range(len(fitted)) if i not in done]
         try:
             seqs, plens = generate_responses(
-                model, tokenizer, [prompts[i] for i in todo], self.cfg, progress, should_stop
+                model, tokenizer, [], self.cfg, progress, should_stop, [fitted[i] for i in todo]
             )
         except GenerationStopped as e:
             for j, seq in e.finished.items():
-                i = todo[j]
-                done[i] = (seq, len(fitted_prompts(tokenizer, [prompts[i]], self.cfg)[0][0]))
+                done[todo[j]] = (seq, len(fitted[todo[j]][0]))
             if done:
                 _save_partial(partial_path, gkey, done)
-            raise GenerationStopped(len(done), len(prompts)) from None
+            raise GenerationStopped(len(done), len(fitted)) from None
         for i, seq, plen in zip(todo, seqs, plens, strict=True):
             done[i] = (seq, plen)
         partial_path.unlink(missing_ok=True)
-        return [done[i][0] for i in range(len(prompts))], [done[i][1] for i in range(len(prompts))]
+        return [done[i][0] for i in range(len(fitted))], [done[i][1] for i in range(len(fitted))]
 
     def _run_shared(
         self,
