@@ -142,7 +142,7 @@ class Distil:
             stored.teacher_vocab,
         )
         teacher, t_tok = load_model(Path(pair) / "teacher", "teacher")
-        ids32, lps32 = soft_targets(teacher, stored.sequences, stored.prompt_lens, cfg)
+        ids32, lps32, _ = soft_targets(teacher, stored.sequences, stored.prompt_lens, cfg)
         same_ids = all(np.array_equal(a, b) for a, b in zip(ids32, stored.topk_ids, strict=True))
         max_lp_err = max(
             float(np.abs(a - b).max()) for a, b in zip(lps32, stored.topk_logprobs, strict=True)

@@ -195,7 +195,7 @@ class KDStep(_Student):
                 targets = [(None, None)] * len(rows)
             else:
                 # The teacher pass's own function, rounded to float16 as the cache stores it.
-                ids, lps = soft_targets(teacher, rows, lens, self.cfg)
+                ids, lps, _ = soft_targets(teacher, rows, lens, self.cfg)
                 targets = [
                     (i, lp.astype(np.float16).astype(np.float32))
                     for i, lp in zip(ids, lps, strict=True)

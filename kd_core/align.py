@@ -101,16 +101,40 @@ def _cuts(ends: list[int]) -> dict[int, int]:
     return cuts
 
 
-def align_sequences(teacher_tokenizer: Any, student_tokenizer: Any, text: str) -> SequenceAlignment:
-    """Spans of `text` covered exactly by a run of teacher tokens and a run of student tokens,
-    in order, the finest such partition: every character lies in exactly one span, every token
-    of either side in exactly one span. Identical tokenizations align token by token (a token
-    that holds only the rest of a split character then has an empty character range)."""
-    t_ids, t_ends = token_ends(teacher_tokenizer, text)
-    s_ids, s_ends = token_ends(student_tokenizer, text)
+def decoded_ends(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
+    """(the text of generated token ids, the character each token's text ends at).
+
+    For tokens a model *generated* (not necessarily the segmentation its tokenizer would give
+    the text): token i ends where the decoding of ids[: i + 1] ends. A prefix that stops
+    inside a multi-byte character decodes with trailing U+FFFD; those do not count, so such a
+    token ends where the previous one did (it shares the character with the next token)."""
+    tok = backend(tokenizer)
+    text = tok.decode(list(ids), skip_special_tokens=False)
+    ends, partial, top = [], [], 0
+    for i in range(len(ids)):
+        full = tok.decode(list(ids[: i + 1]), skip_special_tokens=False)
+        piece = full.rstrip("\ufffd")
+        partial.append(len(piece) < len(full) and not text[len(piece) :].startswith("\ufffd"))
+        top = max(top, min(len(piece), len(text)))
+        ends.append(top)
+    if ends:
+        ends[-1] = len(text)
+    # A token holding the first bytes of a character shares that character with the token
+    # that completes it (as tokenizers' own offsets do): no cut may fall between them.
+    for i in range(len(ids) - 2, -1, -1):
+        if partial[i]:
+            ends[i] = ends[i + 1]
+    return text, ends
+
+
+def align_ends(
+    text: str, t_ids: list[int], t_ends: list[int], s_ids: list[int], s_ends: list[int]
+) -> SequenceAlignment:
+    """The finest partition of `text` into spans covered exactly by a run of teacher tokens
+    and a run of student tokens (token i of a side covers [ends[i-1], ends[i]))."""
     if not text:
         return SequenceAlignment(text, t_ids, s_ids, [])
-    if t_ids == s_ids and t_ends == s_ends:  # the same tokenizer: token by token
+    if t_ids == s_ids and t_ends == s_ends:  # the same tokenization: token by token
         starts = [0, *t_ends[:-1]]
         spans = [
             AlignedSpan(a, b, (i, i + 1), (i, i + 1))
@@ -124,3 +148,13 @@ def align_sequences(teacher_tokenizer: Any, student_tokenizer: Any, text: str) -
         for a, b in zip(shared, shared[1:], strict=False)
     ]
     return SequenceAlignment(text, t_ids, s_ids, spans)
+
+
+def align_sequences(teacher_tokenizer: Any, student_tokenizer: Any, text: str) -> SequenceAlignment:
+    """Spans of `text` covered exactly by a run of teacher tokens and a run of student tokens,
+    in order, the finest such partition: every character lies in exactly one span, every token
+    of either side in exactly one span. Identical tokenizations align token by token (a token
+    that holds only the rest of a split character then has an empty character range)."""
+    t_ids, t_ends = token_ends(teacher_tokenizer, text)
+    s_ids, s_ends = token_ends(student_tokenizer, text)
+    return align_ends(text, t_ids, t_ends, s_ids, s_ends)

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 # The modes, as types: each is checked in one place (`_check_value`, from these choices).
 TeacherMode = Literal["offline", "online"]
-VocabStrategy = Literal["auto", "truncate", "project"]
+VocabStrategy = Literal["auto", "truncate", "project", "align"]
 LrSchedule = Literal["constant", "cosine"]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"]
 
@@ -107,8 +107,10 @@ class KDConfig:
     vocab_strategy: VocabStrategy = _spec(
         "auto",
         "How teacher and student vocabularies are matched: auto picks from the "
-        "tokenizers; truncate needs identical token strings over the shared ids; project "
-        "maps ids through token strings.",
+        "tokenizers (truncate for one tokenizer, align for two); truncate needs identical "
+        "token strings over the shared ids; project maps ids through token strings; align "
+        "has the student read the teacher's text in its own tokens, aligned by characters "
+        "(cross-tokenizer pairs: Qwen teacher, Llama student).",
         choices=get_args(VocabStrategy),
         group="kd",
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import mlx.core as mx
@@ -57,18 +57,13 @@ def row_slices(rows: int, parts: int) -> list[slice]:
 def shard_batch(batch: Batch, rows: slice) -> Batch:
     """The batch restricted to some rows (every per-row array sliced the same way)."""
 
-    def cut(a: Any) -> Any:
-        return None if a is None else a[rows]
-
     return replace(
         batch,
-        inputs=cut(batch.inputs),
-        targets=cut(batch.targets),
-        mask=cut(batch.mask),
-        topk_ids=cut(batch.topk_ids),
-        topk_logprobs=cut(batch.topk_logprobs),
-        teacher_inputs=cut(batch.teacher_inputs),
-        teacher_index=cut(batch.teacher_index),
+        **{
+            f.name: getattr(batch, f.name)[rows]
+            for f in fields(batch)
+            if getattr(batch, f.name) is not None
+        },
     )
 
 

@@ -41,6 +41,15 @@ class Example:
     teacher_tokens: np.ndarray | None = None  # [m] teacher ids (online mode)
     teacher_prompt_len: int = 0
     teacher_prompt: np.ndarray | None = None  # the prompt in teacher ids (on-policy steps)
+    # vocab_strategy "align" (kd_core/align_examples.py), per response position: 0 or the
+    # kind of span anchored there (1 one-to-one, 2 several tokens), the span's student tokens,
+    # the teacher's log P_T of the span, its top-k tokens the student lacks; online, the
+    # teacher response tokens [t0, t1) of the span.
+    span_kind: np.ndarray | None = None  # [R] int8
+    span_len: np.ndarray | None = None  # [R] int32
+    teacher_span_lp: np.ndarray | None = None  # [R] float32
+    uld_logprobs: np.ndarray | None = None  # [R, k] float32 (-inf = padding)
+    teacher_span: np.ndarray | None = None  # [R, 2] int32 (online)
 
     @property
     def response_len(self) -> int:
@@ -56,6 +65,14 @@ class Batch:
     topk_logprobs: np.ndarray | None = None  # [B, L, k]
     teacher_inputs: np.ndarray | None = None  # [B, Lt] (online)
     teacher_index: np.ndarray | None = None  # [B, L] teacher position of each student position
+    # vocab_strategy "align" (see Example): [B, L] / [B, L, k]; online, teacher_span [B, L, 2]
+    # holds teacher input positions [p0, p1) whose predictions make the span.
+    span_kind: np.ndarray | None = None
+    span_len: np.ndarray | None = None
+    teacher_span_lp: np.ndarray | None = None
+    uld_logprobs: np.ndarray | None = None
+    teacher_span: np.ndarray | None = None
+    teacher_targets: np.ndarray | None = None  # [B, Lt] the token each teacher input predicts
 
     @property
     def tokens(self) -> int:
@@ -101,7 +118,7 @@ def valid_tokens(e: Example, max_seq_length: int) -> int:
     """Response positions of `e` that a batch trains on (same rules as make_batch)."""
     n = min(len(e.tokens), max_seq_length) - 1
     r = max(0, n - (e.prompt_len - 1))
-    if e.teacher_tokens is not None:
+    if e.teacher_tokens is not None and e.span_kind is None:  # align: the student's own tokens
         m = min(len(e.teacher_tokens), max_seq_length) - 1
         r = max(0, min(r, m - (e.teacher_prompt_len - 1)))
     return int(r if e.valid is None else e.valid[:r].sum())
@@ -146,4 +163,49 @@ def make_batch(examples: list[Example], max_seq_length: int, top_k: int | None) 
             r_t = max(0, min(r, m - tp0))
             t_index[b, p0 : p0 + r_t] = np.arange(tp0, tp0 + r_t)
             mask[b, p0 + r_t : p0 + r] = 0.0
-    return Batch(inputs, targets, mask, ids, lp, t_inputs, t_index)
+    batch = Batch(inputs, targets, mask, ids, lp, t_inputs, t_index)
+    if examples[0].span_kind is not None:
+        _fill_spans(batch, examples, lengths, top_k, max_seq_length)
+    return batch
+
+
+def _fill_spans(
+    batch: Batch, examples: list[Example], lengths: list[int], top_k: int | None, max_len: int
+) -> None:
+    """The align arrays of `batch` (the offsets make_batch uses). A span that does not fit
+    whole (max_seq_length) is dropped; its tokens still count for CE."""
+    B, L = batch.inputs.shape
+    kind = np.zeros((B, L), np.int8)
+    span_len = np.ones((B, L), np.int32)
+    t_lp = np.zeros((B, L), np.float32)
+    k = examples[0].uld_logprobs.shape[1]
+    uld = np.full((B, L, k), -np.inf, np.float32)
+    online = batch.teacher_inputs is not None
+    t_span = np.zeros((B, L, 2), np.int32) if online else None
+    if online:
+        batch.teacher_targets = np.zeros_like(batch.teacher_inputs)
+        batch.teacher_index[:] = 0
+        batch.mask[:] = 0.0  # refilled below: the student's own tokens, not the teacher's
+    for b, (e, n) in enumerate(zip(examples, lengths, strict=True)):
+        p0 = e.prompt_len - 1
+        r = max(0, n - p0)
+        if online:
+            batch.mask[b, p0 : p0 + r] = 1.0
+        ends = np.arange(r) + e.span_len[:r]  # one past each span's last student token
+        fits = (e.span_kind[:r] > 0) & (ends <= r)
+        if online:
+            m = min(len(e.teacher_tokens), max_len) - 1
+            tp0 = e.teacher_prompt_len - 1
+            batch.teacher_targets[b, :m] = e.teacher_tokens[1 : m + 1]
+            fits &= tp0 + e.teacher_span[:r, 1] <= m
+            t_span[b, p0 : p0 + r] = np.where(fits[:, None], tp0 + e.teacher_span[:r], 0)
+            batch.teacher_index[b, p0 : p0 + r] = t_span[b, p0 : p0 + r, 0]
+        kind[b, p0 : p0 + r] = np.where(fits, e.span_kind[:r], 0)
+        span_len[b, p0 : p0 + r] = np.maximum(e.span_len[:r], 1)
+        t_lp[b, p0 : p0 + r] = e.teacher_span_lp[:r]
+        uld[b, p0 : p0 + r] = e.uld_logprobs[:r]
+        if top_k is not None and batch.topk_logprobs is not None:
+            dropped = ~fits
+            batch.topk_logprobs[b, p0 : p0 + r][dropped] = -np.inf
+    batch.span_kind, batch.span_len, batch.teacher_span_lp = kind, span_len, t_lp
+    batch.uld_logprobs, batch.teacher_span = uld, t_span

@@ -38,6 +38,7 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
+from kd_core.align_examples import build_aligned_examples, describe_alignment
 from kd_core.examples import ExampleSet, build_examples
 from kd_core.models import (
     ModelError,
@@ -217,7 +218,25 @@ class TrueKnowledgeDistiller:
         est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
         if refusal := est.on_policy_refusal(cfg):
             raise ConfigError(refusal)
+        self._refuse_cross_tokenizer_on_policy(teacher.tokenizer, s_path)
         return teacher
+
+    def _refuse_cross_tokenizer_on_policy(self, t_tok: Any, s_path: Path) -> None:
+        """On-policy steps score the student's own token ids with the teacher: one tokenizer
+        (or a projectable pair) only; an aligned pair is refused before anything is written."""
+        from mlx_lm.utils import load_tokenizer
+
+        from kd_core.vocab import token_strings
+
+        cfg = self.config
+        s_tok = load_tokenizer(s_path)
+        sizes = len(token_strings(t_tok)), len(token_strings(s_tok))
+        if plan_vocab_alignment(t_tok, s_tok, *sizes, cfg.vocab_strategy).strategy == "align":
+            raise ConfigError(
+                f"on_policy_ratio: {cfg.on_policy_ratio:g} needs teacher and student to share "
+                "a tokenizer, but this pair is trained with vocab_strategy 'align'; set "
+                "on_policy_ratio = 0 (or vocab_strategy = 'project')"
+            )
 
     def _pair_warnings(
         self, t_path: Path, s_path: Path, same_weights: bool, hidden: int
@@ -299,7 +318,7 @@ class TrueKnowledgeDistiller:
             )
             self.sink(Log(f"vocabulary: {run.alignment.explanation}"))
         prompts = run.domains[name]
-        examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment)
+        examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment, t_tok)
         mx.random.seed(cfg.seed)  # same LoRA init for the same seed
         n_layers = apply_lora(student, cfg)
         sampler = None
@@ -334,6 +353,7 @@ class TrueKnowledgeDistiller:
         result = trainer.train(resume=run.resume)
         result.teacher_cache = str(run.outputs[name].path)
         result.examples_cut, result.examples_skipped = examples.cut, examples.skipped
+        result.vocab_alignment = examples.vocab_alignment or {"strategy": run.alignment.strategy}
         run.results.append(result)
         self.sink(DomainFinished(name, result))
         self._write_summary(run)
@@ -348,10 +368,18 @@ class TrueKnowledgeDistiller:
         outputs: TeacherOutputs,
         s_tok: Any,
         alignment: VocabAlignment,
+        t_tok: Any,
     ) -> ExampleSet:
         cfg = self.config
         online = cfg.teacher_mode == "online"
-        ex = build_examples(prompts, outputs, s_tok, alignment, online, cfg.max_seq_length)
+        if alignment.strategy == "align":
+            al = build_aligned_examples(
+                prompts, outputs, t_tok, s_tok, alignment, online, cfg.max_seq_length, cfg.top_k
+            )
+            ex = ExampleSet(al.examples, 0, al.cut, al.skipped, al.stats.summary())
+            self.sink(Log(f"{name}: {describe_alignment(ex.vocab_alignment)}"))
+        else:
+            ex = build_examples(prompts, outputs, s_tok, alignment, online, cfg.max_seq_length)
         if not ex.examples:
             raise NoExamplesError(
                 f"domain: 0 of {len(prompts)} examples of {name!r} fit in max_seq_length "

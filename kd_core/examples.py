@@ -29,6 +29,7 @@ class ExampleSet:
     unmapped: int = 0  # response tokens with no student token (masked)
     cut: int = 0  # prompts cut from the front to fit max_seq_length
     skipped: int = 0  # examples with no trainable position left
+    vocab_alignment: dict[str, Any] | None = None  # align: kd_summary.json's coverage block
 
 
 def build_examples(

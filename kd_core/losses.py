@@ -360,7 +360,11 @@ def compute_combined_loss(
 
 def teacher_topk(teacher_logits: mx.array, k: int, temperature: float) -> tuple[mx.array, mx.array]:
     """Top-k ids and their log P_T (softened over the full vocabulary) per position."""
-    log_p = log_softmax(teacher_logits, temperature)
+    return topk_of(log_softmax(teacher_logits, temperature), k)
+
+
+def topk_of(log_p: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """The k largest entries of the last axis, in descending order: (ids, values)."""
     k = min(k, log_p.shape[-1])
     ids = mx.argpartition(-log_p, kth=k - 1, axis=-1)[..., :k]
     vals = mx.take_along_axis(log_p, ids, axis=-1)

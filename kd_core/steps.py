@@ -27,7 +27,9 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
+from kd_core.align_loss import align_loss_sums
 from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices, shard_batch
@@ -146,6 +148,78 @@ class OnlineStep(_CompiledStep):
         return (mx.stop_gradient(mx.take_along_axis(logits, idx, axis=1)),)
 
 
+class AlignStep(_CompiledStep):
+    """Two tokenizers (vocab_strategy "align"): KD per aligned span at its anchor
+    (kd_core/align_loss.py), CE on the student's own tokens. Offline the span targets come
+    with the batch; online the teacher's forward runs each step (outside the compiled student
+    step) and its distributions at the anchors are cut to the same top-k form."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        cfg: KDConfig,
+        reduce: Reduce,
+        streams: StreamSet,
+        alignment: VocabAlignment,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        from kd_core.align_examples import one_to_one_map, student_only_mask
+
+        self.teacher = teacher
+        self.t2s = mx.array(one_to_one_map(alignment).astype(np.int32))
+        self.student_only = mx.array(student_only_mask(alignment))
+        super().__init__(model, optimizer, cfg, reduce, streams)
+
+    def loss_sums(self, logits, targets, mask, extra):
+        cfg = self.cfg
+        return align_loss_sums(
+            logits, targets, mask, *extra, cfg.temperature, self.spec, cfg.alpha
+        )
+
+    def extra(self, batch: Batch) -> tuple[mx.array, ...]:
+        kind, span_len = mx.array(batch.span_kind), mx.array(batch.span_len)
+        if self.teacher is None:
+            targets = (
+                mx.array(batch.teacher_span_lp),
+                mx.array(batch.topk_ids),
+                mx.array(batch.topk_logprobs),
+                mx.array(batch.uld_logprobs),
+            )
+        elif self.cfg.alpha == 0.0:  # plain CE: the teacher is not needed
+            shape = batch.uld_logprobs.shape
+            empty = mx.full(shape, -mx.inf)
+            targets = (mx.zeros(shape[:2]), mx.zeros(shape, mx.int32), empty, empty)
+        else:
+            targets = self._teacher_targets(batch)
+        return (kind, span_len, *targets, self.student_only)
+
+    def _teacher_targets(self, batch: Batch) -> tuple[mx.array, ...]:
+        from kd_core.losses import log_softmax, topk_of
+
+        k = batch.uld_logprobs.shape[-1]
+        log_p = log_softmax(self.teacher(mx.array(batch.teacher_inputs)), self.cfg.temperature)
+        log_p = mx.stop_gradient(log_p)
+        chosen = mx.take_along_axis(log_p, mx.array(batch.teacher_targets)[..., None], axis=-1)
+        chosen = chosen[..., 0]
+        cs = mx.cumsum(chosen, axis=1)
+        span = mx.array(batch.teacher_span)
+        first, last = span[..., 0], mx.maximum(span[..., 1] - 1, span[..., 0])
+        span_lp = (
+            mx.take_along_axis(cs, last, axis=1)
+            - mx.take_along_axis(cs, first, axis=1)
+            + mx.take_along_axis(chosen, first, axis=1)
+        )
+        at = mx.take_along_axis(log_p, mx.array(batch.teacher_index)[..., None], axis=1)
+        ids_t, vals = topk_of(at, k)
+        s = mx.take(self.t2s, ids_t)
+        matched = s >= 0
+        ids_s = mx.where(matched, s, 0)
+        lp_m = mx.where(matched, vals, -mx.inf)
+        rest = -mx.sort(-mx.where(matched, -mx.inf, vals), axis=-1)
+        return span_lp, ids_s, lp_m, rest
+
+
 def make_step(
     model: nn.Module,
     optimizer: Any,
@@ -160,6 +234,10 @@ def make_step(
 ) -> TrainStep:
     """The step for this run: online when a teacher is given; chunked when the logits of a
     step would be large (offline only); the fused offline step otherwise."""
+    if alignment is not None and alignment.strategy == "align":
+        if want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab):
+            warn("vocab_strategy align computes its loss unchunked (whole [B, L, V] logits)")
+        return AlignStep(model, optimizer, cfg, reduce, streams, alignment, teacher)
     if teacher is not None:
         return OnlineStep(model, optimizer, cfg, reduce, streams, teacher, alignment)
     chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)

@@ -32,7 +32,7 @@ from kd_core.atomic_io import atomic_save_safetensors
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices, stream_count
 from kd_core.data import format_prompt, forward_inputs
-from kd_core.losses import teacher_topk
+from kd_core.losses import log_softmax, topk_of
 from kd_core.models import vocab_size
 
 CACHE_FORMAT = 2  # 2: long prompts are cut from the front (the assistant marker stays)
@@ -67,8 +67,11 @@ def generation_key(teacher_fp: str, prompts: list[str], cfg: KDConfig) -> str:
     )
 
 
+TARGETS_FORMAT = 2  # 2: chosen-token log-probs, response texts and character offsets
+
+
 def targets_key(gen_key: str, cfg: KDConfig) -> str:
-    return _sha(gen_key, cfg.temperature, cfg.top_k)
+    return _sha(gen_key, cfg.temperature, cfg.top_k, TARGETS_FORMAT)
 
 
 @dataclass
@@ -83,6 +86,12 @@ class TeacherOutputs:
     path: Path | None = None
     from_cache: bool = False
     prompt_cut: list[bool] | None = None  # per example: its prompt was cut to fit
+    # With soft targets: log P_T of each response token the teacher chose, and the response's
+    # text with the character each token ends at (kd_core.align.decoded_ends): what a student
+    # with another tokenizer needs (vocab_strategy "align"), so one cache serves any student.
+    chosen_logprobs: list[np.ndarray] | None = None  # [R] float32
+    texts: list[str] | None = None
+    char_ends: list[np.ndarray] | None = None  # [R] int32 (an ending EOS: len(text))
 
     @property
     def response_tokens(self) -> int:
@@ -116,6 +125,14 @@ def save_outputs(path: Path, out: TeacherOutputs, meta: dict[str, Any]) -> None:
         id_dtype = np.uint16 if out.teacher_vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
         arrays["topk_ids"] = mx.array(np.concatenate(out.topk_ids).astype(id_dtype))
         arrays["topk_logprobs"] = mx.array(np.concatenate(out.topk_logprobs).astype(np.float16))
+    if out.chosen_logprobs is not None and out.texts is not None and out.char_ends is not None:
+        arrays["chosen_logprobs"] = mx.array(np.concatenate(out.chosen_logprobs).astype(np.float32))
+        arrays["char_ends"] = mx.array(np.concatenate(out.char_ends).astype(np.int32))
+        text_flat, text_offsets = _pack(
+            [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) for t in out.texts]
+        )
+        arrays["text_bytes"] = mx.array(text_flat.astype(np.uint8))
+        arrays["text_offsets"] = mx.array(text_offsets)
     metadata = {k: json.dumps(v) for k, v in meta.items()}
     metadata["teacher_vocab"] = str(out.teacher_vocab)
     atomic_save_safetensors(path, arrays, metadata)
@@ -151,7 +168,45 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
         bounds = np.concatenate([[0], np.cumsum(resp)])
         ids = [all_ids[bounds[i] : bounds[i + 1]] for i in range(n)]
         lps = [all_lp[bounds[i] : bounds[i + 1]] for i in range(n)]
-    return TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True, cut)
+    out = TeacherOutputs(seqs, prompt_lens, ids, lps, teacher_vocab, path, True, cut)
+    if with_targets and "chosen_logprobs" in arrays:
+        _load_texts(out, arrays, bounds, path)
+    return out
+
+
+def _load_texts(out: TeacherOutputs, arrays: dict[str, Any], bounds: Any, path: Path) -> None:
+    n = len(out.sequences)
+    try:
+        chosen = np.array(arrays["chosen_logprobs"]).astype(np.float32)
+        ends = np.array(arrays["char_ends"]).astype(np.int32)
+        flat = np.array(arrays["text_bytes"]).astype(np.uint8)
+        t_off = np.array(arrays["text_offsets"]).astype(np.int64)
+        texts = [flat[t_off[i] : t_off[i + 1]].tobytes().decode("utf-8") for i in range(n)]
+    except Exception as e:
+        raise CacheError(f"teacher cache {path.name} is damaged ({e.__class__.__name__})") from None
+    if chosen.shape[0] != bounds[-1] or ends.shape[0] != bounds[-1]:
+        raise CacheError(f"teacher cache {path.name} is damaged (texts)")
+    out.chosen_logprobs = [chosen[bounds[i] : bounds[i + 1]] for i in range(n)]
+    out.char_ends = [ends[bounds[i] : bounds[i + 1]] for i in range(n)]
+    out.texts = texts
+
+
+def response_texts(
+    tokenizer: Any, sequences: list[np.ndarray], prompt_lens: list[int]
+) -> tuple[list[str], list[np.ndarray]]:
+    """Each response's text (less an ending EOS) and the character each token ends at."""
+    from kd_core.align import decoded_ends
+    from kd_core.vocab import eos_ids
+
+    eos = set(eos_ids(tokenizer))
+    texts, ends = [], []
+    for seq, plen in zip(sequences, prompt_lens, strict=True):
+        resp = [int(t) for t in seq[plen:]]
+        body = resp[:-1] if resp and resp[-1] in eos else resp
+        text, e = decoded_ends(tokenizer, body) if body else ("", [])
+        texts.append(text)
+        ends.append(np.array(e + [len(text)] * (len(resp) - len(body)), np.int32))
+    return texts, ends
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -340,13 +395,15 @@ def soft_targets(
     progress: ProgressFn | None = None,
     streams: int = 1,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Top-k ids and log P_T at every response position (teacher-forced forward).
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Top-k ids and log P_T at every response position (teacher-forced forward), and the
+    log P_T of the token the teacher chose there.
 
     With streams > 1 each forward's sequences are split over that many parallel streams
     (kd_core/cpu_streams.py: MLX's CPU element-wise ops use one thread per stream)."""
     ids_out: list[np.ndarray] = []
     lp_out: list[np.ndarray] = []
+    chosen_out: list[np.ndarray] = []
     pool = StreamSet(streams)
     with pool.active():
         for start in range(0, len(sequences), FWD_CHUNK):
@@ -354,22 +411,28 @@ def soft_targets(
             parts = []
             for i, rows in enumerate(row_slices(len(chunk), pool.n)):
                 with pool.on(i):  # each part padded to its own longest sequence
-                    logits = model(mx.array(forward_inputs(chunk[rows])))
-                    parts.append(teacher_topk(logits, cfg.top_k, cfg.temperature))
+                    inputs = forward_inputs(chunk[rows])
+                    log_p = log_softmax(model(mx.array(inputs)), cfg.temperature)
+                    nxt = np.zeros_like(inputs)  # the token each position was followed by
+                    for b, seq in enumerate(chunk[rows]):
+                        nxt[b, : len(seq) - 1] = seq[1:]
+                    picked = mx.take_along_axis(log_p, mx.array(nxt)[..., None], axis=-1)
+                    parts.append((*topk_of(log_p, cfg.top_k), picked[..., 0]))
             mx.eval(parts)
-            rows_out: list[tuple[np.ndarray, np.ndarray]] = []
-            for ids, lps in parts:
-                rows_out += zip(np.array(ids), np.array(lps), strict=True)
-            for b, (s, (ids_b, lps_b)) in enumerate(zip(chunk, rows_out, strict=True)):
+            rows_out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            for ids, lps, ch in parts:
+                rows_out += zip(np.array(ids), np.array(lps), np.array(ch), strict=True)
+            for b, (s, (ids_b, lps_b, ch_b)) in enumerate(zip(chunk, rows_out, strict=True)):
                 p0 = prompt_lens[start + b] - 1
                 r = len(s) - prompt_lens[start + b]
                 ids_out.append(ids_b[p0 : p0 + r].astype(np.int32))
                 lp_out.append(lps_b[p0 : p0 + r].astype(np.float32))
+                chosen_out.append(ch_b[p0 : p0 + r].astype(np.float32))
             if progress:
                 progress(min(start + FWD_CHUNK, len(sequences)), len(sequences), "soft targets")
             if should_stop is not None and should_stop() and start + FWD_CHUNK < len(sequences):
                 raise GenerationStopped(start + FWD_CHUNK, len(sequences))
-    return ids_out, lp_out
+    return ids_out, lp_out, chosen_out
 
 
 @dataclass
@@ -447,7 +510,7 @@ class TeacherPass:
         if not with_targets:
             return seq_out
         t0 = time.perf_counter()
-        ids, lps = soft_targets(
+        ids, lps, chosen = soft_targets(
             model,
             seq_out.sequences,
             seq_out.prompt_lens,
@@ -459,9 +522,11 @@ class TeacherPass:
         # Train on exactly what the cache holds (float16), so a run that built the cache and
         # a run that reads it see the same targets.
         lps = [lp.astype(np.float16).astype(np.float32) for lp in lps]
+        texts, ends = response_texts(tokenizer, seq_out.sequences, seq_out.prompt_lens)
         out = TeacherOutputs(
             seq_out.sequences, seq_out.prompt_lens, ids, lps, vocab, prompt_cut=seq_out.prompt_cut
         )
+        out.chosen_logprobs, out.texts, out.char_ends = chosen, texts, ends
         save_outputs(tpath, out, {"key": tkey, "seconds": round(time.perf_counter() - t0, 3)})
         out.path = tpath
         return out
@@ -516,8 +581,12 @@ class TeacherPass:
         seqs, plens = generate_responses(model, tokenizer, mine, self.cfg, progress)
         ids = lps = None
         if with_targets:
-            ids, lps = soft_targets(model, seqs, plens, self.cfg, progress)  # one stream per rank
-        out = gather_outputs(world, TeacherOutputs(seqs, plens, ids, lps, vocab))
+            ids, lps, chosen = soft_targets(model, seqs, plens, self.cfg, progress)
+        local = TeacherOutputs(seqs, plens, ids, lps, vocab)
+        local.chosen_logprobs = chosen if with_targets else None
+        out = gather_outputs(world, local)
+        if with_targets:
+            out.texts, out.char_ends = response_texts(tokenizer, out.sequences, out.prompt_lens)
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
         path, key = (tpath, tkey) if with_targets else (gpath, gkey)
         # Rank 0 writes; a rank that cannot see its file afterwards has its own disk.
@@ -565,4 +634,14 @@ def gather_outputs(world: Any, local: TeacherOutputs) -> TeacherOutputs:
                 for a, r in zip(all_lps, resp, strict=True)
             ]
         )
-    return TeacherOutputs(sequences, prompt_lens, ids, lps, local.teacher_vocab)
+    out = TeacherOutputs(sequences, prompt_lens, ids, lps, local.teacher_vocab)
+    if local.chosen_logprobs is not None:
+        flat_c = np.concatenate(local.chosen_logprobs) if local.chosen_logprobs else np.zeros(0)
+        all_c = world.gather_arrays(flat_c.astype(np.float32))
+        out.chosen_logprobs = interleave(
+            [
+                np.split(a, np.cumsum(r)[:-1]) if len(r) else []
+                for a, r in zip(all_c, resp, strict=True)
+            ]
+        )
+    return out

@@ -23,7 +23,7 @@ class VocabError(ValueError):
 
 @dataclass
 class VocabAlignment:
-    strategy: str  # "truncate" (includes identical vocabularies) or "project"
+    strategy: str  # "truncate" (includes identical vocabularies), "project" or "align"
     teacher_size: int  # embedding rows of the teacher (logits width)
     student_size: int
     teacher_ids: np.ndarray  # [M] teacher ids of the shared space
@@ -58,7 +58,7 @@ def token_strings(tokenizer: Any) -> list[str | None]:
     return out
 
 
-def _eos_ids(tokenizer: Any) -> list[int]:
+def eos_ids(tokenizer: Any) -> list[int]:
     ids = getattr(tokenizer, "eos_token_ids", None)
     if ids:
         return sorted(int(i) for i in ids)
@@ -75,13 +75,14 @@ def plan_vocab_alignment(
 ) -> VocabAlignment:
     """Decide how to align two vocabularies from their tokenizers.
 
-    auto: truncate when the token strings agree over the shared ids, otherwise project.
+    auto: truncate when the token strings agree over the shared ids, otherwise align.
     Raises VocabError when `strategy='truncate'` would pair unrelated tokens, or when the
     vocabularies share too little for distillation to mean anything.
     """
-    if strategy not in ("auto", "truncate", "project"):
+    if strategy not in ("auto", "truncate", "project", "align"):
         raise VocabError(
-            f"vocab_strategy: {strategy!r} is not allowed; use 'auto', 'truncate' or 'project'"
+            f"vocab_strategy: {strategy!r} is not allowed; use 'auto', 'truncate', 'project' "
+            "or 'align'"
         )
     t_str = token_strings(teacher_tokenizer)
     s_str = token_strings(student_tokenizer)
@@ -115,7 +116,13 @@ def plan_vocab_alignment(
             f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'"
         )
     return _project_alignment(
-        teacher_tokenizer, student_tokenizer, t_str, s_str, teacher_size, student_size
+        teacher_tokenizer,
+        student_tokenizer,
+        t_str,
+        s_str,
+        teacher_size,
+        student_size,
+        "project" if strategy == "project" else "align",
     )
 
 
@@ -126,8 +133,13 @@ def _project_alignment(
     s_str: list[str | None],
     teacher_size: int,
     student_size: int,
+    strategy: str = "project",
 ) -> VocabAlignment:
-    """Match teacher ids to student ids through their normalised token strings."""
+    """Match teacher ids to student ids through their normalised token strings.
+
+    project: the student reads the teacher's ids mapped one by one (unmapped ones masked).
+    align: the student reads the teacher's text in its own tokens (kd_core/align_loss.py);
+    the map then names the tokens both vocabularies share, for the exact part of the loss."""
     s_index: dict[str, int] = {}
     for i, tok in enumerate(s_str[:student_size]):
         key = _normalise(tok)
@@ -139,7 +151,7 @@ def _project_alignment(
         if key is not None and key in s_index:
             t2s[i] = s_index[key]
     # End-of-sequence is the same event whatever its spelling.
-    t_eos, s_eos = _eos_ids(teacher_tokenizer), _eos_ids(student_tokenizer)
+    t_eos, s_eos = eos_ids(teacher_tokenizer), eos_ids(student_tokenizer)
     if t_eos and s_eos:
         for e in t_eos:
             if e < teacher_size:
@@ -152,6 +164,21 @@ def _project_alignment(
             t_ids.append(t)
             s_ids.append(int(s))
     covered = len(t_ids) / max(1, sum(1 for t in t_str if t is not None))
+    if strategy == "align":
+        how = (
+            f"different tokenizers: the student reads the teacher's text in its own tokens, "
+            f"aligned by characters; {len(t_ids)} tokens in common ({covered:.0%} of the "
+            "teacher's) are compared exactly, the rest by sorted probabilities"
+        )
+        return VocabAlignment(
+            "align",
+            teacher_size,
+            student_size,
+            np.array(t_ids, np.int64),
+            np.array(s_ids, np.int64),
+            t2s,
+            how,
+        )
     if covered < 0.05:
         raise VocabError(
             f"vocab_strategy: the tokenizers share only {covered:.1%} of the "

@@ -1,0 +1,210 @@
+"""Teacher sequences -> student examples across two tokenizers (vocab_strategy "align").
+
+The student reads its own formatting of the prompt, then the teacher's response *text* in its
+own tokens (never the teacher's ids), ending in its own EOS where the teacher's ended. CE is
+on those tokens. kd_core.align cuts the text into spans covered exactly by a run of teacher
+tokens and a run of student tokens; each span gets its KD target at its anchor (the student
+position predicting its first token; kd_core/align_loss.py says how each kind is compared).
+An ending EOS is a one-to-one span of its own.
+
+Offline the targets come from the teacher cache (top-k + tail per teacher position, the chosen
+tokens' log-probs, the response text and its character offsets: one cache serves any
+student). Online the example holds the teacher's span positions and the step reads the
+teacher's distribution there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kd_core.align import AlignedSpan, align_ends, token_ends
+from kd_core.align_loss import MULTI, ONE_TO_ONE
+from kd_core.data import Example, format_prompt
+from kd_core.teacher import TeacherOutputs, response_texts
+from kd_core.vocab import VocabAlignment, eos_ids
+
+
+@dataclass
+class AlignStats:
+    """What the alignment kept, summed over the examples (kd_summary.json's vocab_alignment)."""
+
+    chars: int = 0  # response characters
+    chars_covered: int = 0  # inside spans that contribute to the KD loss (they fit)
+    chars_one_to_one: int = 0
+    spans: int = 0
+    spans_one_to_one: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        share = lambda a, b: round(a / b, 4) if b else 1.0  # noqa: E731
+        return {
+            "strategy": "align",
+            "response_chars_covered": share(self.chars_covered, self.chars),
+            "spans_one_to_one": share(self.spans_one_to_one, self.spans),
+            "response_chars_one_to_one": share(self.chars_one_to_one, self.chars),
+            "spans": self.spans,
+        }
+
+
+@dataclass
+class AlignedExamples:
+    examples: list[Example] = field(default_factory=list)
+    stats: AlignStats = field(default_factory=AlignStats)
+    cut: int = 0
+    skipped: int = 0
+    unmapped: int = 0  # always 0: every response character reaches the student
+
+
+def describe_alignment(summary: dict[str, Any] | None) -> str:
+    """One line for the log and the Models pane."""
+    if not summary or summary.get("strategy") != "align" or "spans" not in summary:
+        return f"vocabulary: {(summary or {}).get('strategy', '?')}"
+    return (
+        f"align · {summary['response_chars_covered']:.0%} of response characters covered · "
+        f"{summary['spans_one_to_one']:.0%} of {summary['spans']} spans one-to-one "
+        f"({summary['response_chars_one_to_one']:.0%} of characters)"
+    )
+
+
+def one_to_one_map(alignment: VocabAlignment) -> np.ndarray:
+    """[teacher_size] the student id of each shared teacher token (one to one), else -1."""
+    t2s = np.full(alignment.teacher_size, -1, np.int64)
+    t2s[alignment.teacher_ids] = alignment.student_ids
+    return t2s
+
+
+def student_only_mask(alignment: VocabAlignment) -> np.ndarray:
+    """[student_size] 1.0 for the student tokens the teacher vocabulary lacks."""
+    only = np.ones(alignment.student_size, np.float32)
+    only[alignment.student_ids] = 0.0
+    return only
+
+
+def split_topk(
+    ids_t: np.ndarray, lps: np.ndarray, t2s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Teacher top-k [.., k] -> (matched student ids, their log P (-inf where unmatched),
+    the unmatched log P sorted descending, -inf padded)."""
+    s = np.where(ids_t < len(t2s), t2s[np.minimum(ids_t, len(t2s) - 1)], -1)
+    matched = s >= 0
+    ids_s = np.where(matched, s, 0).astype(np.int32)
+    lp_m = np.where(matched, lps, -np.inf).astype(np.float32)
+    rest = np.where(matched, -np.inf, lps).astype(np.float32)
+    rest = -np.sort(-rest, axis=-1)  # descending, -inf last
+    return ids_s, lp_m, rest
+
+
+def _spans(
+    text: str, t_body: list[int], t_ends: list[int], student_tokenizer: Any
+) -> tuple[list[int], list[AlignedSpan]]:
+    s_ids, s_ends = token_ends(student_tokenizer, text) if text else ([], [])
+    al = align_ends(text, t_body, t_ends, s_ids, s_ends)
+    return s_ids, al.spans
+
+
+def build_aligned_examples(
+    prompts: list[str],
+    outputs: TeacherOutputs,
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    alignment: VocabAlignment,
+    online: bool,
+    max_seq_length: int | None = None,
+    top_k: int = 1,
+) -> AlignedExamples:
+    texts, char_ends = outputs.texts, outputs.char_ends
+    if texts is None or char_ends is None:
+        texts, char_ends = response_texts(
+            teacher_tokenizer, outputs.sequences, outputs.prompt_lens
+        )
+    t2s = one_to_one_map(alignment)
+    s_eos = eos_ids(student_tokenizer)[0]
+    t_eos = set(eos_ids(teacher_tokenizer))
+    k = outputs.topk_ids[0].shape[1] if outputs.topk_ids else top_k
+    out = AlignedExamples()
+    for i, prompt in enumerate(prompts):
+        seq, plen = outputs.sequences[i], outputs.prompt_lens[i]
+        resp_t = [int(t) for t in seq[plen:]]
+        if not resp_t:
+            out.skipped += 1
+            continue
+        ended = resp_t[-1] in t_eos
+        body = resp_t[:-1] if ended else resp_t
+        text = texts[i]
+        s_ids, spans = _spans(text, body, [int(x) for x in char_ends[i][: len(body)]], student_tokenizer)
+        resp_s = s_ids + ([s_eos] if ended else [])
+        if not resp_s:
+            out.skipped += 1
+            continue
+        s_prompt = np.array(format_prompt(student_tokenizer, prompt), np.int32)
+        was_cut = bool(outputs.prompt_cut[i]) if outputs.prompt_cut else False
+        if max_seq_length is not None and len(s_prompt) + len(resp_s) > max_seq_length:
+            keep = max(1, max_seq_length - len(resp_s))  # the assistant marker is at the end
+            if keep < len(s_prompt):
+                s_prompt, was_cut = s_prompt[-keep:], True
+        out.cut += was_cut
+        ex = Example(np.concatenate([s_prompt, np.array(resp_s, np.int32)]), len(s_prompt))
+        ex.teacher_prompt = seq[:plen]
+        _span_targets(ex, spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
+        if online:
+            ex.teacher_tokens, ex.teacher_prompt_len = seq, plen
+        fit = len(resp_s)
+        if max_seq_length is not None:
+            fit = min(len(ex.tokens), max_seq_length) - len(s_prompt)
+        if fit <= 0:
+            out.skipped += 1
+            continue
+        _count(out.stats, spans, len(text), fit)
+        out.examples.append(ex)
+    return out
+
+
+def _span_targets(
+    ex: Example,
+    spans: list[AlignedSpan],
+    n_body: int,
+    n_student: int,
+    ended: bool,
+    outputs: TeacherOutputs,
+    i: int,
+    t2s: np.ndarray,
+    k: int,
+    online: bool,
+) -> None:
+    """Fill ex's per-position span arrays (and, offline, its soft targets at the anchors)."""
+    R = n_student + int(ended)
+    ex.span_kind = np.zeros(R, np.int8)
+    ex.span_len = np.ones(R, np.int32)
+    ex.teacher_span_lp = np.zeros(R, np.float32)
+    ex.teacher_span = np.zeros((R, 2), np.int32)
+    ex.uld_logprobs = np.full((R, k), -np.inf, np.float32)
+    ex.topk_ids = np.zeros((R, k), np.int32)
+    ex.topk_logprobs = np.full((R, k), -np.inf, np.float32)
+    pairs = [(s.teacher, s.student) for s in spans]
+    if ended:  # the teacher's EOS and the student's: a one-to-one span of their own
+        pairs.append(((n_body, n_body + 1), (n_student, n_student + 1)))
+    chosen = outputs.chosen_logprobs[i] if outputs.chosen_logprobs is not None else None
+    for (t0, t1), (s0, s1) in pairs:
+        ex.teacher_span[s0] = (t0, t1)
+        if t1 - t0 == 1 and s1 - s0 == 1:
+            ex.span_kind[s0] = ONE_TO_ONE
+            if not online:
+                ids_s, lp_m, rest = split_topk(outputs.topk_ids[i][t0], outputs.topk_logprobs[i][t0], t2s)
+                ex.topk_ids[s0], ex.topk_logprobs[s0], ex.uld_logprobs[s0] = ids_s, lp_m, rest
+        else:
+            ex.span_kind[s0] = MULTI
+            ex.span_len[s0] = s1 - s0
+            if chosen is not None:
+                ex.teacher_span_lp[s0] = float(chosen[t0:t1].sum())
+
+
+def _count(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:
+    stats.chars += chars
+    for s in spans:
+        stats.spans += 1
+        stats.spans_one_to_one += s.one_to_one
+        if s.student[1] <= fit:
+            stats.chars_covered += s.end - s.start
+            stats.chars_one_to_one += (s.end - s.start) * s.one_to_one
