@@ -116,9 +116,7 @@ def build_aligned_examples(
 ) -> AlignedExamples:
     texts, char_ends = outputs.texts, outputs.char_ends
     if texts is None or char_ends is None:
-        texts, char_ends = response_texts(
-            teacher_tokenizer, outputs.sequences, outputs.prompt_lens
-        )
+        texts, char_ends = response_texts(teacher_tokenizer, outputs.sequences, outputs.prompt_lens)
     t2s = one_to_one_map(alignment)
     s_eos = eos_ids(student_tokenizer)[0]
     t_eos = set(eos_ids(teacher_tokenizer))
@@ -133,7 +131,9 @@ def build_aligned_examples(
         ended = resp_t[-1] in t_eos
         body = resp_t[:-1] if ended else resp_t
         text = texts[i]
-        s_ids, spans = _spans(text, body, [int(x) for x in char_ends[i][: len(body)]], student_tokenizer)
+        s_ids, spans = _spans(
+            text, body, [int(x) for x in char_ends[i][: len(body)]], student_tokenizer
+        )
         resp_s = s_ids + ([s_eos] if ended else [])
         if not resp_s:
             out.skipped += 1
@@ -191,7 +191,9 @@ def _span_targets(
         if t1 - t0 == 1 and s1 - s0 == 1:
             ex.span_kind[s0] = ONE_TO_ONE
             if not online:
-                ids_s, lp_m, rest = split_topk(outputs.topk_ids[i][t0], outputs.topk_logprobs[i][t0], t2s)
+                ids_s, lp_m, rest = split_topk(
+                    outputs.topk_ids[i][t0], outputs.topk_logprobs[i][t0], t2s
+                )
                 ex.topk_ids[s0], ex.topk_logprobs[s0], ex.uld_logprobs[s0] = ids_s, lp_m, rest
         else:
             ex.span_kind[s0] = MULTI

@@ -173,9 +173,7 @@ class AlignStep(_CompiledStep):
 
     def loss_sums(self, logits, targets, mask, extra):
         cfg = self.cfg
-        return align_loss_sums(
-            logits, targets, mask, *extra, cfg.temperature, self.spec, cfg.alpha
-        )
+        return align_loss_sums(logits, targets, mask, *extra, cfg.temperature, self.spec, cfg.alpha)
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:
         kind, span_len = mx.array(batch.span_kind), mx.array(batch.span_len)

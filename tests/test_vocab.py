@@ -61,7 +61,8 @@ def test_unrelated_truncate_refused_with_reason(toks):
 
 def test_project_maps_by_token_string(toks):
     a, b = _tok(toks["a"]), _tok(toks["b"])
-    al = plan_vocab_alignment(a, b, 300, 300, strategy="auto")
+    assert plan_vocab_alignment(a, b, 300, 300, strategy="auto").strategy == "align"
+    al = plan_vocab_alignment(a, b, 300, 300, strategy="project")
     assert al.strategy == "project"
     va, vb = a.get_vocab(), b.get_vocab()
     for t_id, s_id in zip(al.teacher_ids, al.student_ids, strict=True):

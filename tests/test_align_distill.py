@@ -1,0 +1,121 @@
+"""vocab_strategy "align" end to end: a byte-level BPE teacher distilled into a student with a
+SentencePiece-style tokenizer (byte fallback), through the real trainer, offline and online;
+the teacher cache keeps what any student needs; bad combinations are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_sp_student
+
+from kd_core.align import align_ends, token_ends
+from kd_core.teacher import load_outputs
+
+PROMPTS = "Name a colour.\nCount to three.\nSay hello.\nPick a number.\nWrite café 😀.\n"
+
+
+@pytest.fixture(scope="module")
+def sp_student(tiny_pair) -> Path:
+    return build_sp_student(tiny_pair.root)
+
+
+def _distill(tiny_pair, student: Path, out: Path, *extra: str, cache: Path | None = None):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prompts = out.parent / "p.txt"
+    prompts.write_text(PROMPTS)
+    cmd = [
+        sys.executable, "-m", "kd_core", "distill", "--quiet",
+        "--teacher", str(tiny_pair.teacher), "--student", str(student),
+        "--domain-file", str(prompts), "--iters", "12", "--max-tokens", "20",
+        "--batch-size", "4", "--learning-rate", "1e-3", "--seed", "3", "--output", str(out),
+        *extra,
+    ]  # fmt: skip
+    env = None
+    if cache is not None:
+        import os
+
+        env = {**os.environ, "KD_CACHE_DIR": str(cache)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "p" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_offline_align_trains_and_reports_coverage(tiny_pair, sp_student, tmp_path):
+    out = tmp_path / "out"
+    proc = _distill(tiny_pair, sp_student, out)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "kd_summary.json").read_text())
+    va = summary["domains"]["p"]["vocab_alignment"]
+    assert va["strategy"] == "align"
+    assert 0.9 <= va["response_chars_covered"] <= 1.0
+    assert 0.0 < va["spans_one_to_one"] < 1.0  # two families: some spans are longer
+    rows = _rows(out)
+    assert len(rows) == 12 and all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in rows)
+    assert rows[-1]["ce"] < rows[0]["ce"]  # it learns the teacher's text in its own tokens
+    cfg = json.loads((out / "p" / "adapter_config.json").read_text())
+    assert cfg["kd"]["vocab_strategy"] == "auto"
+    assert (out / "p" / "adapters.safetensors").stat().st_size > 0
+
+
+def test_online_align_matches_offline_at_the_first_step(tiny_pair, sp_student, tmp_path):
+    """Online the teacher's top-k comes from its logits each step, offline from the cache
+    (float16): the same loss up to that rounding."""
+    off, on = tmp_path / "off", tmp_path / "on"
+    assert _distill(tiny_pair, sp_student, off).returncode == 0
+    proc = _distill(tiny_pair, sp_student, on, "--teacher-mode", "online")
+    assert proc.returncode == 0, proc.stderr
+    a, b = _rows(off)[0], _rows(on)[0]
+    assert a["kd"] == pytest.approx(b["kd"], rel=2e-3)
+    assert a["ce"] == pytest.approx(b["ce"], rel=1e-5)
+
+
+def test_one_teacher_cache_serves_both_students(tiny_pair, sp_student, tmp_path):
+    cache = tmp_path / "cache"
+    same = _distill(tiny_pair, tiny_pair.student, tmp_path / "a" / "out", cache=cache)
+    assert same.returncode == 0, same.stderr
+    other = _distill(tiny_pair, sp_student, tmp_path / "b" / "out", cache=cache)
+    assert other.returncode == 0, other.stderr
+    files = sorted((cache / "teacher").glob("p-*.safetensors"))
+    targets = [f for f in files if "-gen-" not in f.name]
+    assert len(targets) == 1  # the second student reused the first one's targets
+    got = load_outputs(targets[0], {}, with_targets=True)
+    assert got.texts is not None and got.chosen_logprobs is not None
+    from mlx_lm.utils import load_tokenizer
+
+    t_tok, s_tok = load_tokenizer(tiny_pair.teacher), load_tokenizer(sp_student)
+    for seq, plen, text, ends, ch in zip(
+        got.sequences, got.prompt_lens, got.texts, got.char_ends, got.chosen_logprobs, strict=True
+    ):
+        assert len(ends) == len(seq) - plen == len(ch)
+        assert np.all(ch <= 0) and np.all(np.diff(ends) >= 0) and ends[-1] == len(text)
+        body = [int(t) for t in seq[plen:]]
+        body = body[:-1] if body[-1] == t_tok.eos_token_id else body
+        s_ids, s_ends = token_ends(s_tok, text)
+        al = align_ends(text, body, [int(e) for e in ends[: len(body)]], s_ids, s_ends)
+        if text:
+            assert al.spans[0].start == 0 and al.spans[-1].end == len(text)
+            assert al.spans[-1].teacher[1] == len(body) and al.spans[-1].student[1] == len(s_ids)
+
+
+def test_on_policy_with_two_tokenizers_is_refused_before_writing(tiny_pair, sp_student, tmp_path):
+    out = tmp_path / "out"
+    proc = _distill(tiny_pair, sp_student, out, "--on-policy-ratio", "0.5")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "on_policy_ratio" in line and "align" in line
+    assert not out.exists()
+
+
+def test_project_still_available_by_name(tiny_pair, sp_student, tmp_path):
+    out = tmp_path / "out"
+    proc = _distill(tiny_pair, sp_student, out, "--vocab-strategy", "project")
+    assert proc.returncode == 0, proc.stderr
+    va = json.loads((out / "kd_summary.json").read_text())["domains"]["p"]["vocab_alignment"]
+    assert va == {"strategy": "project"}
