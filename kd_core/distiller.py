@@ -19,6 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from kd_core.align_examples import build_aligned_examples, describe_alignment
 from kd_core.checkpoints import run_fingerprint
 from kd_core.config import ConfigError, KDConfig
 from kd_core.control import RunControl
@@ -38,7 +39,6 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
-from kd_core.align_examples import build_aligned_examples, describe_alignment
 from kd_core.examples import ExampleSet, build_examples
 from kd_core.models import (
     ModelError,
