@@ -183,8 +183,10 @@ class Worker:
         return loaded
 
     def _report_demo_build(self) -> None:
-        """The demo pair is built on first use (minutes): say how far it got."""
+        """The shipped demo pair is unpacked in about a second and reports nothing; if it is
+        missing or damaged the pair is trained (the hook below runs then): say how far."""
         from kd_core import demo
+        from kd_tui.model_check import DEMO_TRAIN_TIME
 
         last = [-1]
 
@@ -192,7 +194,10 @@ class Worker:
             pct = done * 100 // max(1, total)
             if pct != last[0]:
                 last[0] = pct
-                message = f"building the demo pair (first use, about 2 minutes): {what} {pct}%"
+                message = (
+                    f"training the demo pair (no usable shipped copy; {DEMO_TRAIN_TIME}): "
+                    f"{what} {pct}%"
+                )
                 self.emit(Status(id=self.rid, message=message))
 
         demo.set_build_progress(hook)

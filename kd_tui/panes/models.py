@@ -21,7 +21,13 @@ from textual.widgets.option_list import Option
 from kd_core.models import DEMO_NAMES, list_cached_models
 from kd_tui.inference import tokenizer_verdict
 from kd_tui.messages import StateChanged
-from kd_tui.model_check import ModelCheck, check_model, info_lines, verdict_words
+from kd_tui.model_check import (
+    DEMO_TRAIN_TIME,
+    ModelCheck,
+    check_model,
+    info_lines,
+    verdict_words,
+)
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
 
@@ -180,8 +186,8 @@ class ModelsPane(Container):
         if t.path is None or s.path is None:
             self._verdict_key = None
             box.update(
-                "Known once the demo pair is built (it is built on first use, about 2 "
-                "minutes; `kd demo` builds it now)."
+                "Known once the demo pair is built (no usable shipped copy here: first use "
+                f"trains it, {DEMO_TRAIN_TIME}; `kd demo` builds it now)."
             )
             return
         key = (str(t.path), str(s.path))
