@@ -28,6 +28,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from kd_core.align_examples import build_aligned_examples
+from kd_core.align_loss import ONE_TO_ONE
 from kd_core.config import ConfigError, KDConfig
 from kd_core.data import forward_inputs
 from kd_core.distiller import TrueKnowledgeDistiller
@@ -37,9 +39,15 @@ from kd_core.examples import build_examples
 from kd_core.losses import log_softmax
 from kd_core.models import load_model, model_fingerprint, release, resolve_model, vocab_size
 from kd_core.on_policy import student_to_teacher
-from kd_core.teacher import TeacherOutputs, TeacherPass, fitted_prompts, sample_batch
+from kd_core.teacher import (
+    TeacherOutputs,
+    TeacherPass,
+    fitted_prompts,
+    response_texts,
+    sample_batch,
+)
 from kd_core.user_dirs import default_cache_dir
-from kd_core.vocab import VocabAlignment, plan_vocab_alignment
+from kd_core.vocab import VocabAlignment, eos_ids, plan_vocab_alignment
 
 EVAL_CHUNK = 8
 
@@ -98,10 +106,17 @@ def measure(
     al = plan_vocab_alignment(
         ref.tokenizer, s_tok, ref.vocab, vocab_size(model), cfg.vocab_strategy
     )
-    examples = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True).examples
+    if al.strategy == "align":
+        examples = build_aligned_examples(
+            ref.prompts, ref.outputs, ref.tokenizer, s_tok, al, online=True
+        ).examples
+    else:
+        examples = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True).examples
     seqs = [e.tokens for e in examples]
     logits = _response_logits(model, seqs, [e.prompt_len for e in examples])
-    figures: dict[str, float] = compare_distributions(ref, examples, logits, al)
+    compare = compare_aligned if al.strategy == "align" else compare_distributions
+    figures: dict[str, float] = compare(ref, examples, logits, al)
+    figures["bits_per_char"] = bits_per_char(ref, examples, logits)
     del logits
     own = sample_answers(model, s_tok, ref.prompts, cfg)
     own_lps = [log_softmax_np(x) for x in _response_logits(model, *own)]
@@ -157,7 +172,7 @@ def reverse_kl_on_samples(
     for q_full, t_lg, valid in zip(student_lps, t_logits, valids, strict=True):
         q = q_full.astype(np.float64)[:, al.student_ids]
         p = log_softmax_np(t_lg).astype(np.float64)[:, al.teacher_ids]
-        if al.strategy == "project":  # over the shared tokens, renormalised
+        if al.strategy != "truncate":  # over the shared tokens, renormalised
             q = q - np.log(np.exp(q).sum(-1, keepdims=True))
             p = p - np.log(np.exp(p).sum(-1, keepdims=True))
         kl = (np.exp(q) * (q - p)).sum(-1)
@@ -193,6 +208,68 @@ def compare_distributions(
         n += int(valid.sum())
     n = max(n, 1)
     return {"kl": kl_sum / n, "top1_agreement": agree / n, "ce": ce_sum / n, "positions": n}
+
+
+def _shared_log_probs(t_lp: np.ndarray, s_lg: np.ndarray, al: VocabAlignment):
+    """(teacher, student) log-probs over the shared tokens, each renormalised there, and the
+    student's full log-probs."""
+    s_full = log_softmax_np(s_lg).astype(np.float64)
+    t = t_lp.astype(np.float64)[..., al.teacher_ids]
+    s = s_full[..., al.student_ids]
+    t = t - np.log(np.exp(t).sum(-1, keepdims=True))
+    s = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    return t, s, s_full
+
+
+def compare_aligned(
+    ref: TeacherReference, examples: list[Any], student_logits: list[np.ndarray], al: VocabAlignment
+) -> dict[str, float]:
+    """Two tokenizers: kl and top-1 agreement at the one-to-one span anchors (teacher
+    position t0 against student position s0, over the shared tokens, T = 1); ce over every
+    student response token (its own tokens of the teacher's text)."""
+    kl_sum = agree = ce_sum = 0.0
+    n = n_ce = 0
+    for ex, t_lp, s_lg in zip(examples, ref.log_probs, student_logits, strict=True):
+        anchors = np.flatnonzero(ex.span_kind[: len(s_lg)] == ONE_TO_ONE)
+        t_pos = ex.teacher_span[anchors, 0]
+        keep = t_pos < len(t_lp)
+        anchors, t_pos = anchors[keep], t_pos[keep]
+        t, s, s_full = _shared_log_probs(t_lp[t_pos], s_lg[anchors], al)
+        kl_sum += float((np.exp(t) * (t - s)).sum())
+        agree += float((t.argmax(-1) == s.argmax(-1)).sum())
+        n += len(anchors)
+        full = log_softmax_np(s_lg).astype(np.float64)
+        targets = ex.tokens[ex.prompt_len :][: len(s_lg)]
+        ce_sum -= float(full[np.arange(len(targets)), targets].sum())
+        n_ce += len(targets)
+    return {
+        "kl": kl_sum / max(n, 1),
+        "top1_agreement": agree / max(n, 1),
+        "ce": ce_sum / max(n_ce, 1),
+        "positions": n,
+    }
+
+
+def bits_per_char(
+    ref: TeacherReference, examples: list[Any], student_logits: list[np.ndarray]
+) -> float:
+    """The student's negative log-likelihood of the teacher's held-out response text (its own
+    tokens of it, an ending EOS left out), in bits, per character: comparable across
+    tokenizers."""
+    texts, _ = response_texts(ref.tokenizer, ref.outputs.sequences, ref.outputs.prompt_lens)
+    eos = set(eos_ids(ref.tokenizer))
+    nats = 0.0
+    chars = 0
+    for ex, s_lg, seq, plen, text in zip(
+        examples, student_logits, ref.outputs.sequences, ref.outputs.prompt_lens, texts,
+        strict=False,
+    ):  # fmt: skip
+        targets = ex.tokens[ex.prompt_len :][: len(s_lg)]
+        n = len(targets) - int(len(seq) > plen and int(seq[-1]) in eos)
+        full = log_softmax_np(s_lg[:n]).astype(np.float64)
+        nats -= float(full[np.arange(n), targets[:n]].sum())
+        chars += len(text)
+    return nats / np.log(2.0) / max(chars, 1)
 
 
 def heldout_prompts(domain: str, domain_files: list[str] | None = None) -> list[str]:

@@ -47,10 +47,16 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "p" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_offline_align_trains_and_reports_coverage(tiny_pair, sp_student, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def offline_run(tiny_pair, sp_student, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("align-offline") / "out"
     proc = _distill(tiny_pair, sp_student, out)
     assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_offline_align_trains_and_reports_coverage(offline_run):
+    out = offline_run
     summary = json.loads((out / "kd_summary.json").read_text())
     va = summary["domains"]["p"]["vocab_alignment"]
     assert va["strategy"] == "align"
@@ -64,11 +70,12 @@ def test_offline_align_trains_and_reports_coverage(tiny_pair, sp_student, tmp_pa
     assert (out / "p" / "adapters.safetensors").stat().st_size > 0
 
 
-def test_online_align_matches_offline_at_the_first_step(tiny_pair, sp_student, tmp_path):
+def test_online_align_matches_offline_at_the_first_step(
+    tiny_pair, sp_student, offline_run, tmp_path
+):
     """Online the teacher's top-k comes from its logits each step, offline from the cache
     (float16): the same loss up to that rounding."""
-    off, on = tmp_path / "off", tmp_path / "on"
-    assert _distill(tiny_pair, sp_student, off).returncode == 0
+    off, on = offline_run, tmp_path / "on"
     proc = _distill(tiny_pair, sp_student, on, "--teacher-mode", "online")
     assert proc.returncode == 0, proc.stderr
     a, b = _rows(off)[0], _rows(on)[0]
@@ -119,3 +126,22 @@ def test_project_still_available_by_name(tiny_pair, sp_student, tmp_path):
     assert proc.returncode == 0, proc.stderr
     va = json.loads((out / "kd_summary.json").read_text())["domains"]["p"]["vocab_alignment"]
     assert va == {"strategy": "project"}
+
+
+def test_eval_across_tokenizers_bits_per_char_and_kl(tiny_pair, sp_student, offline_run):
+    """kd eval on an aligned pair: kl at one-to-one anchors and bits_per_char, in the usual
+    shape; on the very texts the student was distilled on, its bits per character drop."""
+    from kd_core.config import KDConfig
+    from kd_core.evaluate import measure, teacher_reference
+
+    cfg = KDConfig(max_tokens=20, seed=3)
+    prompts = PROMPTS.strip().splitlines()
+    ref = teacher_reference(str(tiny_pair.teacher), prompts, cfg, "p")
+    base = measure(ref, str(sp_student), None, cfg)
+    tuned = measure(ref, str(sp_student), offline_run / "p", cfg)
+    for fig in (base, tuned):
+        assert set(fig) >= {"kl", "top1_agreement", "ce", "bits_per_char", "positions"}
+        assert fig["kl"] >= 0 and 0 <= fig["top1_agreement"] <= 1 and fig["positions"] > 0
+    assert tuned["bits_per_char"] < base["bits_per_char"]
+    assert tuned["ce"] < base["ce"]
+    print(f"bits/char base {base['bits_per_char']:.3f} -> {tuned['bits_per_char']:.3f}")
