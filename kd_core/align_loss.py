@@ -102,15 +102,36 @@ def align_loss_sums(
     ce, _ = ce_loss_sum(logits, targets, mask=mask)
     if alpha == 0.0:
         return mx.array(0.0), ce
-    z = logits.astype(mx.float32) / temperature
-    log_q = z - mx.logsumexp(z, axis=-1, keepdims=True)
-    one = (kind == ONE_TO_ONE).astype(mx.float32)
+    log_q = student_log_q(logits, temperature)
+    local = one_to_one_terms(log_q, kind, topk_ids, topk_logprobs, uld_logprobs, student_only, spec)
+    lq_chosen = chosen_log_q(log_q, targets) * mask
+    span_q = span_log_probs(lq_chosen, mx.maximum(span_len, 1))
     multi = (kind == MULTI).astype(mx.float32)
+    span = binary_kl(mx.stop_gradient(teacher_span_lp.astype(mx.float32)), span_q)
+    return (temperature**2) * (local.sum() + (multi * span).sum()), ce
+
+
+def student_log_q(logits: mx.array, temperature: float) -> mx.array:
+    z = logits.astype(mx.float32) / temperature
+    return z - mx.logsumexp(z, axis=-1, keepdims=True)
+
+
+def chosen_log_q(log_q: mx.array, targets: mx.array) -> mx.array:
+    return mx.take_along_axis(log_q, targets[..., None].astype(mx.int32), axis=-1)[..., 0]
+
+
+def one_to_one_terms(
+    log_q: mx.array,
+    kind: mx.array,
+    topk_ids: mx.array,
+    topk_logprobs: mx.array,
+    uld_logprobs: mx.array,
+    student_only: mx.array,
+    spec: DivergenceSpec,
+) -> mx.array:
+    """Per position: the one-to-one spans' exact part + ULD_WEIGHT * ULD (0 elsewhere)."""
+    one = (kind == ONE_TO_ONE).astype(mx.float32)
     lq_k = mx.take_along_axis(log_q, topk_ids.astype(mx.int32), axis=-1)
     exact = _topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), lq_k, spec)
     uld = uld_terms(log_q, student_only, uld_logprobs)
-    lq_chosen = mx.take_along_axis(log_q, targets[..., None].astype(mx.int32), axis=-1)[..., 0]
-    span_q = span_log_probs(lq_chosen * mask, mx.maximum(span_len, 1))
-    span = binary_kl(mx.stop_gradient(teacher_span_lp.astype(mx.float32)), span_q)
-    per_pos = one * (exact + ULD_WEIGHT * uld) + multi * span
-    return (temperature**2) * per_pos.sum(), ce
+    return one * (exact + ULD_WEIGHT * uld)

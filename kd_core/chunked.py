@@ -91,13 +91,8 @@ class ChunkedStep:
         self.split = split
         self.optimizer = optimizer
         self.chunk = chunk
-        alpha, temperature, spec = cfg.alpha, cfg.temperature, DivergenceSpec.of(cfg)
-
-        def chunk_loss(h, targets, mask, ids, lps, inv):
-            kd, ce = offline_sums(split.head(h), targets, mask, ids, lps, alpha, temperature, spec)
-            return combined_loss(kd, ce, alpha) * inv, (kd, ce)
-
-        self._chunk_grad = mx.compile(mx.value_and_grad(chunk_loss, argnums=0))
+        self.cfg = cfg
+        self._chunk_grad = mx.compile(mx.value_and_grad(self._chunk_loss, argnums=0))
 
         def surrogate(m, inputs, cotangent):
             # d/dθ sum(h(θ) * g) = J^T g: the body's backward pass with dL/dh as cotangent.
@@ -117,52 +112,63 @@ class ChunkedStep:
 
         self._body_backward = mx.compile(body_backward, inputs=state, outputs=state)
 
+    def _chunk_loss(self, h, inv, targets, mask, ids, lps):
+        """The loss of a chunk of flattened positions (h [C, D], the rest [C, ...])."""
+        cfg = self.cfg
+        kd, ce = offline_sums(
+            self.split.head(h), targets, mask, ids, lps, cfg.alpha, cfg.temperature,
+            DivergenceSpec.of(cfg),
+        )  # fmt: skip
+        return combined_loss(kd, ce, cfg.alpha) * inv, (kd, ce)
+
+    def position_arrays(self, batch: Batch, hs: list[mx.array]) -> list[mx.array]:
+        """The per-position inputs of `_chunk_loss` after h and inv, each [B, L, ...] (hs: the
+        shards' final hidden states, for a subclass that needs a first pass over them)."""
+        return [
+            mx.array(batch.targets),
+            mx.array(batch.mask),
+            mx.array(batch.topk_ids),
+            mx.array(batch.topk_logprobs),
+        ]
+
+    def _hidden(self, inputs: mx.array, shards: list[slice]) -> list[mx.array]:
+        hs = []
+        for i, rows in enumerate(shards):
+            with self.streams.on(i):
+                hs.append(self.split.body(inputs[rows]))
+        mx.eval(hs)
+        return hs
+
     def __call__(self, batch: Batch, inv: mx.array, prev_grad: Any, do_update: bool) -> StepOutput:
         # Rows are split over the parallel streams (kd_core/cpu_streams.py); each phase builds
         # one piece per stream and evaluates them together, so the streams run at once.
-        inputs, targets, mask = (
-            mx.array(batch.inputs),
-            mx.array(batch.targets),
-            mx.array(batch.mask),
-        )
-        ids, lps = mx.array(batch.topk_ids), mx.array(batch.topk_logprobs)
+        inputs = mx.array(batch.inputs)
         streams = self.streams
         shards = row_slices(inputs.shape[0], streams.n)
-        hs = []
-        for i, rows in enumerate(shards):
-            with streams.on(i):
-                hs.append(self.split.body(inputs[rows]))
-        mx.eval(hs)
-        pieces = []  # per shard: flattened h, targets, mask, ids, log-probs
+        hs = self._hidden(inputs, shards)
+        arrays = self.position_arrays(batch, hs)
+        pieces = []  # per shard: flattened h, then each position array flattened
         for h, rows in zip(hs, shards, strict=True):
             n = h.shape[0] * h.shape[1]
-            pieces.append(
-                (
-                    h.reshape(n, h.shape[2]),
-                    targets[rows].reshape(n),
-                    mask[rows].reshape(n),
-                    ids[rows].reshape(n, ids.shape[-1]),
-                    lps[rows].reshape(n, lps.shape[-1]),
-                )
-            )
+            flat = [a[rows].reshape(n, *a.shape[2:]) for a in arrays]
+            pieces.append((h.reshape(n, h.shape[2]), *flat))
         loss = kd = ce = mx.array(0.0)
         grads: list[list[mx.array]] = [[] for _ in shards]
         longest = max(p[0].shape[0] for p in pieces)
         for s in range(0, longest, self.chunk):  # one chunk per stream alive at a time
             e = s + self.chunk
             wave = []
-            for i, (hf, tf, mf, idf, lpf) in enumerate(pieces):
+            for i, (hf, *rest) in enumerate(pieces):
                 if s >= hf.shape[0]:
                     continue
                 with streams.on(i):
-                    (l_c, (kd_c, ce_c)), g = self._chunk_grad(
-                        hf[s:e], tf[s:e], mf[s:e], idf[s:e], lpf[s:e], inv
-                    )
+                    (l_c, (kd_c, ce_c)), g = self._chunk_grad(hf[s:e], inv, *(a[s:e] for a in rest))
                     loss, kd, ce = loss + l_c, kd + kd_c, ce + ce_c
                 grads[i].append(g)
                 wave.append(g)
             mx.eval(wave, loss, kd, ce)
         del hs, pieces
+        loss, kd = self.adjust(loss, kd, inv)
         grad = prev_grad
         for i, rows in enumerate(shards):
             x = inputs[rows]
@@ -171,3 +177,7 @@ class ChunkedStep:
             with streams.on(i):
                 grad = self._body_backward(x, dh, grad, do_update and i == len(shards) - 1)
         return StepOutput(loss, kd, ce, grad)
+
+    def adjust(self, loss: mx.array, kd: mx.array, inv: mx.array) -> tuple[mx.array, mx.array]:
+        """The reported loss and KD when a chunk's loss is a gradient surrogate (align)."""
+        return loss, kd

@@ -232,16 +232,20 @@ def make_step(
 ) -> TrainStep:
     """The step for this run: online when a teacher is given; chunked when the logits of a
     step would be large (offline only); the fused offline step otherwise."""
+    chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
+    split = split_model(model) if chunk and teacher is None else None
+    if chunk and teacher is None and split is None:
+        warn("this model cannot be split into body and head; computing the loss unchunked")
     if alignment is not None and alignment.strategy == "align":
-        if want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab):
-            warn("vocab_strategy align computes its loss unchunked (whole [B, L, V] logits)")
+        if split is not None:
+            from kd_core.chunked_align import ChunkedAlignStep
+
+            return ChunkedAlignStep(
+                model, split, optimizer, cfg, chunk, reduce, streams, alignment=alignment
+            )
         return AlignStep(model, optimizer, cfg, reduce, streams, alignment, teacher)
     if teacher is not None:
         return OnlineStep(model, optimizer, cfg, reduce, streams, teacher, alignment)
-    chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
-    if chunk:
-        split = split_model(model)
-        if split is not None:
-            return ChunkedStep(model, split, optimizer, cfg, chunk, reduce, streams)
-        warn("this model cannot be split into body and head; computing the loss unchunked")
+    if split is not None:
+        return ChunkedStep(model, split, optimizer, cfg, chunk, reduce, streams)
     return OfflineStep(model, optimizer, cfg, reduce, streams)
