@@ -77,10 +77,13 @@ def token_ends(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     """(token ids of `text`, the character each token's coverage ends at). Token i covers
     [ends[i-1], ends[i]): gaps (characters a tokenizer skipped) go to the next token, and the
     last token reaches the end of the text."""
-    enc = backend(tokenizer).encode(text, add_special_tokens=False)
+    try:
+        enc = backend(tokenizer).encode(text, add_special_tokens=False)
+    except Exception as e:  # e.g. a word-level vocabulary with no unknown token
+        raise AlignmentError(f"tokenizer cannot encode {text[:40]!r} ({e})") from None
     ids = list(enc.ids)
     if text and not ids:
-        raise AlignmentError(f"tokenizer: cannot encode {text[:40]!r}")
+        raise AlignmentError(f"tokenizer cannot encode {text[:40]!r}")
     ends, top = [], 0
     for _, end in enc.offsets:
         top = max(top, min(int(end), len(text)))

@@ -19,6 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from kd_core.align import AlignmentError
 from kd_core.align_examples import build_aligned_examples, describe_alignment
 from kd_core.checkpoints import run_fingerprint
 from kd_core.config import ConfigError, KDConfig
@@ -63,6 +64,8 @@ from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass
 from kd_core.trainer import StudentTrainer, apply_lora
 from kd_core.user_dirs import default_cache_dir
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
+
+MIN_ALIGN_COVERAGE = 0.5  # of response characters in spans that reach the KD loss
 
 
 class NoExamplesError(ValueError):
@@ -373,11 +376,7 @@ class TrueKnowledgeDistiller:
         cfg = self.config
         online = cfg.teacher_mode == "online"
         if alignment.strategy == "align":
-            al = build_aligned_examples(
-                prompts, outputs, t_tok, s_tok, alignment, online, cfg.max_seq_length, cfg.top_k
-            )
-            ex = ExampleSet(al.examples, 0, al.cut, al.skipped, al.stats.summary())
-            self.sink(Log(f"{name}: {describe_alignment(ex.vocab_alignment)}"))
+            ex = self._aligned_examples(name, prompts, outputs, s_tok, alignment, t_tok)
         else:
             ex = build_examples(prompts, outputs, s_tok, alignment, online, cfg.max_seq_length)
         if not ex.examples:
@@ -401,6 +400,40 @@ class TrueKnowledgeDistiller:
                 )
             )
         return ex
+
+    def _aligned_examples(
+        self,
+        name: str,
+        prompts: list[str],
+        outputs: TeacherOutputs,
+        s_tok: Any,
+        alignment: VocabAlignment,
+        t_tok: Any,
+    ) -> ExampleSet:
+        """Examples across two tokenizers; a student tokenizer that cannot read the teacher's
+        text, or spans covering under half of it, is a one-line error before training."""
+        cfg = self.config
+        pair = f"{self.teacher_model_id} -> {self.student_model_id}"
+        try:
+            al = build_aligned_examples(
+                prompts, outputs, t_tok, s_tok, alignment, cfg.teacher_mode == "online",
+                cfg.max_seq_length, cfg.top_k,
+            )  # fmt: skip
+        except AlignmentError as e:
+            raise ConfigError(
+                f"vocab_strategy: align cannot read {name!r} for {pair}: the student's {e}; "
+                "0% of response characters covered"
+            ) from None
+        summary = al.stats.summary()
+        covered = summary["response_chars_covered"]
+        if covered < MIN_ALIGN_COVERAGE:
+            raise ConfigError(
+                f"vocab_strategy: align covers only {covered:.0%} of {name!r}'s response "
+                f"characters for {pair} (at least {MIN_ALIGN_COVERAGE:.0%} needed); raise "
+                f"max_seq_length ({cfg.max_seq_length}) or pick a student of the teacher's family"
+            )
+        self.sink(Log(f"{name}: {describe_alignment(summary)}"))
+        return ExampleSet(al.examples, 0, al.cut, al.skipped, summary)
 
     def _finish(self, run: _Run) -> list[DomainResult]:
         stopped = self.control.stop_requested or any(r.stopped for r in run.results)
