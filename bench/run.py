@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +63,9 @@ GOALS: dict[str, tuple[str, float]] = {
     "on_policy_step_ratio": ("<=", 3.0),
     # The slowest divergence / forward KL, offline fused step (kd_core/divergences.py).
     "divergence_step_ratio_max": ("<=", 1.2),
+    # Cross-tokenizer alignment (building the aligned examples, once per run) per training
+    # step of demo-teacher -> demo-student-sp (bench/align.py).
+    "align_overhead_ratio": ("<=", 0.05),
 }
 
 
@@ -489,6 +493,16 @@ def sec_distil(ctx: Context) -> None:
     ctx.details["distil_big_teacher"] = {"teacher": asdict(BIG_TEACHER), **d_big}
 
 
+def sec_align(ctx: Context) -> None:
+    """bench/align.py in its own process: alignment per step, the span loss's step cost."""
+    steps = "5" if ctx.plan.quick else "20"
+    cmd = [sys.executable, str(ROOT / "bench" / "align.py"), "--steps", steps]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    got = json.loads((ROOT / "bench" / "results" / "align.json").read_text())
+    ctx.results["align_overhead_ratio"] = got["align_overhead_ratio"]
+    ctx.details["align"] = got
+
+
 def derive_mfu(ctx: Context) -> None:
     """Achieved FLOP/s of the student's offline step over numpy's measured sgemm rate."""
     sft, mm = ctx.details.get("sft"), ctx.details.get("matmul")
@@ -535,6 +549,7 @@ SECTIONS: dict[str, tuple[Callable[[Context], None], tuple[str, ...]]] = {
     ),
     "on_policy": (sec_on_policy, ("on_policy_step_ratio",)),
     "divergence": (sec_divergence, ("divergence_step_ratio_max",)),
+    "align": (sec_align, ("align_overhead_ratio",)),
 }
 NEEDS = {"mfu": ("matmul", "sft")}
 
