@@ -226,7 +226,7 @@ def align_vocab_sizes(
             )
         n = min(teacher_logits.shape[-1], student_logits.shape[-1])
         return teacher_logits[..., :n], student_logits[..., :n]
-    if strategy == "project":
+    if strategy in ("project", "align"):  # align: its one-to-one spans compare this way
         if alignment is None:
             raise VocabError(
                 "vocab_strategy: 'project' needs an alignment planned from the "

@@ -109,6 +109,18 @@ def test_one_teacher_cache_serves_both_students(tiny_pair, sp_student, tmp_path)
         if text:
             assert al.spans[0].start == 0 and al.spans[-1].end == len(text)
             assert al.spans[-1].teacher[1] == len(body) and al.spans[-1].student[1] == len(s_ids)
+    # The student reads its own tokens of the text: never an EOS inside a response.
+    from kd_core.align_examples import build_aligned_examples
+    from kd_core.vocab import plan_vocab_alignment, token_strings
+
+    sizes = len(token_strings(t_tok)), len(token_strings(s_tok))
+    al = plan_vocab_alignment(t_tok, s_tok, *sizes)
+    assert al.strategy == "align"
+    built = build_aligned_examples(PROMPTS.strip().splitlines(), got, t_tok, s_tok, al, False)
+    assert built.examples and built.stats.summary()["response_chars_covered"] == 1.0
+    for ex in built.examples:
+        resp = list(ex.tokens[ex.prompt_len :])
+        assert s_tok.eos_token_id not in resp[:-1]
 
 
 def test_on_policy_with_two_tokenizers_is_refused_before_writing(tiny_pair, sp_student, tmp_path):

@@ -94,8 +94,9 @@ def test_soft_targets_on_streams_equal_one_stream(tiny_pair):
     ]
     plens = [int(rng.integers(3, 8)) for _ in seqs]
     cfg = KDConfig(top_k=8)
-    ids1, lps1 = soft_targets(model, seqs, plens, cfg, streams=1)
-    ids3, lps3 = soft_targets(model, seqs, plens, cfg, streams=3)
-    for s, p, a, b, c, d in zip(seqs, plens, ids1, ids3, lps1, lps3, strict=True):
+    ids1, lps1, ch1 = soft_targets(model, seqs, plens, cfg, streams=1)
+    ids3, lps3, ch3 = soft_targets(model, seqs, plens, cfg, streams=3)
+    for s, p, a, b, c, d, e, f in zip(seqs, plens, ids1, ids3, lps1, lps3, ch1, ch3, strict=True):
         assert a.shape == (len(s) - p, 8) and np.array_equal(a, b)
         assert np.allclose(c, d, atol=1e-5)
+        assert e.shape == (len(s) - p,) and np.allclose(e, f, atol=1e-5) and np.all(e <= 0)
