@@ -9,9 +9,10 @@ word marker, byte fallback, 512 ids (half the teacher's 1024, 256 of them byte t
 cuts the same text into ~1.5x as many tokens; `max_len` grows by as much so that it trains on
 the same characters (at 128 tokens 26% of its examples would be cut; at 192, 1%).
 
-Deterministic given its recipe. Training it takes ~30 minutes on the project's 2-core CPU (1.26
-s/step, measured), so the default recipe's student ships float16 in kd_core/demo/student_sp with
-its SHA-256 manifest (see kd_core.demo); `python -m kd_core.demo.sp [OUT]` regenerates it.
+Deterministic given its recipe. Training it took 1167 s on the project's shared 2-core CPU
+(0.46-1.9 s/step as the load varied), far longer than a first use should wait, so the default
+recipe's student ships float16 in kd_core/demo/student_sp with its SHA-256 manifest (see
+kd_core.demo); `python -m kd_core.demo.sp [OUT]` regenerates it.
 """
 
 from __future__ import annotations
