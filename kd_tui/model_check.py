@@ -13,6 +13,7 @@ from typing import Any
 
 from kd_core.errors import one_line
 from kd_core.models import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
+from kd_core.outputs import SUMMARY_FILE
 
 DEMO_PENDING = "built on first use (about 2 minutes)"
 
@@ -154,8 +155,6 @@ def measured_alignment(
     """domains.<name>.vocab_alignment of <output>/kd_summary.json, for the domains trained with
     this teacher and student (entries that do not name their pair count); [] when no run has
     measured it, or the file is missing or unreadable (the pane then says nothing)."""
-    from kd_core.outputs import SUMMARY_FILE
-
     try:
         summary = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8"))
         domains = summary.get("domains", {})
