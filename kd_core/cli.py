@@ -119,7 +119,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--student",
         help="student: local model folder, Hugging Face id in the local "
-        "cache, or demo-student (default)",
+        "cache, demo-student (default) or demo-student-sp (its own SentencePiece tokenizer)",
     )
     p.add_argument(
         "--allow-download",
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil the teacher into LoRA adapters of the student. `python -m kd_core` "
         "is this command, e.g. `python -m kd_core --domain thinking --temperature 2.0 --alpha "
         "0.7 --iters 200` or `python -m kd_core --all --teacher T --student S`. Other commands: "
-        "`kd eval` (measure students against the teacher), `kd demo` (the built-in pair).",
+        "`kd eval` (measure students against the teacher), `kd demo` (the built-in pair and "
+        "demo-student-sp).",
     )
     _add_run_flags(d)
     d.add_argument(
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(d)
 
     _add_eval_parser(sub)
-    m = sub.add_parser("demo", help="build (if needed) and show the built-in demo pair")
+    m = sub.add_parser(
+        "demo", help="build (if needed) and show the built-in demo pair and demo-student-sp"
+    )
     m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     _add_status_parser(sub)
     return parser
@@ -532,10 +535,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kd_core.demo import ensure_demo_pair
+    from kd_core.demo import SP_NAME, ensure_demo_pair, ensure_sp_student
 
-    pair = ensure_demo_pair(rebuild=args.rebuild, progress=lambda msg: print(msg, flush=True))
+    say = lambda msg: print(msg, flush=True)  # noqa: E731
+    pair = ensure_demo_pair(rebuild=args.rebuild, progress=say)
     print(f"teacher: {pair.teacher}\nstudent: {pair.student}")
+    # The second built-in student: another tokenizer, for cross-tokenizer distillation.
+    sp = ensure_sp_student(progress=say)
+    print(
+        f"student with its own SentencePiece tokenizer (--student {SP_NAME}): {sp}\n"
+        f"  kd distill --student {SP_NAME}  distils across tokenizers (vocab_strategy)"
+    )
     return 0
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from kd_core.errors import one_line
 
-DEMO_NAMES = ("demo-teacher", "demo-student")
+# demo-student-sp: demo-student with a SentencePiece-style tokenizer of its own (kd_core.demo.sp)
+DEMO_NAMES = ("demo-teacher", "demo-student", "demo-student-sp")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 

@@ -9,9 +9,9 @@ kd_tui/viewer_protocol.py (Generate, Inspect, Cancel, Shutdown -> Ready, Status,
 ErrorReply, Finished, Cancelled, Inspection); every reply carries the request's id.
 
 A request that fails gets an ErrorReply (one line, no slot) and the worker goes on.
-`python -m kd_tui.infer_worker verdict TEACHER_DIR STUDENT_DIR` prints one JSON line: the
-tokenizer verdict for the Models pane (kept out of the dashboard's process for the same
-reason: importing mlx_lm in a thread made the process abort at exit, measured here).
+`python -m kd_tui.infer_worker verdict TEACHER_DIR STUDENT_DIR [VOCAB_STRATEGY]` prints one
+JSON line: the tokenizer verdict for the Models pane (kept out of the dashboard's process for
+the same reason: importing mlx_lm in a thread made the process abort at exit, measured here).
 """
 
 from __future__ import annotations
@@ -418,7 +418,8 @@ def retokenize(pieces: list[str], tokenizer: Any) -> tuple[list[int], list[int]]
 
 
 # ---- the Models pane's tokenizer verdict --------------------------------------------------
-def verdict(teacher: str, student: str) -> dict[str, Any]:
+def verdict(teacher: str, student: str, strategy: str = "auto") -> dict[str, Any]:
+    """What plan_vocab_alignment decides for the pair under the configured vocab_strategy."""
     from mlx_lm.utils import load_tokenizer
 
     from kd_core.models import model_info
@@ -429,9 +430,11 @@ def verdict(teacher: str, student: str) -> dict[str, Any]:
         t_tok, s_tok = load_tokenizer(t_path), load_tokenizer(s_path)
         t_size = model_info(t_path).vocab_size or len(t_tok.get_vocab())
         s_size = model_info(s_path).vocab_size or len(s_tok.get_vocab())
-        a = plan_vocab_alignment(t_tok, s_tok, t_size, s_size)
+        a = plan_vocab_alignment(t_tok, s_tok, t_size, s_size, strategy)
     except VocabError as e:
-        return {"strategy": "none", "explanation": one_line(e)}
+        # "auto" refused: the vocabularies share too little; a strategy the user set was refused
+        kind = "none" if strategy == "auto" else "refused"
+        return {"strategy": kind, "asked": strategy, "explanation": one_line(e)}
     except Exception as e:
         return {"strategy": "error", "explanation": f"cannot compare the tokenizers: {one_line(e)}"}
     return {
@@ -450,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv[:1] == ["verdict"] and len(argv) == 3:
-        proto.write(json.dumps(verdict(argv[1], argv[2])) + "\n")
+    if argv[:1] == ["verdict"] and len(argv) in (3, 4):
+        proto.write(json.dumps(verdict(*argv[1:])) + "\n")
         proto.flush()
         return 0
     Worker(proto).serve(sys.stdin)

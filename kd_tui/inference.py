@@ -162,12 +162,15 @@ class InferenceClient:
             proc.wait(timeout=timeout)
 
 
-def tokenizer_verdict(teacher: str, student: str, timeout: float = 120.0) -> dict[str, Any]:
+def tokenizer_verdict(
+    teacher: str, student: str, strategy: str = "auto", timeout: float = 120.0
+) -> dict[str, Any]:
     """Compare two model folders' tokenizers in a short child process (blocking: call it from
-    a thread worker). Returns {"strategy", "explanation", ...}."""
+    a thread worker) under the configured vocab_strategy. Returns {"strategy",
+    "explanation", ...}."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "kd_tui.infer_worker", "verdict", teacher, student],
+            [sys.executable, "-m", "kd_tui.infer_worker", "verdict", teacher, student, strategy],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,16 +1,19 @@
 """Check a model the user picked, without loading it (and never building the demo pair).
 
-Plain file reads (config.json, safetensors headers): safe in a thread worker. No Textual.
+Plain file reads (config.json, safetensors headers, kd_summary.json): safe in a thread
+worker. No Textual.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kd_core.errors import one_line
 from kd_core.models import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
+from kd_core.outputs import SUMMARY_FILE
 
 # The shipped pair (kd_core/demo/pair) is unpacked on first use in about a second; only when
 # it is missing or damaged (or another recipe is asked for) is the pair trained, and training
@@ -116,10 +119,86 @@ def verdict_words(v: dict[str, Any]) -> tuple[str, str]:
             "text (project); tokens only the teacher has are left out.",
             detail,
         )
+    if strategy == "align":
+        return (
+            "≈ Different tokenizers: the student reads the teacher's response text in its own "
+            "tokens, aligned by character offsets (align).",
+            detail,
+        )
     if strategy == "none":
         return (
             "✗ These tokenizers share too little to distil; pick a student of the same "
             "model family.",
             detail,
         )
+    if strategy == "refused":
+        return (f"✗ vocab_strategy = {v.get('asked', '?')!r} cannot be used for this pair.", detail)
+    if strategy and strategy != "error":  # a strategy newer than this pane: say its name
+        return (f"Vocabulary strategy: {strategy}.", detail)
     return ("? Could not compare the tokenizers.", detail)
+
+
+@dataclass(frozen=True)
+class MeasuredAlignment:
+    """What a finished run measured of its vocabulary alignment, for one domain."""
+
+    domain: str
+    strategy: str
+    chars_covered: float | None  # share of response characters the loss covered
+    one_to_one: float | None  # share of aligned spans that are one token on both sides
+
+
+def _share(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+    return float(value) if ok else None
+
+
+def measured_alignment(
+    output: Path, teacher: Path | None = None, student: Path | None = None
+) -> list[MeasuredAlignment]:
+    """domains.<name>.vocab_alignment of <output>/kd_summary.json, for the domains trained with
+    this teacher and student (entries that do not name their pair count); [] when no run has
+    measured it, or the file is missing or unreadable (the pane then says nothing)."""
+    try:
+        summary = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8"))
+        domains = summary.get("domains", {})
+        entries = sorted(domains.items()) if isinstance(domains, dict) else []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return []
+    out = []
+    for name, entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("vocab_alignment"), dict):
+            continue
+        if not _same_model(entry.get("teacher"), teacher) or not _same_model(
+            entry.get("student"), student
+        ):
+            continue  # measured for another pair: not this one's figure
+        va = entry["vocab_alignment"]
+        out.append(
+            MeasuredAlignment(
+                str(name),
+                str(va.get("strategy", "?")),
+                _share(va.get("response_chars_covered")),
+                _share(va.get("spans_one_to_one")),
+            )
+        )
+    return out
+
+
+def _same_model(recorded: Any, chosen: Path | None) -> bool:
+    if not isinstance(recorded, str) or chosen is None:
+        return True
+    try:
+        return Path(recorded).resolve() == chosen.resolve()
+    except OSError:
+        return recorded == str(chosen)
+
+
+def coverage_words(m: MeasuredAlignment) -> str:
+    """e.g. "align · 94% of response characters covered · 91% spans one-to-one"."""
+    parts = [m.strategy]
+    if m.chars_covered is not None:
+        parts.append(f"{m.chars_covered:.0%} of response characters covered")
+    if m.one_to_one is not None:
+        parts.append(f"{m.one_to_one:.0%} spans one-to-one")
+    return " · ".join(parts)

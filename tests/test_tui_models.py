@@ -3,6 +3,7 @@ verdict; a bad folder gives a one-line error and leaves the run's model unchange
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -11,8 +12,15 @@ from textual.app import App, ComposeResult
 from textual.widgets import Input, OptionList, Static
 from tui_support import text, wait_until
 
-from kd_tui.messages import StateChanged
-from kd_tui.model_check import DEMO_PENDING, check_model, verdict_words
+from kd_core.config import KDConfig, RunSpec
+from kd_tui.messages import RunCompleted, StateChanged
+from kd_tui.model_check import (
+    DEMO_PENDING,
+    check_model,
+    coverage_words,
+    measured_alignment,
+    verdict_words,
+)
 from kd_tui.panes.models import ModelsPane
 from kd_tui.panes.paths import complete_path
 from kd_tui.state import AppState
@@ -21,9 +29,9 @@ pytestmark = pytest.mark.anyio
 
 
 class _Host(App):
-    def __init__(self) -> None:
+    def __init__(self, state: AppState | None = None) -> None:
         super().__init__()
-        self.state = AppState()
+        self.state = state or AppState()
         self.changes: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -71,7 +79,41 @@ def test_path_completion(tmp_path: Path) -> None:
 def test_verdict_words() -> None:
     assert "agree" in verdict_words({"strategy": "truncate", "identical": True})[0]
     assert "project" in verdict_words({"strategy": "project", "explanation": "x"})[0]
+    assert "align" in verdict_words({"strategy": "align", "explanation": "x"})[0]
     assert "too little" in verdict_words({"strategy": "none"})[0]
+    assert "'align' cannot" in verdict_words({"strategy": "refused", "asked": "align"})[0]
+    assert "gold" in verdict_words({"strategy": "gold"})[0]  # a newer strategy: named
+
+
+def _summary(out: Path, teacher: Path, student: Path, domains: dict) -> None:
+    entries = {
+        name: {"teacher": str(teacher), "student": str(student), **extra}
+        for name, extra in domains.items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kd_summary.json").write_text(json.dumps({"domains": entries}))
+
+
+def test_measured_alignment_reads_the_summary(tmp_path: Path) -> None:
+    t, s = tmp_path / "t", tmp_path / "s"
+    assert measured_alignment(tmp_path / "none", t, s) == []  # no run yet
+    (tmp_path / "kd_summary.json").write_text("{not json")
+    assert measured_alignment(tmp_path, t, s) == []  # unreadable: nothing to say
+    va = {"strategy": "align", "response_chars_covered": 0.94, "spans_one_to_one": 0.913}
+    _summary(
+        tmp_path,
+        t,
+        s,
+        {"math": {"vocab_alignment": va}, "code": {}, "chat": {"vocab_alignment": "?"}},
+    )
+    (m,) = measured_alignment(tmp_path, t, s)
+    assert m.domain == "math"
+    assert coverage_words(m) == (
+        "align · 94% of response characters covered · 91% spans one-to-one"
+    )
+    assert measured_alignment(tmp_path, t, tmp_path / "other") == []  # another pair's run
+    _summary(tmp_path, t, s, {"math": {"vocab_alignment": {"strategy": "project"}}})
+    assert coverage_words(measured_alignment(tmp_path, t, s)[0]) == "project"
 
 
 async def test_models_pane_pick_pair(
@@ -86,10 +128,11 @@ async def test_models_pane_pick_pair(
         await wait_for(pilot, lambda: DEMO_PENDING in text(app, "#teacher-info"))
         await wait_for(pilot, lambda: "demo pair is built" in text(app, "#models-verdict"))
         options = app.query_one("#teacher-choices", OptionList)
-        await wait_for(pilot, lambda: options.option_count == 3)
-        assert [options.get_option_at_index(i).id for i in range(3)] == [
+        await wait_for(pilot, lambda: options.option_count == 4)
+        assert [options.get_option_at_index(i).id for i in range(4)] == [
             "demo-teacher",
             "demo-student",
+            "demo-student-sp",
             "acme/tiny-lm",
         ]  # + the local HF cache
 
@@ -125,3 +168,40 @@ async def test_models_pane_pick_pair(
         await wait_for(pilot, lambda: app.state.spec.student == "demo-student")
         assert app.query_one("#student-input", Input).value == "demo-student"
         assert not err.has_class("-shown")
+
+
+async def test_models_pane_shows_the_sp_pairs_strategy_and_coverage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from kd_core.models import model_info, resolve_model
+    from kd_core.vocab import plan_vocab_alignment
+
+    monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setattr("kd_tui.panes.models.list_cached_models", lambda: [])
+    t_path = resolve_model("demo-teacher", "teacher")  # the shipped pair and student, unpacked
+    s_path = resolve_model("demo-student-sp", "student")
+    expected = plan_vocab_alignment(
+        load_tokenizer(t_path),
+        load_tokenizer(s_path),
+        model_info(t_path).vocab_size,
+        model_info(s_path).vocab_size,
+    )
+    out = tmp_path / "out"
+    spec = RunSpec("demo-teacher", "demo-student-sp", config=KDConfig(output=str(out)))
+    app = _Host(AppState(spec=spec))
+    async with app.run_test(size=(120, 40)) as pilot:
+        want = f"vocabulary strategy: {expected.strategy}"
+        await wait_for(pilot, lambda: want in text(app, "#models-verdict"))
+        assert expected.explanation in text(app, "#models-verdict")
+        coverage = app.query_one("#models-coverage", Static)
+        assert not coverage.has_class("-shown")  # no run measured it yet
+
+        # a run of this pair wrote its figures: shown once it completes
+        va = {"strategy": "align", "response_chars_covered": 0.94, "spans_one_to_one": 0.91}
+        _summary(out, t_path, s_path, {"thinking": {"vocab_alignment": va}})
+        app.query_one(ModelsPane).post_message(RunCompleted(out))
+        line = "thinking: align · 94% of response characters covered · 91% spans one-to-one"
+        await wait_for(pilot, lambda: line in text(app, "#models-coverage"))
+        assert coverage.has_class("-shown")

@@ -6,6 +6,11 @@ the demo language well takes longer than a new user should wait. On first use it
 once to a float32 copy in the user cache folder (about a second). `kd demo --rebuild` trains
 the pair again from the recipe and says whether the bytes match the shipped manifest.
 Another recipe (the tests' reduced one) is built on first use and cached.
+
+demo-student-sp (kd_core.demo.sp: the demo student with a SentencePiece-style tokenizer, for
+cross-tokenizer distillation) is handled the same way: shipped float16 in
+kd_core/demo/student_sp (training it took 1167 s here), unpacked on first use to a
+float32 copy beside the pair's, built and cached for any other recipe.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from kd_core.demo.build import (
     unpack,
     verify,
 )
+from kd_core.demo.sp import SP_FOLDER, SP_NAME, SpRecipe, build_sp_student
 
 SHIPPED = Path(__file__).resolve().parent / "pair"
+SHIPPED_SP = Path(__file__).resolve().parent / "student_sp"
 
 _lock = threading.Lock()
 BuildProgress = Callable[[str, int, int], None]
@@ -65,6 +72,8 @@ def shipped_pair(recipe: DemoRecipe | None = None) -> Path | None:
 def built_demo_path(name: str, recipe: DemoRecipe | None = None) -> Path | None:
     """The demo model's folder if the pair is ready (unpacking the shipped one if needed,
     about a second); None when it would have to be trained. Never trains."""
+    if name == SP_NAME:
+        return built_sp_path(None if recipe is None else SpRecipe(recipe))
     recipe = recipe or DemoRecipe()
     folder = _folder(recipe)
     if not verify(folder):
@@ -100,7 +109,9 @@ def ensure_demo_pair(
         return unpack(src, folder)
 
 
-def _train_pair(dest: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> None:
+def _reporter(label: str, say: Callable[[str], None]) -> BuildProgress:
+    """Progress of a first-use build: to the hook (the distiller's events) and every 10% to
+    `say` (the CLI)."""
     last = [-1]
 
     def report(what: str, done: int, total: int) -> None:
@@ -109,9 +120,13 @@ def _train_pair(dest: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> N
         pct = done * 100 // total
         if pct != last[0] and pct % 10 == 0:
             last[0] = pct
-            say(f"building the demo pair: {what} {pct}%")
+            say(f"building {label}: {what} {pct}%")
 
-    build_demo_pair(dest, recipe, report)
+    return report
+
+
+def _train_pair(dest: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> None:
+    build_demo_pair(dest, recipe, _reporter("the demo pair", say))
 
 
 def _compare_with_shipped(built: Path, recipe: DemoRecipe, say: Callable[[str], None]) -> None:
@@ -129,13 +144,73 @@ def _compare_with_shipped(built: Path, recipe: DemoRecipe, say: Callable[[str], 
         )
 
 
+# ---- demo-student-sp ----------------------------------------------------------------------
+def _sp_folder(recipe: SpRecipe) -> Path:
+    """demo-student-sp's float32 working copy: beside the pair's (KD_DEMO_DIR + "-sp" when
+    that names the pair's folder)."""
+    pair_dir = os.environ.get("KD_DEMO_DIR")
+    if pair_dir:
+        return Path(pair_dir + "-sp")
+    return demo_root() / recipe.key()
+
+
+def shipped_sp(recipe: SpRecipe | None = None) -> Path | None:
+    """demo-student-sp in the package if it is intact and was built from this recipe."""
+    recipe = recipe or SpRecipe()
+    if manifest(SHIPPED_SP).get("key") != recipe.key() or not verify(SHIPPED_SP):
+        return None
+    return SHIPPED_SP
+
+
+def built_sp_path(recipe: SpRecipe | None = None) -> Path | None:
+    """demo-student-sp's folder if it is ready (unpacking the shipped one if needed); None
+    when it would have to be trained. Never trains."""
+    recipe = recipe or SpRecipe()
+    folder = _sp_folder(recipe)
+    if not verify(folder):
+        src = shipped_sp(recipe) or (_built(folder) if verify(_built(folder)) else None)
+        if src is None:
+            return None
+        with _lock:
+            if not verify(folder):
+                unpack(src, folder)
+    return folder / SP_FOLDER
+
+
+def ensure_sp_student(
+    recipe: SpRecipe | None = None, progress: Callable[[str], None] | None = None
+) -> Path:
+    """demo-student-sp's working copy: unpacked from the shipped or cached build, or trained
+    (reported through the same hook as the pair's build)."""
+    recipe = recipe or SpRecipe()
+    folder = _sp_folder(recipe)
+    say = progress or (lambda msg: None)
+    with _lock:
+        if not verify(folder):
+            src = shipped_sp(recipe)
+            if src is None:
+                src = _built(folder)
+                if not verify(src):
+                    build_sp_student(src, recipe, _reporter(SP_NAME, say))
+            unpack(src, folder)
+    return folder / SP_FOLDER
+
+
 def demo_model_path(name: str) -> Path:
+    if name == SP_NAME:
+        return ensure_sp_student()
     pair = ensure_demo_pair()
     return pair.teacher if name == "demo-teacher" else pair.student
 
 
 __all__ = [
     "SHIPPED",
+    "SHIPPED_SP",
+    "SP_NAME",
+    "SpRecipe",
+    "ensure_sp_student",
+    "built_sp_path",
+    "shipped_sp",
     "DemoPair",
     "DemoRecipe",
     "ensure_demo_pair",

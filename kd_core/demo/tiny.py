@@ -1,8 +1,9 @@
 """Build small llama models and their tokenizer locally, in the layout mlx_lm.load reads.
 
-Used by the built-in demo pair and by the tests: no hub, no download. The tokenizer is a
-byte-level BPE trained by the `tokenizers` library, saved as tokenizer.json with a
-tokenizer_config.json (PreTrainedTokenizerFast) and a small chat template.
+Used by the built-in demo pair and by the tests: no hub, no download. The tokenizers are
+trained by the `tokenizers` library: the pair's byte-level BPE, or a SentencePiece-style one
+(demo-student-sp's), each saved as tokenizer.json with a tokenizer_config.json
+(PreTrainedTokenizerFast) and the same small chat template.
 """
 
 from __future__ import annotations
@@ -36,6 +37,55 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> None
     )
     tok.train_from_iterator(texts, trainer)
     write_tokenizer(tok, folder)
+
+
+# Llama's decoder: mlx-lm recognises it and streams with its SentencePiece detokenizer, the
+# path a real SentencePiece student (Llama, Mistral) takes; `Strip` drops the one space the
+# Metaspace pre-tokenizer put before the first word.
+SP_DECODER = {
+    "type": "Sequence",
+    "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+    ],
+}
+SP_BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def train_sp_tokenizer(texts: Iterable[str], vocab_size: int, folder: Path) -> None:
+    """A SentencePiece-style BPE (as Llama's tokenizer.json): U+2581 word marker (Metaspace),
+    byte fallback (`<0x00>`..`<0xFF>` in the vocabulary, so any text encodes), the demo
+    tokenizer's special tokens and chat template. Ids: specials, the 256 byte tokens, then
+    the learned pieces; `vocab_size` counts all of them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    n_fixed = len(SPECIAL_TOKENS) + len(SP_BYTE_TOKENS)
+    if vocab_size < n_fixed + 64:
+        raise ValueError(
+            f"vocab_size: {vocab_size} leaves no room for word pieces beside the "
+            f"{n_fixed} special and byte tokens (use at least {n_fixed + 64})"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SP_BYTE_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    # The trainer cannot add the byte tokens as ordinary (non-special) vocabulary entries, as
+    # SentencePiece has them: insert them after the specials and shift the learned pieces.
+    spec = json.loads(tok.to_str())
+    learned: dict[str, int] = spec["model"]["vocab"]
+    n_special = len(SPECIAL_TOKENS)
+    vocab = {t: i for t, i in learned.items() if i < n_special}
+    vocab.update({t: n_special + b for b, t in enumerate(SP_BYTE_TOKENS)})
+    vocab.update({t: i + len(SP_BYTE_TOKENS) for t, i in learned.items() if i >= n_special})
+    spec["model"].update(vocab=vocab, byte_fallback=True, fuse_unk=True)
+    spec["decoder"] = SP_DECODER
+    write_tokenizer(Tokenizer.from_str(json.dumps(spec)), folder)
 
 
 def write_tokenizer(tok: Any, folder: Path) -> None:

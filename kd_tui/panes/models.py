@@ -1,15 +1,20 @@
 """Models pane: pick the teacher and the student, see what they are and whether they fit.
 
-Keys: type a folder, a Hugging Face id (local cache) or demo-teacher / demo-student in a box
-(→ accepts the grey completion) and press enter; or move into the list below it and press
-enter on a model. Tab moves between the two columns.
+Keys: type a folder, a Hugging Face id (local cache) or demo-teacher / demo-student /
+demo-student-sp in a box (→ accepts the grey completion) and press enter; or move into the
+list below it and press enter on a model. Tab moves between the two columns.
 
 Checks read files only (config.json, safetensors headers) in a thread worker; comparing
 the two tokenizers runs in a short child process (kd_tui.inference.tokenizer_verdict):
-importing mlx_lm in a thread of this process made it abort at exit.
+importing mlx_lm in a thread of this process made it abort at exit. The Tokenizers box says
+which vocabulary strategy kd_core.vocab.plan_vocab_alignment picks for the pair under the
+configured vocab_strategy and, once a run of this pair has measured it, how much of the
+responses the alignment covered (kd_summary.json's vocab_alignment, per domain).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
@@ -20,12 +25,15 @@ from textual.widgets.option_list import Option
 
 from kd_core.models import DEMO_NAMES, list_cached_models
 from kd_tui.inference import tokenizer_verdict
-from kd_tui.messages import StateChanged
+from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.model_check import (
     DEMO_TRAIN_TIME,
+    MeasuredAlignment,
     ModelCheck,
     check_model,
+    coverage_words,
     info_lines,
+    measured_alignment,
     verdict_words,
 )
 from kd_tui.panes.paths import PathSuggester
@@ -99,23 +107,28 @@ class ModelsPane(Container):
     ModelsPane .model-error.-shown { display: block; }
     ModelsPane .model-choices { height: 7; margin: 1 0; }
     ModelsPane .model-info { height: auto; }
-    ModelsPane #models-verdict { height: auto; min-height: 4; border: round $primary-darken-2;
-                                 padding: 0 1; }
+    ModelsPane #models-tokenizers { height: auto; min-height: 4;
+                                    border: round $primary-darken-2; padding: 0 1; }
+    ModelsPane #models-verdict { height: auto; }
+    ModelsPane #models-coverage { height: auto; display: none; }
+    ModelsPane #models-coverage.-shown { display: block; }
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._verdict_key: tuple[str, str] | None = None
+        self._verdict_key: tuple[str, str, str] | None = None
         self._seq = dict.fromkeys(ROLES, 0)  # latest check per role; older results are dropped
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="models-cols"):
             for role in ROLES:
                 yield ModelColumn(role)
-        yield Static("", id="models-verdict")
+        with Vertical(id="models-tokenizers"):
+            yield Static("", id="models-verdict")
+            yield Static("", id="models-coverage")
 
     def on_mount(self) -> None:
-        self.query_one("#models-verdict", Static).border_title = "Tokenizers"
+        self.query_one("#models-tokenizers").border_title = "Tokenizers"
         self._load_cached()
         self._from_state()
 
@@ -183,6 +196,7 @@ class ModelsPane(Container):
         t, s = self.column("teacher").good, self.column("student").good
         if t is None or s is None:
             return
+        self._update_coverage()
         if t.path is None or s.path is None:
             self._verdict_key = None
             box.update(
@@ -190,7 +204,8 @@ class ModelsPane(Container):
                 f"trains it, {DEMO_TRAIN_TIME}; `kd demo` builds it now)."
             )
             return
-        key = (str(t.path), str(s.path))
+        strategy = str(app_state(self).spec.config.vocab_strategy)
+        key = (str(t.path), str(s.path), strategy)
         if key == self._verdict_key:
             return
         self._verdict_key = key
@@ -198,21 +213,54 @@ class ModelsPane(Container):
         self._compare(*key)
 
     @work(thread=True, exclusive=True, group="verdict", exit_on_error=False)
-    def _compare(self, teacher: str, student: str) -> None:
-        verdict = tokenizer_verdict(teacher, student)
-        self.app.call_from_thread(self._show_verdict, (teacher, student), verdict)
+    def _compare(self, teacher: str, student: str, strategy: str) -> None:
+        verdict = tokenizer_verdict(teacher, student, strategy)
+        self.app.call_from_thread(self._show_verdict, (teacher, student, strategy), verdict)
 
-    def _show_verdict(self, key: tuple[str, str], verdict: dict) -> None:
+    def _show_verdict(self, key: tuple[str, str, str], verdict: dict) -> None:
         if key != self._verdict_key:
             return  # a newer pair was picked meanwhile
         head, detail = verdict_words(verdict)
         text = Text(head, style="bold")
+        strategy = str(verdict.get("strategy", ""))
+        if strategy not in ("", "error", "none", "refused"):
+            text.append(f"\nvocabulary strategy: {strategy}")
         if detail:
             text.append("\n" + detail, style="dim")
         self.query_one("#models-verdict", Static).update(text)
+
+    # ---- what a run of this pair measured ------------------------------------------------------
+    def _update_coverage(self) -> None:
+        t, s = self.column("teacher").good, self.column("student").good
+        if t is None or s is None or t.path is None or s.path is None:
+            self._show_coverage([])
+            return
+        output = Path(app_state(self).spec.config.output).expanduser()
+        self._read_coverage(output, t.path, s.path)
+
+    @work(thread=True, exclusive=True, group="coverage", exit_on_error=False)
+    def _read_coverage(self, output: Path, teacher: Path, student: Path) -> None:
+        measured = measured_alignment(output, teacher, student)  # a small JSON file
+        self.app.call_from_thread(self._show_coverage, measured)
+
+    def _show_coverage(self, measured: list[MeasuredAlignment]) -> None:
+        box = self.query_one("#models-coverage", Static)
+        box.set_class(bool(measured), "-shown")
+        if not measured:
+            box.update("")
+            return
+        text = Text("measured by the last run", style="bold")
+        for m in measured:
+            text.append(f"\n{m.domain}: ", style="bold")
+            text.append(coverage_words(m))
+        box.update(text)
+
+    def on_run_completed(self, message: RunCompleted) -> None:
+        self._update_coverage()  # the run may have written new figures
 
     def on_state_changed(self, message: StateChanged) -> None:
         # Our own message passes here on its way up (it bubbles); the app's copies do not.
         # Another pane (Config loading kd.toml) may have changed the pair.
         if not message.bubble and message.what in ("", "config", "models"):
             self._from_state()
+            self._update_verdict()  # vocab_strategy or the output folder may have changed
