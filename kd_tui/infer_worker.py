@@ -315,11 +315,13 @@ class Worker:
                 self.emit(ErrorReply(id=self.rid, slot=slot.name, message=one_line(e)))
                 continue
             same = same_tokenizer(ref_tok, lm.tokenizer)
+            one_to_one: dict[int, int] = {}
             if same:
                 ids, where = answer, list(range(len(answer)))
-            else:  # another vocabulary: its own tokens of the same text, matched by offset
-                ids, where = retokenize(pieces, lm.tokenizer)
+            else:  # another vocabulary: its own tokens of the same text, aligned by characters
+                ids, where, one_to_one = realign(answer, ref_tok, lm.tokenizer)
             lp = logprobs(lm.model, format_prompt(lm.tokenizer, prompt), ids)
+            shared = None if same else shared_ids(ref_tok, lm.tokenizer, ref_lp, lp)
             for i, pos in enumerate(positions):
                 j = where[i]
                 own = ids[j] if j < len(ids) else None
@@ -327,6 +329,13 @@ class Worker:
                 if same:
                     d["kl"] = kl(ref_lp[i], lp[j])
                     d["agree"] = int(np.argmax(ref_lp[i])) == int(np.argmax(lp[j]))
+                elif i in one_to_one and shared is not None:
+                    # A one-token span on both sides: the next-token distributions compare
+                    # over the tokens both vocabularies share (as align training does).
+                    t_ids, s_ids = shared
+                    d["kl"] = kl(ref_lp[i][t_ids], lp[one_to_one[i]][s_ids])
+                    top_t = int(np.argmax(ref_lp[i][t_ids]))
+                    d["agree"] = top_t == int(np.argmax(lp[one_to_one[i]][s_ids]))
                 else:
                     d["kl"] = None
                     a = pos["slots"][ref_slot.name].get("top", [])
@@ -397,6 +406,52 @@ def same_tokenizer(a: Any, b: Any) -> bool:
         n = min(len(sa), len(sb))
         _SAME_CACHE[key] = n > 0 and sa[:n] == sb[:n]
     return _SAME_CACHE[key]
+
+
+_SHARED_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray] | None] = {}
+
+
+def shared_ids(
+    a: Any, b: Any, a_lp: np.ndarray, b_lp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a's ids, b's ids) of the tokens both vocabularies have, by normalised string."""
+    key = (id(a), id(b))
+    if key not in _SHARED_CACHE:
+        from kd_core.vocab import VocabError, plan_vocab_alignment
+
+        try:
+            al = plan_vocab_alignment(a, b, a_lp.shape[-1], b_lp.shape[-1], "align")
+            _SHARED_CACHE[key] = (al.teacher_ids, al.student_ids)
+        except VocabError:
+            _SHARED_CACHE[key] = None
+    return _SHARED_CACHE[key]
+
+
+def realign(
+    answer: list[int], ref_tok: Any, tokenizer: Any
+) -> tuple[list[int], list[int], dict[int, int]]:
+    """The reference answer's text in another tokenizer's own tokens: (its ids, for each
+    reference position the first token of its span, {reference position: token} for the
+    spans one token on both sides). Falls back to offsets alone if alignment fails."""
+    from kd_core.align import AlignmentError, align_ends, decoded_ends, token_ends
+
+    try:
+        text, t_ends = decoded_ends(ref_tok, answer)
+        s_ids, s_ends = token_ends(tokenizer, text)
+        spans = align_ends(text, answer, t_ends, s_ids, s_ends).spans
+    except AlignmentError:
+        ids, where = retokenize([ref_tok.decode([t]) for t in answer], tokenizer)
+        return ids, where, {}
+    if not s_ids:
+        return [0], [0] * len(answer), {}
+    where = [0] * len(answer)
+    one: dict[int, int] = {}
+    for sp in spans:
+        for i in range(*sp.teacher):
+            where[i] = sp.student[0]
+        if sp.one_to_one:
+            one[sp.teacher[0]] = sp.student[0]
+    return s_ids, where, one
 
 
 def retokenize(pieces: list[str], tokenizer: Any) -> tuple[list[int], list[int]]:

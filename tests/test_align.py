@@ -111,4 +111,6 @@ def test_coverage_on_chat_text(tokenizers):
     spans = [align_sequences(tokenizers["gpt-2"], tokenizers["llama-spm"], t) for t in texts]
     one = sum(sum(s.one_to_one for s in a.spans) for a in spans)
     total = sum(len(a.spans) for a in spans)
-    assert one / total > 0.6
+    # Measured 0.953 over every built-in prompt (bench/align.py, fixture_pair); a change that
+    # cut spans coarser (e.g. losing the leading-space rule) falls well below.
+    assert one / total > 0.9

@@ -181,8 +181,9 @@ def test_tokenizer_verdict(tiny_pair, tmp_path) -> None:
 
 
 def test_inspect_other_vocabulary(tiny_pair, tmp_path, worker) -> None:
-    """A student with another tokenizer: its own top-k strings, no KL, positions matched by
-    text offset."""
+    """A student with another tokenizer: its own top-k strings, positions aligned by
+    characters; KL over the shared tokens where a span is one token on both sides, none
+    elsewhere."""
     from pydoc_data.topics import topics
 
     from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_tokenizer
@@ -193,7 +194,7 @@ def test_inspect_other_vocabulary(tiny_pair, tmp_path, worker) -> None:
     save_model(model, cfg, tmp_path / "other", tok, eos_id(tok))
     client, replies = worker
     teacher = Slot("teacher", str(tiny_pair.teacher))
-    rid = client.generate("Name three colours.", [teacher], temperature=0.0, max_tokens=6)
+    rid = client.generate("Name three colours.", [teacher], temperature=0.0, max_tokens=12)
     done = replies.until(lambda r: r.id == rid and isinstance(r, Done))
     assert isinstance(done, Done)
     answer = done.tokens
@@ -202,6 +203,10 @@ def test_inspect_other_vocabulary(tiny_pair, tmp_path, worker) -> None:
     )
     r = replies.until(lambda r: r.id == rid and not isinstance(r, Status))
     assert isinstance(r, Inspection) and len(r.positions) == len(answer)
+    kls = []
     for pos in r.positions:
         s = pos["slots"]["student"]
-        assert s["kl"] is None and len(s["top"]) == 3 and isinstance(s["agree"], bool)
+        assert len(s["top"]) == 3 and isinstance(s["agree"], bool)
+        assert s["kl"] is None or s["kl"] >= 0
+        kls.append(s["kl"])
+    assert any(k is not None for k in kls), kls  # some spans are one token on both sides
