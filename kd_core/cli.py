@@ -552,10 +552,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     own = any("reverse_kl_on_student_samples" in m for m in rows.values())
     width = max([12, *(len(n) for n in rows)])
-    head = f"{'student':<{width}} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8}"
+    head = f"{'student':<{width}} {'KL(T||S)':>10} {'top-1 agree':>12} {'CE':>8} {'bits/char':>9}"
     lines = [head + (f" {'KL(S||T) own':>13}" if own else "")]
     for name, m in rows.items():
         line = f"{name:<{width}} {m['kl']:>10.4f} {m['top1_agreement']:>12.3f} {m['ce']:>8.4f}"
+        line += f" {m.get('bits_per_char', float('nan')):>9.4f}"
         if own:
             line += f" {m.get('reverse_kl_on_student_samples', float('nan')):>13.4f}"
         lines.append(line)
