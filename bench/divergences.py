@@ -1,14 +1,17 @@
 """On-policy reverse KL vs today's offline forward KL on the demo pair, every domain.
 
-    .venv/bin/python bench/divergences.py [--iters 200] [--domains thinking,task]
-        [--methods offline_fkl,on_policy_rkl] [--out bench/results/divergences]
+    .venv/bin/python bench/divergences.py [--iters N] [--lr X] [--domains thinking,task]
+        [--methods offline_fkl,on_policy_rkl] [--config kd.toml]
+        [--out bench/results/divergences] [-- more kd eval flags]
 
-For each domain this runs, in its own process,
+For each domain this runs, in its own process (cwd = the repository root),
 
-    kd eval --compare --methods offline_fkl,on_policy_rkl --domain D --iters N \\
-        --learning-rate 1e-3 --json OUT/D.json --output OUT/runs
+    kd eval --compare --methods offline_fkl,on_policy_rkl --domain D --config kd.toml \\
+        --json OUT/D.json --output OUT/runs [--iters N] [--learning-rate X]
 
-(the same steps and seed for every method) and then checks the issue's goals: the
+(the same steps and seed for every method). The settings are the shipped kd.toml's (T 1,
+alpha 1, rank 32, lr 1e-3 cosine, 600 steps) unless --iters, --lr or flags after -- override
+them. It then checks the issue's goals: the
 on-policy student's reverse_kl_on_student_samples <= 0.8 x the offline student's on at least
 4 of the 6 domains, and its held-out kl <= 1.1 x the offline student's. Prints a Markdown
 table and writes OUT/summary.json.
@@ -32,7 +35,11 @@ OWN = "reverse_kl_on_student_samples"
 def run_domain(domain: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / f"{domain}.json"
     cmd = [sys.executable, "-m", "kd_core", "eval", "--compare", "--methods", args.methods]
-    cmd += ["--domain", domain, "--iters", str(args.iters), "--learning-rate", args.lr]
+    cmd += ["--domain", domain, "--config", args.config]
+    if args.iters is not None:
+        cmd += ["--iters", str(args.iters)]
+    if args.lr is not None:
+        cmd += ["--learning-rate", args.lr]
     cmd += ["--json", str(path), "--output", str(out / "runs"), *args.extra]
     print("$ " + " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
@@ -88,8 +95,9 @@ def table(summary: dict[str, Any], ref: str, new: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--lr", default="1e-3")
+    ap.add_argument("--iters", type=int, default=None, help="default: the config's num_iters")
+    ap.add_argument("--lr", default=None, help="default: the config's learning_rate")
+    ap.add_argument("--config", default=str(ROOT / "kd.toml"), help="kd.toml to read")
     ap.add_argument("--domains", default=",".join(DOMAINS))
     ap.add_argument("--methods", default="offline_fkl,on_policy_rkl")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "divergences"))
@@ -100,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ref, new = args.methods.split(",")[:2]
     results = {d: run_domain(d, args, out) for d in args.domains.split(",")}
     summary = summarise(results, ref, new)
+    first = next(iter(results.values()))["summary"]  # the same settings for every domain
+    summary["settings"] = {k: first[k] for k in ("iters", "seed", "temperature", "methods")}
     summary["command"] = " ".join(["python bench/divergences.py", *(argv or sys.argv[1:])])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(table(summary, ref, new))

@@ -49,6 +49,7 @@ FINGERPRINT_FIELDS = (
     "skew",
     "on_policy_ratio",
     "student_temperature",
+    "on_policy_divergence",
     "lora_rank",
     "lora_scale",
     "lora_dropout",

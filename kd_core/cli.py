@@ -634,9 +634,11 @@ def _compare(spec: RunSpec, domain: str, args: argparse.Namespace) -> dict[str, 
         )
         print(f"{head} · T {cfg.temperature:g} · {held}")
         for m, c in res["summary"]["methods"].items():
+            policy = c["on_policy_divergence"]
+            on = f" ({policy})" if c["on_policy_ratio"] > 0 and policy != "same" else ""
             print(
                 f"  {m}: alpha {c['alpha']:g} · {c['divergence']} · {c['teacher_mode']} · "
-                f"on-policy {c['on_policy_ratio']:g}"
+                f"on-policy {c['on_policy_ratio']:g}{on}"
             )
         print(format_table({k: res[k] for k in ("base", *methods)}))
         return res

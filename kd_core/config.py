@@ -162,6 +162,14 @@ class KDConfig:
         hi=5.0,
         group="divergence",
     )
+    on_policy_divergence: str = _spec(
+        "same",
+        "What the on-policy steps minimise on the student's samples: same (= divergence) or "
+        "a divergence of its own, e.g. reverse_kl on them with forward_kl on the teacher's "
+        "text for the other steps (README: on-policy training).",
+        choices=("same", *get_args(Divergence)),
+        group="divergence",
+    )
 
     # LoRA
     lora_rank: int = _spec(

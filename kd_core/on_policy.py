@@ -5,9 +5,12 @@ prefixes it never trained on (its own) and its errors compound (exposure bias). 
 `on_policy_ratio` of the optimiser steps the student instead samples a response to each of
 the step's prompts with its current adapters (mlx-lm's BatchGenerator, eval mode so no
 dropout, `student_temperature`, `max_tokens` as for the teacher), the teacher scores those
-very tokens in one teacher-forced forward, and the step minimises the configured divergence
-on them (reverse KL is the usual choice: MiniLLM, GKD, on-policy distillation) — without CE:
-cross-entropy on the student's own samples would teach it its own mistakes.
+very tokens in one teacher-forced forward, and the step minimises `on_policy_divergence`
+(`divergence` when "same") on them (reverse KL is the usual choice: MiniLLM, GKD, on-policy
+distillation) — without CE: cross-entropy on the student's own samples would teach it its
+own mistakes. The other steps stay off-policy KD with `divergence`: on the demo pair,
+reverse KL on the student's samples mixed with forward KL on the teacher's text (half the
+steps each) beat reverse KL on both (README: "Choosing a divergence, and on-policy training").
 
 Which steps are on-policy is a pure function of the step (`is_on_policy_step`), and the
 sampling draws from the MLX random state the trainer seeds with (seed, step) before each
@@ -157,5 +160,13 @@ def make_policy_step(
     reduce: Callable[[Any], Any] = lambda g: g,
 ) -> TrainStep:
     """The on-policy step: the online step (teacher forward on the student's text, full
-    distribution) minimising the divergence alone (alpha = 1: no CE on its own samples)."""
-    return OnlineStep(model, optimizer, cfg.replace(alpha=1.0), reduce, streams, teacher, alignment)
+    distribution) minimising the on-policy divergence alone (alpha = 1: no CE on its own
+    samples): `on_policy_divergence`, or `divergence` when that is "same"."""
+    return OnlineStep(model, optimizer, policy_config(cfg), reduce, streams, teacher, alignment)
+
+
+def policy_config(cfg: KDConfig) -> KDConfig:
+    """The configuration the on-policy steps train with: alpha 1, and the divergence named by
+    `on_policy_divergence` unless it is "same"."""
+    div = cfg.divergence if cfg.on_policy_divergence == "same" else cfg.on_policy_divergence
+    return cfg.replace(alpha=1.0, divergence=div)

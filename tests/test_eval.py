@@ -111,12 +111,13 @@ def test_compare_methods_reports_every_metric_per_method(tiny_pair, tmp_path, ca
     for run in ("base", *methods):
         assert set(data[run]) >= {"kl", "top1_agreement", "ce", "reverse_kl_on_student_samples"}
     cfgs = data["summary"]["methods"]
-    assert cfgs["on_policy_rkl"]["divergence"] == "reverse_kl"
-    assert cfgs["on_policy_rkl"]["on_policy_ratio"] == 1.0
+    assert cfgs["on_policy_rkl"]["on_policy_divergence"] == "reverse_kl"
+    assert cfgs["on_policy_rkl"]["divergence"] == "forward_kl"  # its off-policy steps
+    assert cfgs["on_policy_rkl"]["on_policy_ratio"] == 0.5
     assert cfgs["online_jsd"]["teacher_mode"] == "online"
     assert cfgs["ce_only"]["alpha"] == 0.0
     rows = (tmp_path / "cmp/compare/on_policy_rkl/task/metrics.jsonl").read_text().splitlines()
-    assert all(json.loads(r)["on_policy"] for r in rows)
+    assert [json.loads(r)["on_policy"] for r in rows] == [False, True]
     assert "KL(S||T) own" in capsys.readouterr().out
 
 

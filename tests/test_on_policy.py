@@ -15,8 +15,9 @@ from kd_core.checkpoints import run_fingerprint
 from kd_core.cli import main
 from kd_core.config import KDConfig
 from kd_core.distiller import TrueKnowledgeDistiller
+from kd_core.evaluate import method_config
 from kd_core.events import Step
-from kd_core.on_policy import is_on_policy_step
+from kd_core.on_policy import is_on_policy_step, policy_config
 from kd_core.preflight import MemoryEstimate
 
 
@@ -39,6 +40,7 @@ def test_fingerprint_names_the_new_fields():
         {"skew": 0.2},
         {"on_policy_ratio": 0.5},
         {"student_temperature": 0.7},
+        {"on_policy_divergence": "reverse_kl"},
     ):
         b = run_fingerprint(KDConfig(**change), **kw)
         (key,) = change
@@ -92,6 +94,36 @@ def test_on_policy_run_records_its_steps_and_resumes_exactly(tiny_pair, tmp_path
         assert mx.array_equal(w1[k], w2[k]).item(), k
 
 
+def test_on_policy_steps_take_their_own_divergence():
+    # "same" (KDConfig's default, the original API): the on-policy steps use `divergence`.
+    assert policy_config(KDConfig(divergence="jsd")).divergence == "jsd"
+    mixed = KDConfig(divergence="forward_kl", on_policy_divergence="reverse_kl", alpha=0.5)
+    pc = policy_config(mixed)
+    assert (pc.divergence, pc.alpha) == ("reverse_kl", 1.0)
+    # on_policy_X: X on the student's samples, the configuration's KD on the teacher's text
+    # on the other half of the steps (README: reverse KL on both lost the held-out KL).
+    m = method_config("on_policy_rkl", KDConfig())
+    assert (m.divergence, m.on_policy_divergence, m.on_policy_ratio) == (
+        "forward_kl",
+        "reverse_kl",
+        0.5,
+    )
+    assert method_config("on_policy_rkl", KDConfig(on_policy_ratio=0.25)).on_policy_ratio == 0.25
+    assert method_config("ce_only", mixed).on_policy_divergence == "same"
+
+
+@pytest.mark.slow
+def test_on_policy_divergence_changes_only_the_on_policy_steps(tiny_pair, tmp_path):
+    kw = dict(divergence="forward_kl", num_iters=2)
+    same = _run(tiny_pair, _cfg(tmp_path, "same", **kw))
+    rkl = _run(tiny_pair, _cfg(tmp_path, "rkl", on_policy_divergence="reverse_kl", **kw))
+    assert [e.on_policy for e in rkl] == [False, True]
+    assert rkl[0].kd == same[0].kd  # the off-policy step: forward KL in both
+    # the on-policy step: the same weights and samples, reverse KL instead of forward
+    assert rkl[1].sample_tokens_per_second > 0
+    assert rkl[1].kd != pytest.approx(same[1].kd, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_resume_refuses_another_divergence(tiny_pair, tmp_path, capsys):
     args = ["distill", "--domain", "task", "--teacher", str(tiny_pair.teacher)]
@@ -112,6 +144,7 @@ def test_resume_refuses_another_divergence(tiny_pair, tmp_path, capsys):
         ("--skew", "-0.1", "skew"),
         ("--on-policy-ratio", "1.2", "on_policy_ratio"),
         ("--divergence", "kl", "divergence"),
+        ("--on-policy-divergence", "kl", "on_policy_divergence"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_field(tmp_path, capsys, flag, value, field):
