@@ -55,8 +55,20 @@ def _bad_value(name: str) -> st.SearchStrategy:
             st.floats(min_value=lo, max_value=hi).filter(lambda x: x != int(x)),
         )
     return st.one_of(
-        out_of_range, st.just(float("nan")), st.just(float("inf")), st.text(max_size=6), wrong_type
+        out_of_range,
+        st.just(float("nan")),
+        st.just(float("inf")),
+        st.text(max_size=6).filter(lambda s: not _number(s)),  # "0" is a good alpha
+        wrong_type,
     )
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 bad_pair = st.sampled_from(sorted(CONFIG_FIELDS)).flatmap(
