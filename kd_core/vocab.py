@@ -170,26 +170,18 @@ def _project_alignment(
             f"aligned by characters; {len(t_ids)} tokens in common ({covered:.0%} of the "
             "teacher's) are compared exactly, the rest by sorted probabilities"
         )
-        return VocabAlignment(
-            "align",
-            teacher_size,
-            student_size,
-            np.array(t_ids, np.int64),
-            np.array(s_ids, np.int64),
-            t2s,
-            how,
-        )
-    if covered < 0.05:
+    elif covered < 0.05:
         raise VocabError(
             f"vocab_strategy: the tokenizers share only {covered:.1%} of the "
             "teacher's tokens; pick a student of the same model family"
         )
-    how = (
-        f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
-        "teacher's); teacher ids are projected onto student ids by token string"
-    )
+    else:
+        how = (
+            f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
+            "teacher's); teacher ids are projected onto student ids by token string"
+        )
     return VocabAlignment(
-        "project",
+        strategy,
         teacher_size,
         student_size,
         np.array(t_ids, np.int64),

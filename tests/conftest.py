@@ -35,40 +35,11 @@ def build_tiny_pair(root: Path, vocab: int = 384) -> TinyPair:
     return TinyPair(root / "teacher", root / "student", tok, root)
 
 
-def train_sp_tokenizer(texts: list[str], vocab: int, folder: Path) -> None:
-    """A SentencePiece-style tokenizer (U+2581 word marker, byte fallback): another family
-    than the tiny pair's byte-level BPE, same special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from kd_core.demo.tiny import SPECIAL_TOKENS, write_tokenizer
-
-    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("\u2581", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),  # the word marker the pre-tokenizer put first
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab - 256, special_tokens=SPECIAL_TOKENS, show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer)
-    # Byte fallback needs the 256 byte tokens in the vocabulary as ordinary tokens.
-    spec = json.loads(tok.to_str())
-    words = spec["model"]["vocab"]
-    for b in range(256):
-        words.setdefault(f"<0x{b:02X}>", len(words))
-    write_tokenizer(Tokenizer.from_str(json.dumps(spec)), folder)
-
-
 def build_sp_student(root: Path, vocab: int = 420) -> Path:
     """A tiny student of the tiny pair's size with its own SentencePiece-style tokenizer."""
     from pydoc_data.topics import topics
 
-    from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model
+    from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_sp_tokenizer
 
     tok = root / "sp-tokenizer"
     train_sp_tokenizer(list(topics.values())[:40], vocab, tok)
