@@ -169,11 +169,10 @@ class RunWriter:
         try:
             folder = run_dir(out)
             (folder / CONTROL_FILE).write_text("")  # words sent to an earlier run are void
-            # Held open for the run's life (closed in close()): no context manager.
-            events = open(folder / EVENTS_FILE, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
-            if events.tell() and not _ends_with_newline(folder / EVENTS_FILE):
-                events.write("\n")  # a crashed writer's half line stays alone on its line
-                events.flush()
+            path = folder / EVENTS_FILE
+            size = path.stat().st_size if resume and path.exists() else 0
+            torn = bool(size) and not _ends_with_newline(path)
+            # run.json first: a follower that finds the event file also finds the record.
             record = RunRecord(
                 pid=os.getpid(),
                 host=socket.gethostname(),
@@ -182,9 +181,14 @@ class RunWriter:
                 argv=list(argv),
                 cwd=os.getcwd(),
                 resume_command=resume_command(out, extra),
-                events_offset=events.tell(),
+                events_offset=size + int(torn),
             )
             atomic_write_json(folder / RECORD_FILE, record.to_dict())
+            # Held open for the run's life (closed in close()): no context manager.
+            events = open(path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+            if torn:
+                events.write("\n")  # a crashed writer's half line stays alone on its line
+                events.flush()
         except BaseException:
             os.close(fd)
             raise
