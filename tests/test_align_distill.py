@@ -157,3 +157,61 @@ def test_eval_across_tokenizers_bits_per_char_and_kl(tiny_pair, sp_student, offl
     assert tuned["bits_per_char"] < base["bits_per_char"]
     assert tuned["ce"] < base["ce"]
     print(f"bits/char base {base['bits_per_char']:.3f} -> {tuned['bits_per_char']:.3f}")
+
+
+def _word_level_student(sp_student: Path, folder: Path) -> Path:
+    """sp_student with a word-level tokenizer that knows only its special tokens and three
+    words, and has no unknown token in its vocabulary: it cannot encode a response text."""
+    import shutil
+
+    shutil.copytree(sp_student, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = {t["content"]: t["id"] for t in spec["added_tokens"]}
+    for word in ("a", ",", "b"):  # mlx-lm's loader encodes "a ,b" to pick a detokenizer
+        vocab[word] = len(vocab) + 100
+    spec["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}  # not in it
+    spec["pre_tokenizer"] = {"type": "Whitespace"}
+    spec["decoder"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def _nothing_written(out: Path) -> bool:
+    return not (out / "kd_summary.json").exists() and not list(out.rglob("*.safetensors"))
+
+
+def test_a_student_that_cannot_encode_the_text_is_refused_before_writing(
+    tiny_pair, sp_student, tmp_path
+):
+    student = _word_level_student(sp_student, tmp_path / "student-wl")
+    out = tmp_path / "out"
+    proc = _distill(tiny_pair, student, out)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "vocab_strategy" in line and "cannot" in line and "0%" in line, line
+    assert str(tiny_pair.teacher) in line and "student-wl" in line  # names the pair
+    assert _nothing_written(out)
+
+
+def test_spans_covering_too_little_of_the_text_are_refused_before_writing(
+    tiny_pair, sp_student, tmp_path, monkeypatch
+):
+    """A max_seq_length of 8 leaves room for about two thirds of the student's response
+    tokens (the teacher's budget is half of it, the student's tokens are longer). Reaching
+    under 50% that way takes a student of 4x the teacher's tokens per character, so the floor
+    is raised to 90% here: the check, its message and its timing are the same."""
+    from kd_core import distiller
+    from kd_core.config import ConfigError, KDConfig
+
+    monkeypatch.setattr(distiller, "MIN_ALIGN_COVERAGE", 0.9)
+    out = tmp_path / "out"
+    cfg = KDConfig(max_tokens=20, max_seq_length=8, num_iters=4, output=str(out))
+    d = distiller.TrueKnowledgeDistiller(str(tiny_pair.teacher), str(sp_student), cfg)
+    with pytest.raises(ConfigError) as err:
+        d.distill_domain("p", PROMPTS.strip().splitlines())
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("vocab_strategy: align covers only"), line
+    pct = int(line.split("covers only ")[1].split("%")[0])
+    assert 0 < pct < 90 and "(at least 90% needed)" in line
+    assert str(tiny_pair.teacher) in line and str(sp_student) in line  # names the pair
+    assert _nothing_written(out)
