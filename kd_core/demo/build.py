@@ -285,3 +285,21 @@ def differences(a: Path, b: Path) -> list[str]:
     """Files whose SHA-256 differs between two built pairs' manifests (or that one lacks)."""
     fa, fb = manifest(a).get("files", {}), manifest(b).get("files", {})
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def rebuild_main(build: Callable[[Path, ProgressFn], Any], default: Path) -> int:
+    """The `python -m` command line of a shipped demo model: build into argv[1] (default
+    `default`), printing progress every 100 steps."""
+    import sys
+    import time
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else default
+    start = time.time()
+
+    def report(what: str, done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            print(f"{what} {done}/{total} {time.time() - start:.0f} s", flush=True)
+
+    build(out, report)
+    print(f"built {out} in {time.time() - start:.0f} s")
+    return 0

@@ -21,8 +21,6 @@ import hashlib
 import json
 import random
 import shutil
-import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from kd_core.demo.build import (
     _save,
     _train,
     _write_manifest,
+    rebuild_main,
 )
 from kd_core.demo.tiny import SP_BYTE_TOKENS, SPECIAL_TOKENS, eos_id, train_sp_tokenizer
 
@@ -115,16 +114,9 @@ def main() -> int:
     import kd_core  # noqa: F401  (fast BLAS before MLX)
 
     here = Path(__file__).resolve().parent
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "student_sp"
-    start = time.time()
-
-    def report(what: str, done: int, total: int) -> None:
-        if done % 100 == 0 or done == total:
-            print(f"{what} {done}/{total} {time.time() - start:.0f} s", flush=True)
-
-    build_sp_student(out, SpRecipe(), report)
-    print(f"built {out} in {time.time() - start:.0f} s")
-    return 0
+    return rebuild_main(
+        lambda out, report: build_sp_student(out, SpRecipe(), report), here / "student_sp"
+    )
 
 
 if __name__ == "__main__":
