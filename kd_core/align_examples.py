@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.align import AlignedSpan, align_ends, token_ends
+from kd_core.align import AlignedSpan, AlignmentError, align_ends, decoded_ends, token_ends
 from kd_core.align_loss import MULTI, ONE_TO_ONE
 from kd_core.data import Example, format_prompt
 from kd_core.teacher import TeacherOutputs, response_texts
@@ -167,13 +167,14 @@ def _span_targets(
     n_body: int,
     n_student: int,
     ended: bool,
-    outputs: TeacherOutputs,
+    outputs: TeacherOutputs | None,
     i: int,
-    t2s: np.ndarray,
+    t2s: np.ndarray | None,
     k: int,
     online: bool,
 ) -> None:
-    """Fill ex's per-position span arrays (and, offline, its soft targets at the anchors)."""
+    """Fill ex's per-position span arrays (and, offline, its soft targets at the anchors;
+    online `outputs` and `t2s` may be None: the step reads the teacher there)."""
     R = n_student + int(ended)
     ex.span_kind = np.zeros(R, np.int8)
     ex.span_len = np.ones(R, np.int32)
@@ -185,12 +186,15 @@ def _span_targets(
     pairs = [(s.teacher, s.student) for s in spans]
     if ended:  # the teacher's EOS and the student's: a one-to-one span of their own
         pairs.append(((n_body, n_body + 1), (n_student, n_student + 1)))
-    chosen = outputs.chosen_logprobs[i] if outputs.chosen_logprobs is not None else None
+    chosen = None
+    if outputs is not None and outputs.chosen_logprobs is not None:
+        chosen = outputs.chosen_logprobs[i]
     for (t0, t1), (s0, s1) in pairs:
         ex.teacher_span[s0] = (t0, t1)
         if t1 - t0 == 1 and s1 - s0 == 1:
             ex.span_kind[s0] = ONE_TO_ONE
             if not online:
+                assert outputs is not None and t2s is not None
                 ids_s, lp_m, rest = split_topk(
                     outputs.topk_ids[i][t0], outputs.topk_logprobs[i][t0], t2s
                 )
@@ -200,6 +204,44 @@ def _span_targets(
             ex.span_len[s0] = s1 - s0
             if chosen is not None:
                 ex.teacher_span_lp[s0] = float(chosen[t0:t1].sum())
+
+
+def sampled_example(
+    student_prompt: np.ndarray,
+    response: list[int],
+    teacher_prompt: np.ndarray,
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    top_k: int,
+) -> Example:
+    """An on-policy example across two tokenizers: the student's sampled ids are its own
+    targets (no re-tokenization: they are what it generated), and the teacher reads the same
+    text in its own tokens after its own prompt, ending in its EOS where the student's answer
+    ended. The two are aligned by characters as the teacher's text is for off-policy steps;
+    the student's side uses decoded offsets, since sampled ids need not be the segmentation
+    its tokenizer would give the text. The step reads the teacher at the anchors (online)."""
+    s_eos, t_eos = set(eos_ids(student_tokenizer)), eos_ids(teacher_tokenizer)
+    ended = bool(response) and response[-1] in s_eos and bool(t_eos)
+    body = [int(t) for t in (response[:-1] if ended else response)]
+    text, s_ends = decoded_ends(student_tokenizer, body) if body else ("", [])
+    try:
+        t_ids, t_ends = token_ends(teacher_tokenizer, text) if text else ([], [])
+    except AlignmentError:  # text the teacher cannot read: this answer teaches nothing
+        t_ids, t_ends, ended = [], [], False
+    # A text that decodes to nothing (e.g. special tokens only) aligns nowhere: CE-free
+    # on-policy steps then have no KD term for it either, and it trains nothing.
+    spans = align_ends(text, t_ids, t_ends, body, s_ends).spans if t_ids and body else []
+    t_resp = t_ids + ([t_eos[0]] if ended else [])
+    t_prompt = np.asarray(teacher_prompt, np.int32)
+    ex = Example(
+        np.concatenate([student_prompt, np.array(response, np.int32)]).astype(np.int32),
+        len(student_prompt),
+        teacher_tokens=np.concatenate([t_prompt, np.array(t_resp, np.int32)]).astype(np.int32),
+        teacher_prompt_len=len(t_prompt),
+        teacher_prompt=t_prompt,
+    )
+    _span_targets(ex, spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
+    return ex
 
 
 def _count(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:

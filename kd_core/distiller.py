@@ -221,25 +221,7 @@ class TrueKnowledgeDistiller:
         est = estimate_memory(model_info(t_path), model_info(s_path), cfg)
         if refusal := est.on_policy_refusal(cfg):
             raise ConfigError(refusal)
-        self._refuse_cross_tokenizer_on_policy(teacher.tokenizer, s_path)
         return teacher
-
-    def _refuse_cross_tokenizer_on_policy(self, t_tok: Any, s_path: Path) -> None:
-        """On-policy steps score the student's own token ids with the teacher: one tokenizer
-        (or a projectable pair) only; an aligned pair is refused before anything is written."""
-        from mlx_lm.utils import load_tokenizer
-
-        from kd_core.vocab import token_strings
-
-        cfg = self.config
-        s_tok = load_tokenizer(s_path)
-        sizes = len(token_strings(t_tok)), len(token_strings(s_tok))
-        if plan_vocab_alignment(t_tok, s_tok, *sizes, cfg.vocab_strategy).strategy == "align":
-            raise ConfigError(
-                f"on_policy_ratio: {cfg.on_policy_ratio:g} needs teacher and student to share "
-                "a tokenizer, but this pair is trained with vocab_strategy 'align'; set "
-                "on_policy_ratio = 0 (or vocab_strategy = 'project')"
-            )
 
     def _pair_warnings(
         self, t_path: Path, s_path: Path, same_weights: bool, hidden: int
@@ -328,7 +310,7 @@ class TrueKnowledgeDistiller:
         if cfg.on_policy_ratio > 0:
             eos = getattr(t_tok, "eos_token_id", None)
             sampler = StudentSampler(
-                student, s_tok, cfg, run.alignment, int(eos if eos is not None else 0)
+                student, s_tok, cfg, run.alignment, int(eos if eos is not None else 0), t_tok
             )
         trainer = StudentTrainer(
             student,

@@ -28,7 +28,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from kd_core.align_examples import build_aligned_examples
+from kd_core.align_examples import build_aligned_examples, sampled_example
 from kd_core.align_loss import ONE_TO_ONE
 from kd_core.config import ConfigError, KDConfig
 from kd_core.data import forward_inputs
@@ -122,7 +122,9 @@ def measure(
     own_lps = [log_softmax_np(x) for x in _response_logits(model, *own)]
     release(model)
     if ref.teacher_path is not None:
-        figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(ref, own, own_lps, al, cfg)
+        figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(
+            ref, own, own_lps, al, cfg, s_tok
+        )
     return figures
 
 
@@ -152,12 +154,17 @@ def reverse_kl_on_samples(
     student_lps: list[np.ndarray],
     al: VocabAlignment,
     cfg: KDConfig,
+    student_tokenizer: Any = None,
 ) -> float:
     """Mean over the student's own answer tokens of KL(Q || P) at T = 1, the teacher reading
-    the same text in its ids (tokens it cannot read are left out)."""
+    the same text in its ids (tokens it cannot read are left out). Two tokenizers ("align"):
+    the teacher reads the text in its own tokens, compared at the one-to-one span anchors
+    over the shared tokens, as `compare_aligned` does."""
     assert ref.teacher_path is not None
-    s2t = student_to_teacher(al)
     t_prompts = [ids for ids, _ in fitted_prompts(ref.tokenizer, ref.prompts, cfg)]
+    if al.strategy == "align":
+        return _aligned_reverse_kl(ref, own, student_lps, al, t_prompts, student_tokenizer)
+    s2t = student_to_teacher(al)
     t_seqs, valids = [], []
     for seq, plen, t_prompt in zip(*own, t_prompts, strict=True):
         resp = seq[plen:]
@@ -178,6 +185,44 @@ def reverse_kl_on_samples(
         kl = (np.exp(q) * (q - p)).sum(-1)
         total += float(kl[valid].sum())
         n += int(valid.sum())
+    return total / max(n, 1)
+
+
+def _aligned_reverse_kl(
+    ref: TeacherReference,
+    own: tuple[list[np.ndarray], list[int]],
+    student_lps: list[np.ndarray],
+    al: VocabAlignment,
+    t_prompts: list[list[int]],
+    student_tokenizer: Any,
+) -> float:
+    if student_tokenizer is None:
+        raise ValueError("reverse_kl_on_samples: an aligned pair needs the student's tokenizer")
+    assert ref.teacher_path is not None
+    exs = [
+        sampled_example(
+            seq[:plen],
+            [int(t) for t in seq[plen:]],
+            np.array(tp, np.int32),
+            student_tokenizer,
+            ref.tokenizer,
+            1,
+        )
+        for seq, plen, tp in zip(*own, t_prompts, strict=True)
+    ]
+    teacher, _ = load_model(ref.teacher_path, "teacher")
+    t_seqs = [e.teacher_tokens for e in exs]
+    t_logits = _response_logits(teacher, t_seqs, [e.teacher_prompt_len for e in exs])
+    release(teacher)
+    total, n = 0.0, 0
+    for ex, q_full, t_lg in zip(exs, student_lps, t_logits, strict=True):
+        anchors = np.flatnonzero(ex.span_kind[: len(q_full)] == ONE_TO_ONE)
+        t_pos = ex.teacher_span[anchors, 0]
+        keep = t_pos < len(t_lg)
+        anchors, t_pos = anchors[keep], t_pos[keep]
+        p, q, _ = _shared_log_probs(log_softmax_np(t_lg[t_pos]), q_full[anchors], al)
+        total += float((np.exp(q) * (q - p)).sum())
+        n += len(anchors)
     return total / max(n, 1)
 
 

@@ -30,12 +30,13 @@ from typing import Any
 import mlx.nn as nn
 import numpy as np
 
+from kd_core.align_examples import sampled_example
 from kd_core.blas import set_blas_threads
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet
 from kd_core.data import Example
 from kd_core.step_api import TrainStep
-from kd_core.steps import OnlineStep
+from kd_core.steps import AlignStep, OnlineStep
 from kd_core.teacher import GEN_MAX_BATCH, sample_batch
 from kd_core.vocab import VocabAlignment
 
@@ -90,8 +91,14 @@ class StudentSampler:
         cfg: KDConfig,
         alignment: VocabAlignment,
         teacher_eos: int,
+        teacher_tokenizer: Any = None,
     ) -> None:
         self.model, self.cfg = model, cfg
+        # Two tokenizers ("align"): the teacher reads the student's text in its own tokens.
+        self.aligned = alignment.strategy == "align"
+        if self.aligned and teacher_tokenizer is None:
+            raise ValueError("on_policy_ratio: an aligned pair needs the teacher's tokenizer")
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
         ids = getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id]
         self.eos = sorted(int(i) for i in ids)
         self.s2t = student_to_teacher(alignment)
@@ -134,6 +141,16 @@ class StudentSampler:
         return out, SampleStats(sum(len(r) for r in responses), seconds)
 
     def _example(self, e: Example, response: list[int]) -> Example:
+        assert e.teacher_prompt is not None
+        if self.aligned:
+            return sampled_example(
+                e.tokens[: e.prompt_len],
+                response,
+                e.teacher_prompt,
+                self.tokenizer,
+                self.teacher_tokenizer,
+                self.cfg.top_k,
+            )
         resp = np.array(response, np.int32)
         inside = resp < len(self.s2t)
         t_resp = np.where(inside, self.s2t[np.minimum(resp, len(self.s2t) - 1)], -1)
@@ -161,8 +178,12 @@ def make_policy_step(
 ) -> TrainStep:
     """The on-policy step: the online step (teacher forward on the student's text, full
     distribution) minimising the on-policy divergence alone (alpha = 1: no CE on its own
-    samples): `on_policy_divergence`, or `divergence` when that is "same"."""
-    return OnlineStep(model, optimizer, policy_config(cfg), reduce, streams, teacher, alignment)
+    samples): `on_policy_divergence`, or `divergence` when that is "same". Two tokenizers:
+    the align step, the teacher read at the span anchors of the student's text."""
+    pcfg = policy_config(cfg)
+    if alignment is not None and alignment.strategy == "align":
+        return AlignStep(model, optimizer, pcfg, reduce, streams, alignment, teacher)
+    return OnlineStep(model, optimizer, pcfg, reduce, streams, teacher, alignment)
 
 
 def policy_config(cfg: KDConfig) -> KDConfig:

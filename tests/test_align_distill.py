@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import build_sp_student
 
-from kd_core.align import align_ends, token_ends
+from kd_core.align import align_ends, backend, token_ends
 from kd_core.teacher import load_outputs
 
 PROMPTS = "Name a colour.\nCount to three.\nSay hello.\nPick a number.\nWrite café 😀.\n"
@@ -123,13 +123,62 @@ def test_one_teacher_cache_serves_both_students(tiny_pair, sp_student, tmp_path)
         assert s_tok.eos_token_id not in resp[:-1]
 
 
-def test_on_policy_with_two_tokenizers_is_refused_before_writing(tiny_pair, sp_student, tmp_path):
+def test_on_policy_steps_train_across_two_tokenizers(tiny_pair, sp_student, tmp_path):
+    """The student samples, the teacher reads the same text in its own tokens, and the
+    aligned loss (reverse KL at one-to-one anchors) trains on it: half the steps."""
     out = tmp_path / "out"
-    proc = _distill(tiny_pair, sp_student, out, "--on-policy-ratio", "0.5")
-    assert proc.returncode == 2
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "on_policy_ratio" in line and "align" in line
-    assert not out.exists()
+    proc = _distill(
+        tiny_pair, sp_student, out, "--on-policy-ratio", "0.5",
+        "--on-policy-divergence", "reverse_kl",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(out)
+    policy = [r for r in rows if r.get("on_policy")]
+    assert len(policy) == 6 and all(r["sample_tokens"] > 0 for r in policy)
+    assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in policy)
+    # On-policy steps carry no CE (alpha 1): their loss is their KD.
+    assert all(r["combined"] == pytest.approx(r["kd"], rel=1e-5) for r in policy)
+    summary = json.loads((out / "kd_summary.json").read_text())
+    assert summary["domains"]["p"]["vocab_alignment"]["strategy"] == "align"
+
+
+def test_a_sampled_answer_is_read_by_the_teacher_in_its_own_tokens(tiny_pair, sp_student):
+    """On-policy across tokenizers: the student's sampled ids stay its targets even when they
+    are not the segmentation its tokenizer would give the text; the teacher gets that text in
+    its own tokens, ending in its EOS; the spans tile both sides."""
+    from mlx_lm.utils import load_tokenizer
+
+    from kd_core.align_examples import sampled_example
+    from kd_core.align_loss import MULTI, ONE_TO_ONE
+
+    t_tok, s_tok = load_tokenizer(tiny_pair.teacher), load_tokenizer(sp_student)
+    text = "Say café, then 😀 twice."
+    # One character at a time (bytes where a character is not a token): ids the student
+    # could sample, though never its tokenizer's own segmentation of the text.
+    vocab = backend(s_tok).get_vocab()
+    body = []
+    for ch in text:
+        piece = "\u2581" if ch == " " else ch
+        body += [vocab[piece]] if piece in vocab else [vocab[f"<0x{b:02X}>"] for b in ch.encode()]
+    assert backend(s_tok).decode(body) == text
+    assert body != backend(s_tok).encode(text, add_special_tokens=False).ids
+    s_prompt, t_prompt = np.array([5, 6, 7], np.int32), np.array([8, 9], np.int32)
+    ex = sampled_example(s_prompt, [*body, s_tok.eos_token_id], t_prompt, s_tok, t_tok, 4)
+    assert list(ex.tokens) == [5, 6, 7, *body, s_tok.eos_token_id] and ex.prompt_len == 3
+    t_body = backend(t_tok).encode(text, add_special_tokens=False).ids
+    assert list(ex.teacher_tokens) == [8, 9, *t_body, t_tok.eos_token_id]
+    assert ex.teacher_prompt_len == 2
+    anchors = np.flatnonzero(ex.span_kind > 0)
+    s_next = t_next = 0
+    for a in anchors:  # spans in order, each side's tokens covered once
+        assert a == s_next
+        t0, t1 = ex.teacher_span[a]
+        assert t0 == t_next and t1 > t0
+        s_next = a + (ex.span_len[a] if ex.span_kind[a] == MULTI else 1)
+        t_next = t1
+    assert s_next == len(body) + 1 and t_next == len(t_body) + 1
+    assert ex.span_kind[len(body)] == ONE_TO_ONE  # the two EOS
+    assert (ex.span_kind == MULTI).any()  # the single characters do not match the teacher's
 
 
 def test_project_still_available_by_name(tiny_pair, sp_student, tmp_path):
@@ -154,6 +203,9 @@ def test_eval_across_tokenizers_bits_per_char_and_kl(tiny_pair, sp_student, offl
     for fig in (base, tuned):
         assert set(fig) >= {"kl", "top1_agreement", "ce", "bits_per_char", "positions"}
         assert fig["kl"] >= 0 and 0 <= fig["top1_agreement"] <= 1 and fig["positions"] > 0
+        # The teacher reads the student's own answers in its own tokens (on-policy's view).
+        assert np.isfinite(fig["reverse_kl_on_student_samples"])
+        assert fig["reverse_kl_on_student_samples"] > 0
     assert tuned["bits_per_char"] < base["bits_per_char"]
     assert tuned["ce"] < base["ce"]
     print(f"bits/char base {base['bits_per_char']:.3f} -> {tuned['bits_per_char']:.3f}")
