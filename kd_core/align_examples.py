@@ -10,7 +10,8 @@ An ending EOS is a one-to-one span of its own.
 Offline the targets come from the teacher cache (top-k + tail per teacher position, the chosen
 tokens' log-probs, the response text and its character offsets: one cache serves any
 student). Online the example holds the teacher's span positions and the step reads the
-teacher's distribution there.
+teacher's distribution there. On-policy steps build the same arrays from the student's own
+sampled answer (`sampled_example`).
 """
 
 from __future__ import annotations

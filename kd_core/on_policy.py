@@ -1,16 +1,17 @@
 """On-policy distillation: the student writes the answers, the teacher scores them.
 
-Off-policy KD trains the student on the teacher's text only, so at inference it meets
-prefixes it never trained on (its own) and its errors compound (exposure bias). On a share
-`on_policy_ratio` of the optimiser steps the student instead samples a response to each of
-the step's prompts with its current adapters (mlx-lm's BatchGenerator, eval mode so no
-dropout, `student_temperature`, `max_tokens` as for the teacher), the teacher scores those
-very tokens in one teacher-forced forward, and the step minimises `on_policy_divergence`
+Off-policy KD trains the student on the teacher's text only, so at inference it meets prefixes
+it never trained on (its own) and its errors compound (exposure bias). On a share
+`on_policy_ratio` of the optimiser steps the student instead samples a response to each of the
+step's prompts with its current adapters (mlx-lm's BatchGenerator, eval mode so no dropout,
+`student_temperature`, `max_tokens` as for the teacher), the teacher scores those very tokens
+in one teacher-forced forward (with two tokenizers, the same text in its own tokens, aligned by
+characters: align_examples.sampled_example), and the step minimises `on_policy_divergence`
 (`divergence` when "same") on them (reverse KL is the usual choice: MiniLLM, GKD, on-policy
-distillation) — without CE: cross-entropy on the student's own samples would teach it its
-own mistakes. The other steps stay off-policy KD with `divergence`: on the demo pair,
-reverse KL on the student's samples mixed with forward KL on the teacher's text (half the
-steps each) beat reverse KL on both (README: "Choosing a divergence, and on-policy training").
+distillation) — without CE: cross-entropy on the student's own samples would teach it its own
+mistakes. The other steps stay off-policy KD with `divergence`: on the demo pair, reverse KL on
+the student's samples mixed with forward KL on the teacher's text (half the steps each) beat
+reverse KL on both (README: "Choosing a divergence, and on-policy training").
 
 Which steps are on-policy is a pure function of the step (`is_on_policy_step`), and the
 sampling draws from the MLX random state the trainer seeds with (seed, step) before each
