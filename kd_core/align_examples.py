@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from kd_core.align import AlignedSpan, AlignmentError, align_ends, decoded_ends, token_ends
-from kd_core.align_loss import MULTI, ONE_TO_ONE
+from kd_core.align_loss import MULTI, ONE_TO_ONE, PIECE
+from kd_core.align_pieces import PieceMap
 from kd_core.data import Example, format_prompt
 from kd_core.teacher import TeacherOutputs, response_texts
 from kd_core.vocab import VocabAlignment, eos_ids
@@ -99,10 +100,10 @@ def split_topk(
 
 def _spans(
     text: str, t_body: list[int], t_ends: list[int], student_tokenizer: Any
-) -> tuple[list[int], list[AlignedSpan]]:
+) -> tuple[list[int], list[int], list[AlignedSpan]]:
     s_ids, s_ends = token_ends(student_tokenizer, text) if text else ([], [])
     al = align_ends(text, t_body, t_ends, s_ids, s_ends)
-    return s_ids, al.spans
+    return s_ids, s_ends, al.spans
 
 
 def build_aligned_examples(
@@ -132,7 +133,7 @@ def build_aligned_examples(
         ended = resp_t[-1] in t_eos
         body = resp_t[:-1] if ended else resp_t
         text = texts[i]
-        s_ids, spans = _spans(
+        s_ids, s_ends, spans = _spans(
             text, body, [int(x) for x in char_ends[i][: len(body)]], student_tokenizer
         )
         resp_s = s_ids + ([s_eos] if ended else [])
@@ -149,6 +150,8 @@ def build_aligned_examples(
         ex = Example(np.concatenate([s_prompt, np.array(resp_s, np.int32)]), len(s_prompt))
         ex.teacher_prompt = seq[:plen]
         _span_targets(ex, spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
+        if alignment.pieces is not None:
+            _piece_targets(ex, spans, text, s_ends, outputs if not online else None, i, alignment)
         if online:
             ex.teacher_tokens, ex.teacher_prompt_len = seq, plen
         fit = len(resp_s)
@@ -214,6 +217,7 @@ def sampled_example(
     student_tokenizer: Any,
     teacher_tokenizer: Any,
     top_k: int,
+    pieces: PieceMap | None = None,
 ) -> Example:
     """An on-policy example across two tokenizers: the student's sampled ids are its own
     targets (no re-tokenization: they are what it generated), and the teacher reads the same
@@ -242,7 +246,51 @@ def sampled_example(
         teacher_prompt=t_prompt,
     )
     _span_targets(ex, spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
+    if pieces is not None:
+        _piece_targets(ex, spans, text, s_ends, None, 0, pieces)
     return ex
+
+
+def _piece_targets(
+    ex: Example,
+    spans: list[AlignedSpan],
+    text: str,
+    s_ends: list[int],
+    outputs: TeacherOutputs | None,
+    i: int,
+    alignment: VocabAlignment | PieceMap,
+) -> None:
+    """Projected targets (kd_core/align_pieces.py) at every student position of each span
+    with one teacher token: its anchor reads the teacher's distribution there as is, each
+    later position conditions it on the part of the token already read. They replace the
+    span's own terms (flag PIECE). Offline (`outputs` given) the targets are computed now
+    from the cache's top-k; online the step computes them from the teacher's forward and
+    `ex.piece_prefix`."""
+    pieces = alignment if isinstance(alignment, PieceMap) else alignment.pieces
+    rows: list[tuple[int, int, str]] = []  # (student position, teacher position, prefix)
+    for sp in spans:
+        (t0, t1), (s0, s1) = sp.teacher, sp.student
+        if t1 - t0 != 1:
+            continue  # several teacher tokens: the span's probability (MULTI) stays
+        for j in range(s0, s1):
+            prefix = text[sp.start : s_ends[j - 1]] if j > s0 else ""
+            rows.append((j, t0, prefix))
+    if not rows:
+        return
+    js = np.array([r[0] for r in rows])
+    ex.span_kind[js] = (ex.span_kind[js] | PIECE).astype(np.int8)
+    for j, t0, _ in rows:
+        if ex.span_kind[j] == PIECE:  # inside a span: its one teacher position
+            ex.teacher_span[j] = (t0, t0 + 1)
+    if outputs is None:
+        ex.piece_prefix = {j: r for j, _, r in rows if r}
+        return
+    t0s = np.array([r[1] for r in rows])
+    ids_s, lp_s = pieces.project(
+        outputs.topk_ids[i][t0s], outputs.topk_logprobs[i][t0s], [r[2] for r in rows]
+    )
+    ex.topk_ids[js], ex.topk_logprobs[js] = ids_s, lp_s
+    ex.uld_logprobs[js] = -np.inf
 
 
 def _count(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:

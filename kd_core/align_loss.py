@@ -1,24 +1,27 @@
 """The KD loss across two tokenizers (vocab_strategy "align"), per aligned span.
 
 The student reads the teacher's response text in its own tokens; kd_core.align cuts the text
-into spans that a run of teacher tokens and a run of student tokens cover exactly. Each span
-contributes once, at its *anchor*: the student position that predicts the span's first token
-(docs/ARCHITECTURE.md, "Cross-tokenizer distillation"):
+into spans that a run of teacher tokens and a run of student tokens cover exactly. What each
+span contributes (docs/ARCHITECTURE.md, "Cross-tokenizer distillation"):
 
-- one token on both sides (kind 1): the two next-token distributions at temperature T.
-  * exact part: the chosen divergence over the k + 1 buckets {teacher top-k tokens that the
-    student vocabulary also has (matched by normalised string), rest}: the student's
-    probability of those very tokens, its rest = 1 - their sum;
-  * Universal Logit Distillation on the remainder (Boizard et al. 2024, as TRL's GOLD): the
-    L1 distance between the sorted probabilities of the teacher's top-k tokens the student
-    lacks and the student's k largest probabilities among tokens the teacher lacks. Token
-    identities do not match there; the shapes of the two distributions still do.
+- a span with one teacher token (align_targets = "pieces", the default; flag PIECE): at every
+  student position of the span, the teacher's next-token distribution read in the student's
+  pieces (kd_core/align_pieces.py: at the anchor as is, inside the span conditioned on the
+  part already read), compared with the chosen divergence over its k + 1 buckets {projected
+  tokens, rest}, as the one-tokenizer offline loss compares the teacher's top-k.
+- otherwise, at the span's *anchor* (the student position that predicts its first token):
+  * one token on both sides (kind 1; align_targets = "shared"):
+    exact part: the chosen divergence over the k + 1 buckets {teacher top-k tokens that the
+    student vocabulary also has (matched by normalised string), rest}; plus Universal Logit
+    Distillation on the remainder (Boizard et al. 2024, as TRL's GOLD): the L1 distance
+    between the sorted probabilities of the teacher's top-k tokens the student lacks and the
+    student's k largest probabilities among tokens the teacher lacks.
     KD_1 = D(buckets) + ULD_WEIGHT * ULD.
-- several tokens on either side (kind 2): the probability each model gives the whole span,
-  log P(span) = sum of its tokens' log-probabilities at T (the teacher's from the cache, the
-  student's along its own tokens), compared as a two-outcome distribution {this span, any
-  other continuation}: KD_2 = p log(p/q) + (1-p) log((1-p)/(1-q)). The likelihood matching of
-  Minixhofer et al. 2025 and GOLD's merged spans pursue the same quantity.
+  * several tokens on either side (kind 2; with "pieces", only spans of several teacher
+    tokens): the probability each model gives the whole span, log P(span) = sum of its
+    tokens' log-probabilities at T, compared as a two-outcome distribution {this span, any
+    other continuation}: KD_2 = p log(p/q) + (1-p) log((1-p)/(1-q)). The likelihood matching
+    of Minixhofer et al. 2025 and GOLD's merged spans pursue the same quantity.
 
 Everything is scaled by T^2 and summed; the trainer divides by the student's response tokens
 (the CE count), so KD is per student token like CE. The teacher gets no gradient.
@@ -32,7 +35,9 @@ from kd_core.divergences import DivergenceSpec, _topk_terms
 from kd_core.losses import ce_loss_sum
 
 ULD_WEIGHT = 1.0  # the remainder's sorted-probability term beside the exact part
-ONE_TO_ONE, MULTI = 1, 2
+ONE_TO_ONE, MULTI = 1, 2  # the kind of span anchored at a position (kind & SPAN_KIND)
+SPAN_KIND = 3
+PIECE = 4  # flag: a projected target here (kd_core/align_pieces.py); replaces the span's terms
 _LOG_ONE_MINUS = -1e-4  # a span log-probability is kept below this: log(1 - q) stays finite
 
 
@@ -106,7 +111,7 @@ def align_loss_sums(
     local = one_to_one_terms(log_q, kind, topk_ids, topk_logprobs, uld_logprobs, student_only, spec)
     lq_chosen = chosen_log_q(log_q, targets) * mask
     span_q = span_log_probs(lq_chosen, mx.maximum(span_len, 1))
-    multi = (kind == MULTI).astype(mx.float32)
+    multi = (kind == MULTI).astype(mx.float32)  # a span with several teacher tokens
     span = binary_kl(mx.stop_gradient(teacher_span_lp.astype(mx.float32)), span_q)
     return (temperature**2) * (local.sum() + (multi * span).sum()), ce
 
@@ -129,9 +134,11 @@ def one_to_one_terms(
     student_only: mx.array,
     spec: DivergenceSpec,
 ) -> mx.array:
-    """Per position: the one-to-one spans' exact part + ULD_WEIGHT * ULD (0 elsewhere)."""
+    """Per position: the one-to-one spans' exact part + ULD_WEIGHT * ULD; at PIECE positions
+    the divergence from the projected target over its buckets (0 elsewhere)."""
     one = (kind == ONE_TO_ONE).astype(mx.float32)
+    piece = (kind >= PIECE).astype(mx.float32)
     lq_k = mx.take_along_axis(log_q, topk_ids.astype(mx.int32), axis=-1)
     exact = _topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), lq_k, spec)
     uld = uld_terms(log_q, student_only, uld_logprobs)
-    return one * (exact + ULD_WEIGHT * uld)
+    return (one + piece) * exact + one * ULD_WEIGHT * uld

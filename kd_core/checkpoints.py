@@ -94,6 +94,8 @@ def run_fingerprint(
         "vocab_alignment": vocab_strategy,
         "prompts": prompts_hash(prompts),
     }
+    if vocab_strategy == "align":  # what an aligned pair compares changes the weights' story
+        fp["align_targets"] = cfg.align_targets
     fp.update({k: getattr(cfg, k) for k in FINGERPRINT_FIELDS})
     if cfg.lr_schedule == "cosine":  # the schedule's length is then part of the weights' story
         fp["num_iters"] = cfg.num_iters

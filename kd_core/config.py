@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 # The modes, as types: each is checked in one place (`_check_value`, from these choices).
 TeacherMode = Literal["offline", "online"]
 VocabStrategy = Literal["auto", "truncate", "project", "align"]
+AlignTargets = Literal["pieces", "shared"]
 LrSchedule = Literal["constant", "cosine"]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"]
 
@@ -112,6 +113,16 @@ class KDConfig:
         "has the student read the teacher's text in its own tokens, aligned by characters "
         "(cross-tokenizer pairs: Qwen teacher, Llama student).",
         choices=get_args(VocabStrategy),
+        group="kd",
+    )
+    align_targets: AlignTargets = _spec(
+        "pieces",
+        "What an aligned pair (vocab_strategy align) compares: pieces reads the teacher's "
+        "next-token distribution in the student's own pieces at every position of a span "
+        "with one teacher token (the student's answers stay readable); shared compares only "
+        "the tokens both vocabularies spell alike, plus sorted-probability (ULD) and "
+        "whole-span terms, as TRL's GOLD does.",
+        choices=get_args(AlignTargets),
         group="kd",
     )
 

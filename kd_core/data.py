@@ -50,6 +50,8 @@ class Example:
     teacher_span_lp: np.ndarray | None = None  # [R] float32
     uld_logprobs: np.ndarray | None = None  # [R, k] float32 (-inf = padding)
     teacher_span: np.ndarray | None = None  # [R, 2] int32 (online)
+    # online, the part of its teacher token read before each position inside one (PIECE)
+    piece_prefix: dict[int, str] | None = None
 
     @property
     def response_len(self) -> int:
@@ -73,6 +75,7 @@ class Batch:
     uld_logprobs: np.ndarray | None = None
     teacher_span: np.ndarray | None = None
     teacher_targets: np.ndarray | None = None  # [B, Lt] the token each teacher input predicts
+    piece_prefix: list[dict[int, str]] | None = None  # per row: position -> part read
 
     @property
     def tokens(self) -> int:
@@ -204,6 +207,10 @@ def _fill_spans(
         span_len[b, p0 : p0 + r] = np.maximum(e.span_len[:r], 1)
         t_lp[b, p0 : p0 + r] = e.teacher_span_lp[:r]
         uld[b, p0 : p0 + r] = e.uld_logprobs[:r]
+        if e.piece_prefix:
+            if batch.piece_prefix is None:
+                batch.piece_prefix = [{} for _ in range(B)]
+            batch.piece_prefix[b] = {p0 + j: x for j, x in e.piece_prefix.items() if j < r}
         if top_k is not None and batch.topk_logprobs is not None:
             dropped = ~fits
             batch.topk_logprobs[b, p0 : p0 + r][dropped] = -np.inf

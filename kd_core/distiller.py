@@ -311,6 +311,8 @@ class TrueKnowledgeDistiller:
             run.alignment = plan_vocab_alignment(
                 t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy
             )
+            if cfg.align_targets == "shared":
+                run.alignment.pieces = None  # GOLD's form: shared tokens, ULD, whole spans
             self.sink(Log(f"vocabulary: {run.alignment.explanation}"))
             if cfg.on_policy_ratio > 0 and run.alignment.strategy == "align":
                 self.sink(Log(ALIGNED_ON_POLICY_WARNING, "warning"))

@@ -29,7 +29,7 @@ import mlx.core as mx
 import numpy as np
 
 from kd_core.align_examples import build_aligned_examples, sampled_example
-from kd_core.align_loss import ONE_TO_ONE
+from kd_core.align_loss import ONE_TO_ONE, SPAN_KIND
 from kd_core.config import ConfigError, KDConfig
 from kd_core.data import forward_inputs
 from kd_core.distiller import TrueKnowledgeDistiller
@@ -216,7 +216,7 @@ def _aligned_reverse_kl(
     release(teacher)
     total, n = 0.0, 0
     for ex, q_full, t_lg in zip(exs, student_lps, t_logits, strict=True):
-        anchors = np.flatnonzero(ex.span_kind[: len(q_full)] == ONE_TO_ONE)
+        anchors = np.flatnonzero((ex.span_kind[: len(q_full)] & SPAN_KIND) == ONE_TO_ONE)
         t_pos = ex.teacher_span[anchors, 0]
         keep = t_pos < len(t_lg)
         anchors, t_pos = anchors[keep], t_pos[keep]
@@ -275,7 +275,7 @@ def compare_aligned(
     kl_sum = agree = ce_sum = 0.0
     n = n_ce = 0
     for ex, t_lp, s_lg in zip(examples, ref.log_probs, student_logits, strict=True):
-        anchors = np.flatnonzero(ex.span_kind[: len(s_lg)] == ONE_TO_ONE)
+        anchors = np.flatnonzero((ex.span_kind[: len(s_lg)] & SPAN_KIND) == ONE_TO_ONE)
         t_pos = ex.teacher_span[anchors, 0]
         keep = t_pos < len(t_lp)
         anchors, t_pos = anchors[keep], t_pos[keep]

@@ -103,6 +103,7 @@ class StudentSampler:
         ids = getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id]
         self.eos = sorted(int(i) for i in ids)
         self.s2t = student_to_teacher(alignment)
+        self.pieces = alignment.pieces
         self.teacher_eos = int(teacher_eos)
 
     def sample(
@@ -151,6 +152,7 @@ class StudentSampler:
                 self.tokenizer,
                 self.teacher_tokenizer,
                 self.cfg.top_k,
+                self.pieces,
             )
         resp = np.array(response, np.int32)
         inside = resp < len(self.s2t)

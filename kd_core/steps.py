@@ -166,7 +166,7 @@ class AlignStep(_CompiledStep):
     ) -> None:
         from kd_core.align_examples import one_to_one_map, student_only_mask
 
-        self.teacher = teacher
+        self.teacher, self.pieces = teacher, alignment.pieces
         self.t2s = mx.array(one_to_one_map(alignment).astype(np.int32))
         self.student_only = mx.array(student_only_mask(alignment))
         super().__init__(model, optimizer, cfg, reduce, streams)
@@ -215,7 +215,27 @@ class AlignStep(_CompiledStep):
         ids_s = mx.where(matched, s, 0)
         lp_m = mx.where(matched, vals, -mx.inf)
         rest = -mx.sort(-mx.where(matched, -mx.inf, vals), axis=-1)
+        if self.pieces is not None:
+            ids_s, lp_m, rest = self._piece_targets(batch, ids_t, vals, ids_s, lp_m, rest)
         return span_lp, ids_s, lp_m, rest
+
+    def _piece_targets(self, batch: Batch, ids_t, vals, ids_s, lp_m, rest):
+        """The projected targets (kd_core/align_pieces.py) at the PIECE positions. They need
+        the tokens' text, so the teacher's top-k there comes to the host: one sync per step,
+        next to the teacher's forward that the step waits for anyway."""
+        from kd_core.align_loss import PIECE
+
+        rows = np.argwhere(batch.span_kind >= PIECE)
+        if len(rows) == 0:
+            return ids_s, lp_m, rest
+        b, j = rows[:, 0], rows[:, 1]
+        picked = mx.array(b), mx.array(j)
+        t_ids, t_lps = np.array(ids_t[picked]), np.array(vals[picked])
+        prefixes = [(batch.piece_prefix or [{}] * (b.max() + 1))[r].get(c, "") for r, c in rows]
+        p_ids, p_lps = self.pieces.project(t_ids, t_lps, prefixes)
+        ids_np, lp_np, rest_np = np.array(ids_s), np.array(lp_m), np.array(rest)
+        ids_np[b, j], lp_np[b, j], rest_np[b, j] = p_ids, p_lps, -np.inf
+        return mx.array(ids_np), mx.array(lp_np), mx.array(rest_np)
 
 
 def make_step(

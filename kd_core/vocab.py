@@ -30,6 +30,8 @@ class VocabAlignment:
     student_ids: np.ndarray  # [M] student ids, same order
     teacher_to_student: np.ndarray  # [teacher_size] student id or -1
     explanation: str
+    # align: the teacher's tokens read in the student's pieces (kd_core/align_pieces.py)
+    pieces: Any = None
 
     @property
     def shared(self) -> int:
@@ -180,6 +182,11 @@ def _project_alignment(
             f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
             "teacher's); teacher ids are projected onto student ids by token string"
         )
+    pieces = None
+    if strategy == "align":
+        from kd_core.align_pieces import PieceMap
+
+        pieces = PieceMap(teacher_tokenizer, student_tokenizer, t2s)
     return VocabAlignment(
         strategy,
         teacher_size,
@@ -188,6 +195,7 @@ def _project_alignment(
         np.array(s_ids, np.int64),
         t2s,
         how,
+        pieces,
     )
 
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kd_core.align_loss import MULTI, ONE_TO_ONE, align_loss_sums
+from kd_core.align_loss import MULTI, ONE_TO_ONE, PIECE, align_loss_sums
 from kd_core.divergences import DivergenceSpec, offline_sums
 
 B, L, V, K, T = 2, 7, 13, 3, 2.0
@@ -29,12 +29,15 @@ def reference(z, targets, mask, kind, span_len, t_span_lp, ids, lps, uld, only, 
         for j in range(z.shape[1]):
             if mask[b, j]:
                 ce -= log_q1[b, j, targets[b, j]]
-            if kind[b, j] == ONE_TO_ONE:
+            if kind[b, j] == ONE_TO_ONE or kind[b, j] & PIECE:
                 keep = np.isfinite(lps[b, j])
                 p = np.exp(lps[b, j][keep])
                 q = np.exp(log_q[b, j, ids[b, j][keep]])
                 pt, qt = max(1 - p.sum(), 1e-6), max(1 - q.sum(), 1e-6)
                 kl = (p * np.log(p / q)).sum() + pt * np.log(pt / qt)
+                if kind[b, j] & PIECE:  # a projected target: its buckets replace the rest
+                    kd += kl
+                    continue
                 u = np.exp(uld[b, j])  # sorted teacher remainder, 0 padded
                 w = np.sort(np.exp(log_q[b, j]) * only)[::-1][: len(u)]
                 kd += kl + uld_w * np.abs(u - w).sum()
@@ -55,8 +58,10 @@ def case():
     targets = rng.integers(0, V, size=(B, L))
     mask = np.ones((B, L))
     mask[0, 0] = mask[1, :2] = 0  # prompt positions
-    kind = np.array([[0, 1, 2, 0, 1, 2, 0], [0, 0, 1, 1, 2, 0, 1]])
-    span_len = np.array([[1, 1, 2, 1, 1, 2, 1], [1, 1, 1, 1, 3, 1, 1]])
+    # PIECE | ONE_TO_ONE, PIECE | MULTI (its span term replaced), PIECE inside a span
+    P1, P2 = PIECE | ONE_TO_ONE, PIECE | MULTI
+    kind = np.array([[0, 1, 2, 0, 1, 2, P1], [0, 0, 1, 1, 2, P2, PIECE]])
+    span_len = np.array([[1, 1, 2, 1, 1, 2, 1], [1, 1, 1, 1, 3, 2, 1]])
     t_span_lp = rng.uniform(-6, -0.5, size=(B, L))
     ids = np.stack([rng.permutation(V)[:K] for _ in range(B * L)]).reshape(B, L, K)
     lps = np.sort(rng.uniform(-4, -0.7, size=(B, L, K)), axis=-1)[..., ::-1].copy()
@@ -107,6 +112,9 @@ def test_each_part_counts(case):
     no_multi = list(case)
     no_multi[3] = np.where(case[3] == MULTI, 0, case[3])
     assert kd > float(_mine(z, no_multi)[0]) + 1e-3
+    no_piece = list(case)
+    no_piece[3] = np.where(case[3] >= PIECE, 0, case[3])
+    assert kd > float(_mine(z, no_piece)[0]) + 1e-3
 
 
 def test_one_to_one_with_every_token_shared_is_todays_offline_loss(case):
