@@ -151,7 +151,10 @@ def build_aligned_examples(
         ex.teacher_prompt = seq[:plen]
         _span_targets(ex, spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
         if alignment.pieces is not None:
-            _piece_targets(ex, spans, text, s_ends, outputs if not online else None, i, alignment)
+            _piece_targets(
+                ex, spans, text, (body, s_ids, s_ends), outputs if not online else None, i,
+                alignment.pieces,
+            )  # fmt: skip
         if online:
             ex.teacher_tokens, ex.teacher_prompt_len = seq, plen
         fit = len(resp_s)
@@ -247,7 +250,7 @@ def sampled_example(
     )
     _span_targets(ex, spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
     if pieces is not None:
-        _piece_targets(ex, spans, text, s_ends, None, 0, pieces)
+        _piece_targets(ex, spans, text, (t_ids, body, s_ends), None, 0, pieces)
     return ex
 
 
@@ -255,26 +258,24 @@ def _piece_targets(
     ex: Example,
     spans: list[AlignedSpan],
     text: str,
-    s_ends: list[int],
+    tokens: tuple[list[int], list[int], list[int]],
     outputs: TeacherOutputs | None,
     i: int,
-    alignment: VocabAlignment | PieceMap,
+    pieces: PieceMap,
 ) -> None:
     """Projected targets (kd_core/align_pieces.py) at every student position of each span
     with one teacher token: its anchor reads the teacher's distribution there as is, each
     later position conditions it on the part of the token already read. They replace the
-    span's own terms (flag PIECE). Offline (`outputs` given) the targets are computed now
+    span's own terms (flag PIECE). `tokens` = (teacher ids, student ids, the student tokens'
+    character ends) of the text. Offline (`outputs` given) the targets are computed now
     from the cache's top-k; online the step computes them from the teacher's forward and
     `ex.piece_prefix`."""
-    pieces = alignment if isinstance(alignment, PieceMap) else alignment.pieces
+    t_ids, s_ids, s_ends = tokens
     rows: list[tuple[int, int, str]] = []  # (student position, teacher position, prefix)
     for sp in spans:
-        (t0, t1), (s0, s1) = sp.teacher, sp.student
-        if t1 - t0 != 1:
-            continue  # several teacher tokens: the span's probability (MULTI) stays
-        for j in range(s0, s1):
-            prefix = text[sp.start : s_ends[j - 1]] if j > s0 else ""
-            rows.append((j, t0, prefix))
+        t0, t1 = sp.teacher
+        if t1 - t0 == 1:  # several teacher tokens: the span's probability (MULTI) stays
+            rows += _span_rows(sp, text, t_ids, s_ids, s_ends, pieces)
     if not rows:
         return
     js = np.array([r[0] for r in rows])
@@ -291,6 +292,32 @@ def _piece_targets(
     )
     ex.topk_ids[js], ex.topk_logprobs[js] = ids_s, lp_s
     ex.uld_logprobs[js] = -np.inf
+
+
+def _span_rows(
+    sp: AlignedSpan,
+    text: str,
+    t_ids: list[int],
+    s_ids: list[int],
+    s_ends: list[int],
+    pieces: PieceMap,
+) -> list[tuple[int, int, str]]:
+    """(student position, teacher position, part read) for each student token of a span with
+    one teacher token, or [] when reading the teacher's own token in pieces does not give
+    the student's own tokens (e.g. a word marker the student's tokenizer puts before the
+    first word, covering no character, or the bytes of one character): the targets would
+    then teach a segmentation the student never reads, and the span keeps its own terms."""
+    (t0, _), (s0, s1) = sp.teacher, sp.student
+    x = pieces.text(t_ids[t0])
+    if x is None:
+        return []
+    rows = []
+    for j in range(s0, s1):
+        read = text[sp.start : s_ends[j - 1]] if j > s0 else ""
+        if len(read) >= len(x) or pieces.first(x[len(read) :]) != s_ids[j]:
+            return []
+        rows.append((j, t0, read))
+    return rows
 
 
 def _count(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:

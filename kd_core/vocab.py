@@ -169,8 +169,8 @@ def _project_alignment(
     if strategy == "align":
         how = (
             f"different tokenizers: the student reads the teacher's text in its own tokens, "
-            f"aligned by characters; {len(t_ids)} tokens in common ({covered:.0%} of the "
-            "teacher's) are compared exactly, the rest by sorted probabilities"
+            f"aligned by characters ({len(t_ids)} tokens in common, {covered:.0%} of the "
+            "teacher's)"
         )
     elif covered < 0.05:
         raise VocabError(
