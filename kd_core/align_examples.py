@@ -274,7 +274,7 @@ def _piece_targets(
     rows: list[tuple[int, int, str]] = []  # (student position, teacher position, prefix)
     for sp in spans:
         t0, t1 = sp.teacher
-        if t1 - t0 == 1:  # several teacher tokens: the span's probability (MULTI) stays
+        if t1 - t0 == 1:  # a span of several teacher tokens keeps its probability (MULTI)
             rows += _span_rows(sp, text, t_ids, s_ids, s_ends, pieces)
     if not rows:
         return
