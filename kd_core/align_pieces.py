@@ -89,7 +89,7 @@ class PieceMap:
         the student has read ("" or None: a token boundary on both sides)."""
         ids_t = np.asarray(ids_t)
         lps = np.asarray(lps, np.float32)
-        N, k = ids_t.shape
+        k = ids_t.shape[1]
         s = self.first_of_tokens(ids_t)
         p = np.where(np.isfinite(lps) & (s >= 0), np.exp(lps), 0.0)
         for n, r in enumerate(prefixes or ()):

@@ -231,7 +231,8 @@ class AlignStep(_CompiledStep):
         b, j = rows[:, 0], rows[:, 1]
         picked = mx.array(b), mx.array(j)
         t_ids, t_lps = np.array(ids_t[picked]), np.array(vals[picked])
-        prefixes = [(batch.piece_prefix or [{}] * (b.max() + 1))[r].get(c, "") for r, c in rows]
+        read = batch.piece_prefix or [{}] * len(batch.inputs)  # per row: position -> part read
+        prefixes = [read[r].get(c, "") for r, c in rows]
         p_ids, p_lps = self.pieces.project(t_ids, t_lps, prefixes)
         ids_np, lp_np, rest_np = np.array(ids_s), np.array(lp_m), np.array(rest)
         ids_np[b, j], lp_np[b, j], rest_np[b, j] = p_ids, p_lps, -np.inf

@@ -182,6 +182,29 @@ def test_a_sampled_answer_is_read_by_the_teacher_in_its_own_tokens(tiny_pair, sp
     assert (ex.span_kind == MULTI).any()  # the single characters do not match the teacher's
 
 
+def test_a_sampled_answer_gets_targets_in_the_students_pieces(tiny_pair, sp_student):
+    """On-policy steps carry the default align_targets: positions inside a teacher token are
+    marked PIECE, read from that one teacher position, with the part already read kept for
+    the step's projection."""
+    from mlx_lm.utils import load_tokenizer
+
+    from kd_core.align_examples import sampled_example
+    from kd_core.align_loss import PIECE
+    from kd_core.vocab import plan_vocab_alignment
+
+    t_tok, s_tok = load_tokenizer(tiny_pair.teacher), load_tokenizer(sp_student)
+    sizes = len(backend(t_tok).get_vocab()), len(backend(s_tok).get_vocab())
+    pieces = plan_vocab_alignment(t_tok, s_tok, *sizes, "auto").pieces
+    body = backend(s_tok).encode("Name a colour and count to three.", add_special_tokens=False)
+    s_prompt, t_prompt = np.array([5, 6, 7], np.int32), np.array([8, 9], np.int32)
+    ex = sampled_example(s_prompt, list(body.ids), t_prompt, s_tok, t_tok, 4, pieces)
+    piece = np.flatnonzero(ex.span_kind >= PIECE)
+    assert len(piece) > len(body.ids) // 2
+    inner = np.flatnonzero(ex.span_kind == PIECE)
+    assert ex.piece_prefix and set(ex.piece_prefix) == set(inner.tolist())
+    assert all(ex.teacher_span[j, 1] - ex.teacher_span[j, 0] == 1 for j in piece)
+
+
 def test_project_still_available_by_name(tiny_pair, sp_student, tmp_path):
     out = tmp_path / "out"
     proc = _distill(tiny_pair, sp_student, out, "--vocab-strategy", "project")
