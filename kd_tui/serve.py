@@ -13,24 +13,40 @@ page's scripts, styles and websocket send it back: the websocket URL cannot carr
 ours, the page's script appends its own), or as `Authorization: Bearer`. Whatever the
 address, a websocket whose Origin is another site is refused: otherwise any web page open in
 the user's browser could drive a localhost dashboard (cross-site websocket hijacking).
+
+A token given with `--token` must be guess-proof: 16 or more characters, none of them
+whitespace or control characters; an empty or blank one would otherwise turn the check off
+(`''` matches a request carrying nothing). It is refused with one line (exit 2), as are a
+port out of range, an address that does not resolve and a port in use, before anything
+listens. The server binds its sockets itself, so `--port 0` prints the port it got.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import errno
 import hmac
 import ipaddress
 import secrets
 import shlex
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 COOKIE = "kd_token"
 TEMPLATES = Path(__file__).with_name("serve_templates")
 Handler = Callable[[Any], Awaitable[Any]]
+MIN_TOKEN_CHARS = 16  # 16 characters of even one case of letters is over 75 bits
+
+
+class ServeError(ValueError):
+    """A setting `--serve` cannot start with (one line; kd-tui exits 2)."""
 
 
 def is_local(host: str) -> bool:
@@ -53,6 +69,32 @@ def dashboard_command(args: argparse.Namespace) -> str:
     return shlex.join(cmd)
 
 
+def check_token(token: str) -> None:
+    """Refuse a token that a client could match without knowing it (ServeError)."""
+    if not token.strip():
+        raise ServeError(
+            f"--token: empty or blank; give {MIN_TOKEN_CHARS} or more characters, or leave --token "
+            "out to have one generated"
+        )
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ServeError(
+            "--token: no whitespace or control characters; letters, digits and punctuation only"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ServeError(
+            f"--token: {len(token)} characters is too short to be safe; give "
+            f"{MIN_TOKEN_CHARS} or more, or leave --token out to have one generated"
+        )
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison. On bytes: compare_digest refuses str with non-ASCII
+    characters (a TypeError, so a 500 instead of a 403), and a query may hold anything."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    )
+
+
 def request_token(request: Any) -> str:
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
@@ -70,9 +112,12 @@ def same_origin(request: Any) -> bool:
 def token_middleware(token: str | None) -> Any:
     from aiohttp import web
 
+    if token is not None:
+        check_token(token)  # an empty token would let every request through
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> Any:
-        if token is not None and not hmac.compare_digest(request_token(request), token):
+        if token is not None and not token_matches(request_token(request), token):
             raise web.HTTPForbidden(text="kd: this dashboard needs its token (?token=...)\n")
         if request.path == "/ws" and not same_origin(request):
             raise web.HTTPForbidden(text="kd: websocket from another origin refused\n")
@@ -85,8 +130,64 @@ def token_middleware(token: str | None) -> Any:
     return check
 
 
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` names, all on one port (the one the
+    system picked when `port` is 0). Bound here, not by aiohttp: a bad address or a port in
+    use is then one line, and the real port is known before the URL is printed."""
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--port: expected a whole number from 0 to 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or e.__class__.__name__
+        raise ServeError(f"--host: cannot resolve {host!r} ({why})") from None
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            if socks:  # the others share the first one's port (port 0 picked it)
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            sock = _bound(family, kind, proto, addr)
+            if sock is not None:
+                socks.append(sock)
+    except OSError as e:
+        for sock in socks:
+            sock.close()
+        where = f"{host}:{port}"
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"--port: {where} is in use; pick another --port (0: any free one)"
+            ) from None
+        raise ServeError(f"--host: cannot listen on {where} ({e.strerror or e})") from None
+    if not socks:
+        raise ServeError(f"--host: cannot listen on {host}:{port} (no usable address)")
+    return socks
+
+
+def _bound(family: int, kind: int, proto: int, addr: tuple[Any, ...]) -> socket.socket | None:
+    """A socket bound to `addr` and listening; None when the address family is not enabled
+    here (EADDRNOTAVAIL: e.g. ::1 for localhost without IPv6), as asyncio does."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+        if family == socket.AF_INET6:
+            # "::" would otherwise take IPv4 too, and 0.0.0.0 on the same port then fails.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRNOTAVAIL:
+            return None
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 def make_server(command: str, host: str, port: int, token: str | None) -> Any:
     """A textual-serve Server with the token check in front of every route."""
+    from aiohttp import web
     from textual_serve.server import Server
 
     class KDServer(Server):  # type: ignore[misc]
@@ -101,7 +202,34 @@ def make_server(command: str, host: str, port: int, token: str | None) -> Any:
             self.public_url = f"{request.scheme}://{request.host}"
             return await super().handle_index(request)
 
+        def serve_on(self, socks: list[socket.socket]) -> None:
+            """Server.serve, on sockets bound already (it would bind host and port)."""
+            self.initialize_logging()
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signal.SIGINT, self.request_exit)
+                loop.add_signal_handler(signal.SIGTERM, self.request_exit)
+            web.run_app(
+                self._make_app(),
+                sock=socks,
+                handle_signals=False,
+                loop=loop,
+                print=lambda *args: None,
+            )
+
     return KDServer(command, host=host, port=port, title="kd", templates_path=TEMPLATES)
+
+
+def page_url(host: str, port: int, token: str | None) -> str:
+    """The URL to open: a wildcard address names this machine; a token is percent-encoded
+    (it may hold & # % + and the like)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    query = f"/?token={quote(token, safe='')}" if token is not None else "/"
+    return f"http://{host}:{port}{query}"
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -110,12 +238,19 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ImportError:
         parser.error("--serve needs textual-serve (pip install textual-serve)")
     token = args.token
-    if token is None and not is_local(args.host):
-        token = secrets.token_urlsafe(24)
-    url_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    query = f"/?token={token}" if token else "/"
-    print(f"kd-tui: serving the dashboard on http://{url_host}:{args.port}{query}", flush=True)
+    try:
+        if token is not None:
+            check_token(token)
+        elif not is_local(args.host):
+            token = secrets.token_urlsafe(24)
+        socks = bind_sockets(args.host, args.port)
+    except ServeError as e:
+        print(f"kd-tui: {e}", file=sys.stderr)
+        return 2
+    port = socks[0].getsockname()[1]
+    url = page_url(args.host, port, token)
+    print(f"kd-tui: serving the dashboard on {url}", flush=True)
     if token:
         print("kd-tui: every request must carry this token; others get 403", flush=True)
-    make_server(dashboard_command(args), args.host, args.port, token).serve()
+    make_server(dashboard_command(args), args.host, port, token).serve_on(socks)
     return 0

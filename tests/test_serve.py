@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -70,27 +71,34 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+SERVING = re.compile(r"serving the dashboard on http://(\S+?):(\d+)/(?:\?token=(\S+))?")
+
+
+def _serve_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "kd_tui", "--serve", *extra]
+    return cmd + ["--config", str(tmp_path / "kd.toml")]
+
+
 @contextlib.contextmanager
 def _server(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
+    """A server on a port the system picks (`--port 0`): the port is read from the URL it
+    prints, the token (percent-decoded) too."""
     pytest.importorskip("textual_serve", reason="textual-serve is not installed")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "kd_tui", "--serve", "--port", str(port), *extra]
-    cmd += ["--config", str(tmp_path / "kd.toml")]
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
+        cmd = _serve_cmd(tmp_path, "--port", "0", *extra)
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
+        while not (m := SERVING.search(log.read_text())) and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.1)
-        else:
-            raise AssertionError(f"the server did not start: {log.read_text()}")
-        printed = log.read_text()
-        token = m.group(1) if (m := re.search(r"\?token=(\S+)", printed)) else ""
-        yield proc, port, token
+        assert m, f"the server did not start: {log.read_text()}"
+        port = int(m.group(2))
+        assert port > 0, "the printed URL names the port the system picked"
+        with socket.create_connection(("127.0.0.1", port), 10):
+            pass  # it listens before it prints
+        yield proc, port, unquote(m.group(3) or "")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -154,6 +162,82 @@ def test_off_localhost_every_request_needs_the_token(tmp_path: Path) -> None:
         while not _children(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _children(proc.pid), "a websocket with the token starts a dashboard"
+
+
+def _refused(tmp_path: Path, *extra: str) -> str:
+    """What `kd-tui --serve` says when it refuses to start: one line on stderr, exit 2."""
+    proc = subprocess.run(
+        _serve_cmd(tmp_path, *extra), capture_output=True, text=True, timeout=STARTUP_S
+    )
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kd-tui: "), proc.stderr
+    return lines[0]
+
+
+def _nothing_listens(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n", "fifteen-chars-x", "a b c d e f g h i"])
+def test_a_blank_short_or_spaced_token_is_refused_before_anything_listens(
+    tmp_path: Path, token: str
+) -> None:
+    """`--token ''` used to turn the check off: a request with no token matched it. Every
+    route, the websocket included, is unreachable because nothing listens at all."""
+    pytest.importorskip("textual_serve", reason="textual-serve is not installed")
+    port = _free_port()
+    for host in ("0.0.0.0", "localhost"):
+        line = _refused(tmp_path, "--host", host, "--port", str(port), "--token", token)
+        assert line.startswith("kd-tui: --token: ")
+        assert "16 or more" in line or "no whitespace" in line
+        for path in ("/", "/ws", "/ws?width=80&height=24", "/static/js/textual.js", "/x"):
+            with pytest.raises(OSError):
+                _request(port, path, WS_HEADERS if path.startswith("/ws") else {})
+        assert _nothing_listens(port)
+
+
+def test_the_token_middleware_refuses_an_empty_token() -> None:
+    from kd_tui.serve import ServeError, token_middleware
+
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed")
+    for token in ("", "   ", "short"):
+        with pytest.raises(ServeError, match="--token"):
+            token_middleware(token)
+
+
+def test_a_given_token_is_percent_encoded_and_compared_as_bytes(tmp_path: Path) -> None:
+    """`--port 0` prints the port it got; a token holding & # % + / ? = prints a URL that
+    works when pasted; a non-ASCII token in a request is a 403, not a server error."""
+    token = "p&q#r%s+t/u?v=w!x"
+    with _server(tmp_path, "--host", "0.0.0.0", "--token", token) as (proc, port, printed):
+        assert printed == token
+        url = re.search(r"http://\S+", (tmp_path / "serve.log").read_text()).group(0)
+        assert urlsplit(url).query == "token=p%26q%23r%25s%2Bt%2Fu%3Fv%3Dw%21x"
+        assert _request(port, "/?" + urlsplit(url).query, {}) == 200
+        for query in ("?token=%C3%A9", "?token=p%26q%23r%25s%2Bt%2Fu%3Fv%3Dw%21", ""):
+            assert _request(port, "/" + query, {}) == 403, query
+        assert _request(port, "/", {"Authorization": "Bearer \u00e9\u00e9"}) == 403
+        assert _request(port, "/", {"Cookie": f"kd_token={quote(token)}x"}) == 403
+        assert _children(proc.pid) == []
+
+
+def test_start_up_errors_are_one_line(tmp_path: Path) -> None:
+    """A bad port, an address that does not resolve and a port in use: one line, exit 2."""
+    pytest.importorskip("textual_serve", reason="textual-serve is not installed")
+    assert "from 0 to 65535, got -1" in _refused(tmp_path, "--port", "-1")
+    assert "from 0 to 65535, got 99999" in _refused(tmp_path, "--port", "99999")
+    line = _refused(tmp_path, "--host", "no-such-host.invalid", "--port", "0")
+    assert line.startswith("kd-tui: --host: cannot resolve 'no-such-host.invalid'")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = _refused(tmp_path, "--host", "127.0.0.1", "--port", str(port))
+    assert (
+        line == f"kd-tui: --port: 127.0.0.1:{port} is in use; pick another --port (0: any free one)"
+    )
 
 
 # ---- a real browser -----------------------------------------------------------------------------
