@@ -49,7 +49,8 @@ def measure(student: str, domain: str, steps: int, iters: int) -> dict[str, Any]
     from kd_core.data import BatchPlan, make_batch
     from kd_core.domains import DOMAIN_PROMPTS
     from kd_core.examples import build_examples
-    from kd_core.models import load_model, model_fingerprint, resolve_model, vocab_size
+    from kd_core.identity import identify_model
+    from kd_core.models import load_model, resolve_model, vocab_size
     from kd_core.steps import make_step
     from kd_core.teacher import TeacherPass
     from kd_core.trainer import apply_lora
@@ -61,7 +62,7 @@ def measure(student: str, domain: str, steps: int, iters: int) -> dict[str, Any]
     prompts = DOMAIN_PROMPTS[domain]["examples"]
     t_path = resolve_model("demo-teacher", "teacher")
     t_model, t_tok = load_model(t_path, "teacher")
-    tpass = TeacherPass(default_cache_dir(), model_fingerprint(t_path), cfg)
+    tpass = TeacherPass(default_cache_dir(), identify_model(t_path, "teacher"), cfg)
     outputs = tpass.run(domain, prompts, True, lambda: (t_model, t_tok))
     s_path = resolve_model(student, "student")
     model, s_tok = load_model(s_path, "student")

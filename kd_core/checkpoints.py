@@ -29,6 +29,7 @@ import mlx.core as mx
 from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json
 from kd_core.config import KDConfig
 from kd_core.errors import one_line
+from kd_core.identity import SHORT, ModelIdentity
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
@@ -76,21 +77,28 @@ def prompts_hash(prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
+def model_fields(teacher: ModelIdentity, student: ModelIdentity) -> dict[str, str]:
+    """The fingerprint's part that names the two models: path, weights hash, tokenizer hash."""
+    return {
+        "teacher": teacher.path,
+        "teacher_weights": teacher.weights,
+        "teacher_tokenizer": teacher.tokenizer,
+        "student": student.path,
+        "student_weights": student.weights,
+        "student_tokenizer": student.tokenizer,
+    }
+
+
 def run_fingerprint(
     cfg: KDConfig,
     *,
-    teacher: str,
-    teacher_weights: str,
-    student: str,
-    student_weights: str,
+    teacher: ModelIdentity,
+    student: ModelIdentity,
     vocab_strategy: str,
     prompts: list[str],
 ) -> dict[str, Any]:
     fp: dict[str, Any] = {
-        "teacher": teacher,
-        "teacher_weights": teacher_weights,
-        "student": student,
-        "student_weights": student_weights,
+        **model_fields(teacher, student),
         "vocab_alignment": vocab_strategy,
         "prompts": prompts_hash(prompts),
     }
@@ -100,6 +108,32 @@ def run_fingerprint(
     if cfg.lr_schedule == "cosine":  # the schedule's length is then part of the weights' story
         fp["num_iters"] = cfg.num_iters
     return fp
+
+
+# A model changed in place (same folder, new bytes): the message says which and the way out.
+_CHANGED_IN_PLACE = {
+    "teacher_weights": ("teacher", "weights"),
+    "teacher_tokenizer": ("teacher", "tokenizer"),
+    "student_weights": ("student", "weights"),
+    "student_tokenizer": ("student", "tokenizer"),
+}
+
+
+def mismatch_message(folder: Path, key: str, then: Any, now: Any, saved: dict[str, Any]) -> str:
+    """One line: why --resume cannot continue from the checkpoint in `folder`."""
+    if key in _CHANGED_IN_PLACE:
+        role, what = _CHANGED_IN_PLACE[key]
+        was = "not recorded" if not then else str(then)[:SHORT]
+        return (
+            f"resume: the {role}'s {what} at {saved.get(role, '?')} changed since {folder} was "
+            f"made (fingerprint {was} -> {str(now)[:SHORT]}); put the {role} it was made with "
+            "back, or run without --resume (or into another --output folder) to start over"
+        )
+    return (
+        f"resume: {folder} was made with {key} = {_show(then)} but this run has {key} = "
+        f"{_show(now)}; use another --output folder for these settings, or run without "
+        "--resume to start this one over"
+    )
 
 
 @dataclass
@@ -114,7 +148,7 @@ class Checkpoint:
 class CheckpointStore:
     """The checkpoints of one domain's output folder."""
 
-    def __init__(self, out_dir: Path, domain: str, fingerprint: dict[str, Any] | None) -> None:
+    def __init__(self, out_dir: Path, domain: str, fingerprint: dict[str, Any]) -> None:
         self.out_dir = out_dir
         self.domain = domain
         self.fingerprint = fingerprint
@@ -184,29 +218,40 @@ class CheckpointStore:
     ) -> Checkpoint | None:
         """The newest readable checkpoint, checked against this run; None when there is none.
         Damaged ones are skipped (with a warning); one from another run raises ResumeError."""
-        for step, folder in self.folders():
-            try:
-                ck = self._read(step, folder)
-            except DamagedCheckpoint as e:
-                warn(f"{self.domain}: skipped {folder.name}: {e}")
-                continue
+        ck = self.newest_readable(warn)
+        if ck is not None:
             self._check_fingerprint(ck)
             self._check_shapes(ck, shapes)
-            return ck
+        return ck
+
+    def newest_readable(self, warn: Callable[[str], None]) -> Checkpoint | None:
+        """The checkpoint a resume would continue from (damaged ones skipped, with a warning)."""
+        for step, folder in self.folders():
+            try:
+                return self._read(step, folder)
+            except DamagedCheckpoint as e:
+                warn(f"{self.domain}: skipped {folder.name}: {e}")
         return None
 
-    def _check_fingerprint(self, ck: Checkpoint) -> None:
+    def check_models(self) -> None:
+        """Before any work of a resumed run: the newest checkpoint was made with these models
+        (path, weights and tokenizer), so a model replaced in place is refused up front.
+        (Damaged checkpoints are skipped quietly here; `latest` warns about them later.)"""
+        ck = self.newest_readable(lambda _message: None)
+        if ck is not None:
+            keys = _CHANGED_IN_PLACE.keys() | {"teacher", "student"}
+            self._check_fingerprint(ck, [k for k in self.fingerprint if k in keys])
+
+    def _check_fingerprint(self, ck: Checkpoint, keys: list[str] | None = None) -> None:
         saved = ck.state.get("fingerprint")
-        if self.fingerprint is None or not isinstance(saved, dict):
-            return  # a checkpoint from before fingerprints: the shape check still holds
-        for key, now in self.fingerprint.items():
-            then = saved.get(key)
+        if not isinstance(saved, dict):
+            # From before fingerprints: nothing says which models made it, so it cannot be
+            # shown to fit this run.
+            saved = {}
+        for key in keys if keys is not None else list(self.fingerprint):
+            then, now = saved.get(key), self.fingerprint[key]
             if then != now:
-                raise ResumeError(
-                    f"resume: {ck.folder} was made with {key} = {_show(then)} but this run "
-                    f"has {key} = {_show(now)}; use another --output folder for these "
-                    "settings, or run without --resume to start this one over"
-                )
+                raise ResumeError(mismatch_message(ck.folder, key, then, now, saved))
 
     @staticmethod
     def _check_shapes(ck: Checkpoint, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -21,7 +21,7 @@ import mlx.core as mx
 
 from kd_core.align import AlignmentError
 from kd_core.align_examples import build_aligned_examples, describe_alignment
-from kd_core.checkpoints import run_fingerprint
+from kd_core.checkpoints import CheckpointStore, model_fields, run_fingerprint
 from kd_core.config import ConfigError, KDConfig
 from kd_core.control import RunControl
 from kd_core.distributed import world as get_world
@@ -41,10 +41,10 @@ from kd_core.events import (
     null_sink,
 )
 from kd_core.examples import ExampleSet, build_examples
+from kd_core.identity import ModelIdentity, identify_model
 from kd_core.models import (
     ModelError,
     load_model,
-    model_fingerprint,
     model_info,
     release,
     resolve_model,
@@ -60,7 +60,7 @@ from kd_core.outputs import (
     write_summary,
 )
 from kd_core.preflight import estimate_memory
-from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass
+from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass, sweep_stale_cache
 from kd_core.trainer import StudentTrainer, apply_lora
 from kd_core.user_dirs import default_cache_dir
 from kd_core.vocab import VocabAlignment, plan_vocab_alignment
@@ -100,7 +100,8 @@ class _Teacher:
 
 @dataclass
 class _Run:
-    """What the stages of one run share."""
+    """What the stages of one run share. Built by keyword; the two identities are required:
+    the teacher cache and every checkpoint are keyed by them (kd_core/identity.py)."""
 
     domains: dict[str, list[str]]
     resume: bool
@@ -108,8 +109,8 @@ class _Run:
     teacher: _Teacher
     student_path: Path
     started: float
-    teacher_weights: str = ""  # model_fingerprint of each, computed once per run
-    student_weights: str = ""
+    teacher_id: ModelIdentity
+    student_id: ModelIdentity
     outputs: dict[str, TeacherOutputs] = field(default_factory=dict)
     results: list[DomainResult] = field(default_factory=list)
     alignment: VocabAlignment | None = None
@@ -194,24 +195,40 @@ class TrueKnowledgeDistiller:
         self.sink(PhaseStarted("load", None, 2, "finding models"))
         t_path, s_path = self._resolve_pair()
         t_info, s_info = model_info(t_path), model_info(s_path)
-        t_fp, s_fp = model_fingerprint(t_path), model_fingerprint(s_path)
-        for warning in self._pair_warnings(t_path, s_path, t_fp == s_fp, s_info.hidden_size):
+        t_id = identify_model(t_path, "teacher", self.cache_dir)
+        s_id = identify_model(s_path, "student", self.cache_dir)
+        same = t_id.weights == s_id.weights
+        for warning in self._pair_warnings(t_path, s_path, same, s_info.hidden_size):
             self.sink(Log(warning, "warning"))
+        if resume:  # a model replaced in place is refused before any work, nothing written
+            for name in domains:
+                fp = model_fields(t_id, s_id)
+                CheckpointStore(domain_dir(output, name), name, fp).check_models()
         est = estimate_memory(t_info, s_info, cfg)
         if warning := est.warning(cfg):
             self.sink(Log(warning, "warning"))
         self.sink(
             RunStarted(
-                str(t_path),
-                str(s_path),
-                list(domains),
-                cfg.to_dict(),
-                str(output),
-                cfg.num_iters * len(domains),
+                teacher=str(t_path),
+                student=str(s_path),
+                domains=list(domains),
+                config=cfg.to_dict(),
+                output=str(output),
+                total_steps=cfg.num_iters * len(domains),
+                teacher_weights=t_id.weights,
+                student_weights=s_id.weights,
             )
         )
-        teacher = resident if resident is not None else _Teacher(t_path)
-        return _Run(domains, resume, output, teacher, s_path, time.perf_counter())
+        return _Run(
+            domains=domains,
+            resume=resume,
+            output=output,
+            teacher=resident if resident is not None else _Teacher(t_path),
+            student_path=s_path,
+            started=time.perf_counter(),
+            teacher_id=t_id,
+            student_id=s_id,
+        )
 
     def _on_policy_teacher(self) -> _Teacher:
         """The teacher, loaded, for a run whose on-policy steps need it resident (even when
@@ -250,7 +267,16 @@ class TrueKnowledgeDistiller:
     def _teacher_pass(self, run: _Run) -> None:
         """Responses and soft targets for every domain (from the cache when it has them)."""
         cfg = self.config
-        tpass = TeacherPass(self.cache_dir, run.teacher_weights, cfg)
+        removed, nbytes = sweep_stale_cache(self.cache_dir)
+        if removed:
+            self.sink(
+                Log(
+                    f"teacher cache: removed {removed} files ({nbytes / 1e6:.1f} MB) in "
+                    f"{self.cache_dir / 'teacher'} written by an older kd that did not record "
+                    "which teacher made them; this run rebuilds what it needs"
+                )
+            )
+        tpass = TeacherPass(self.cache_dir, run.teacher_id, cfg)
         for name, prompts in run.domains.items():
             self.sink(PhaseStarted("teacher", name, len(prompts)))
             started = time.perf_counter()
@@ -342,10 +368,8 @@ class TrueKnowledgeDistiller:
             world=self.world,
             fingerprint=run_fingerprint(
                 cfg,
-                teacher=str(run.teacher.path),
-                teacher_weights=run.teacher_weights,
-                student=str(run.student_path),
-                student_weights=run.student_weights,
+                teacher=run.teacher_id,
+                student=run.student_id,
                 vocab_strategy=run.alignment.strategy,
                 prompts=prompts,
             ),
@@ -443,8 +467,8 @@ class TrueKnowledgeDistiller:
         if self.world.is_main and run.results:
             write_summary(
                 run.output / SUMMARY_FILE,
-                str(run.teacher.path),
-                str(run.student_path),
+                run.teacher_id,
+                run.student_id,
                 self.config,
                 run.results,
                 time.perf_counter() - run.started,

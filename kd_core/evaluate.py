@@ -36,8 +36,9 @@ from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, DomainError, domain_from_file
 from kd_core.events import EvalResult, EventSink, PhaseStarted, null_sink
 from kd_core.examples import build_examples
+from kd_core.identity import identify_model
 from kd_core.losses import log_softmax
-from kd_core.models import load_model, model_fingerprint, release, resolve_model, vocab_size
+from kd_core.models import load_model, release, resolve_model, vocab_size
 from kd_core.on_policy import student_to_teacher
 from kd_core.teacher import (
     TeacherOutputs,
@@ -61,7 +62,7 @@ class TeacherReference:
     log_probs: list[np.ndarray]  # per example [R, V_t]
     tokenizer: Any
     vocab: int
-    teacher_path: Path | None = None  # loaded again to score the students' own answers
+    teacher_path: Path  # loaded again to score the students' own answers
 
 
 def _response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> list[np.ndarray]:
@@ -83,7 +84,8 @@ def teacher_reference(
 ) -> TeacherReference:
     t_path = resolve_model(teacher, "teacher", allow_download)
     model, tok = load_model(t_path, "teacher")
-    tpass = TeacherPass(default_cache_dir(), model_fingerprint(t_path), cfg)
+    cache = default_cache_dir()
+    tpass = TeacherPass(cache, identify_model(t_path, "teacher", cache), cfg)
     out = tpass.run(f"{domain}-heldout", prompts, False, lambda: (model, tok))
     logits = _response_logits(model, out.sequences, out.prompt_lens)
     vocab = int(logits[0].shape[-1]) if logits else 0
@@ -121,10 +123,9 @@ def measure(
     own = sample_answers(model, s_tok, ref.prompts, cfg)
     own_lps = [log_softmax_np(x) for x in _response_logits(model, *own)]
     release(model)
-    if ref.teacher_path is not None:
-        figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(
-            ref, own, own_lps, al, cfg, s_tok
-        )
+    figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(
+        ref, own, own_lps, al, cfg, s_tok
+    )
     return figures
 
 
@@ -160,7 +161,6 @@ def reverse_kl_on_samples(
     the same text in its ids (tokens it cannot read are left out). Two tokenizers ("align"):
     the teacher reads the text in its own tokens, compared at the one-to-one span anchors
     over the shared tokens, as `compare_aligned` does."""
-    assert ref.teacher_path is not None
     t_prompts = [ids for ids, _ in fitted_prompts(ref.tokenizer, ref.prompts, cfg)]
     if al.strategy == "align":
         return _aligned_reverse_kl(ref, own, student_lps, al, t_prompts, student_tokenizer)
@@ -198,7 +198,6 @@ def _aligned_reverse_kl(
 ) -> float:
     if student_tokenizer is None:
         raise ValueError("reverse_kl_on_samples: an aligned pair needs the student's tokenizer")
-    assert ref.teacher_path is not None
     exs = [
         sampled_example(
             seq[:plen],

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: RunStarted names the models' weights fingerprints
 
 Phase = Literal["build", "load", "teacher", "student", "eval"]
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -85,7 +85,15 @@ class RunStarted(Event):
     config: dict[str, Any]
     output: str
     total_steps: int
+    # kd_core/identity.py: which weights these paths held when the run began
+    teacher_weights: str
+    student_weights: str
     protocol: int = PROTOCOL_VERSION
+    # Event files of runs from before the identities were recorded (protocol 1) still replay.
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "teacher_weights": "not recorded",
+        "student_weights": "not recorded",
+    }
 
 
 @dataclass(frozen=True)
@@ -238,7 +246,8 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     if cls is None:
         raise ValueError(f"unknown event kind {d.get('kind')!r}")
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
+    legacy: dict[str, Any] = getattr(cls, "LEGACY", {})
+    return cls(**{**legacy, **{k: v for k, v in d.items() if k in names}})
 
 
 def event_from_json(line: str) -> Event:

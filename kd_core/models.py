@@ -7,7 +7,6 @@ downloaded unless the caller passes allow_download=True. Never trust_remote_code
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ def _check_folder(path: Path, role: str) -> Path:
         raise ModelError(f"{role}: {path} has no *.safetensors weights")
     for w in weights:
         try:
-            _safetensors_header(w)
+            safetensors_header(w)
         except (OSError, ValueError):
             raise ModelError(f"{role}: {w} is damaged (not a readable safetensors file)") from None
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
@@ -126,7 +125,7 @@ def release(*objects: Any) -> None:
     mx.clear_cache()
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
+def safetensors_header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
@@ -143,23 +142,6 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
         if 8 + n + end > size:
             raise ValueError("truncated")
     return header
-
-
-def model_fingerprint(path: Path) -> str:
-    """Identity of a model's weights: config + each weight file's header and size.
-
-    Cheap (no full read) yet changes when weights are replaced or re-quantized.
-    """
-    h = hashlib.sha256()
-    h.update((path / "config.json").read_bytes())
-    for w in sorted(path.glob("*.safetensors")):
-        h.update(w.name.encode())
-        h.update(str(w.stat().st_size).encode())
-        h.update(json.dumps(_safetensors_header(w), sort_keys=True).encode())
-        with open(w, "rb") as fh:  # a sample of the data too: same shapes, new values
-            fh.seek(max(0, w.stat().st_size - 65536))
-            h.update(fh.read())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -189,7 +171,7 @@ def model_info(path: Path) -> ModelInfo:
     disk = 0
     for w in sorted(path.glob("*.safetensors")):
         disk += w.stat().st_size
-        for key, meta in _safetensors_header(w).items():
+        for key, meta in safetensors_header(w).items():
             if key == "__metadata__" or key.endswith((".scales", ".biases")):
                 continue
             n = 1

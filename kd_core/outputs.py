@@ -18,6 +18,7 @@ from kd_core.atomic_io import atomic_write_json
 from kd_core.config import KDConfig
 from kd_core.domains import check_domain_name
 from kd_core.events import DomainResult
+from kd_core.identity import ModelIdentity
 
 SUMMARY_FILE = "kd_summary.json"
 
@@ -66,8 +67,8 @@ def adapter_config(
 
 def write_summary(
     path: Path,
-    teacher: str,
-    student: str,
+    teacher: ModelIdentity,
+    student: ModelIdentity,
     cfg: KDConfig,
     results: list[DomainResult],
     seconds: float,
@@ -86,13 +87,20 @@ def write_summary(
                     entry.setdefault("config", loaded.get("config"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             previous = {}
-    mine = {"teacher": teacher, "student": student, "config": cfg.to_dict()}
+    models = {
+        "teacher": teacher.path,
+        "teacher_weights": teacher.weights,
+        "teacher_tokenizer": teacher.tokenizer,
+        "student": student.path,
+        "student_weights": student.weights,
+        "student_tokenizer": student.tokenizer,
+    }
+    mine = {**models, "config": cfg.to_dict()}
     domains = dict(previous) | {r.domain: {**r.to_dict(), **mine} for r in results}
     atomic_write_json(
         path,
         {
-            "teacher": teacher,
-            "student": student,
+            **models,
             "config": cfg.to_dict(),
             "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "run_seconds": round(seconds, 3),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_core.events import fmt_loss, fmt_time
+from kd_core.identity import SHORT
 from kd_core.run_record import (
     CONTROL_FILE,
     EVENTS_FILE,
@@ -27,9 +28,26 @@ from kd_core.run_record import (
 )
 
 TAIL_BYTES = 64 * 1024
+HEAD_BYTES = 256 * 1024  # run_started follows the build and load events, early in the file
 MAX_CHILDREN = 400
 STATES = ("running", "paused", "finished", "stopped", "failed", "crashed")
 EXIT_WORDS = {0: "finished", 3: "stopped"}
+
+
+@dataclass(frozen=True)
+class RunPair:
+    """The models a run uses, as its run_started event names them."""
+
+    teacher: str
+    teacher_weights: str  # kd_core/identity.py fingerprint ("not recorded": an older kd)
+    student: str
+    student_weights: str
+
+    def describe(self) -> str:
+        return (
+            f"teacher {self.teacher} ({self.teacher_weights[:SHORT]}) -> "
+            f"student {self.student} ({self.student_weights[:SHORT]})"
+        )
 
 
 @dataclass
@@ -41,6 +59,7 @@ class RunState:
     last_step: dict[str, Any] | None  # the last step event, as JSON
     error: str  # the run_failed event's line, if any
     events_bytes: int
+    pair: RunPair | None  # from the run_started event; None before the models are found
 
     @property
     def ended(self) -> bool:
@@ -103,7 +122,32 @@ def read_state(output: str | os.PathLike[str]) -> RunState | None:
     failed = next((e for e in reversed(events) if e.get("kind") == "run_failed"), None)
     state = _state(live, record, events)
     error = str(failed.get("error", "")) if failed and state == "failed" else ""
-    return RunState(out, record, state, live, last_step, error, size)
+    pair = read_pair(run_dir(out) / EVENTS_FILE, record.events_offset)
+    return RunState(out, record, state, live, last_step, error, size, pair)
+
+
+def read_pair(path: Path, start: int = 0) -> RunPair | None:
+    """Which teacher and student the run uses, from its run_started event (near the start of
+    the current process's part of the event file), with each one's weights fingerprint."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            head = fh.read(HEAD_BYTES)
+    except OSError:
+        return None
+    for line in head.split(b"\n"):
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("kind") == "run_started":
+            return RunPair(
+                str(d.get("teacher")),
+                str(d.get("teacher_weights") or "not recorded"),
+                str(d.get("student")),
+                str(d.get("student_weights") or "not recorded"),
+            )
+    return None
 
 
 def find_states(path: str | os.PathLike[str]) -> list[RunState]:
@@ -127,6 +171,8 @@ def status_lines(s: RunState) -> list[str]:
     lines = [f"{s.output}: {s.state} · pid {r.pid} on {r.host} · started {r.started}"]
     if r.ended:
         lines[0] += f" · ended {r.ended} (exit status {r.exit_status})"
+    if s.pair is not None:
+        lines.append(f"  {s.pair.describe()}")
     if (e := s.last_step) is not None:
         lines.append(
             f"  [{e.get('domain')}] step {e.get('step')}/{e.get('total_steps')} · "

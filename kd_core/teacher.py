@@ -32,10 +32,13 @@ from kd_core.atomic_io import atomic_save_safetensors
 from kd_core.config import KDConfig
 from kd_core.cpu_streams import StreamSet, row_slices, stream_count
 from kd_core.data import format_prompt, forward_inputs
+from kd_core.identity import ModelIdentity
 from kd_core.losses import log_softmax, topk_of
-from kd_core.models import vocab_size
+from kd_core.models import safetensors_header, vocab_size
 
-CACHE_FORMAT = 2  # 2: long prompts are cut from the front (the assistant marker stays)
+# 2: long prompts are cut from the front (the assistant marker stays). 3: the key holds the
+# teacher's identity (weights and tokenizer); format-2 files were written under an empty one.
+CACHE_FORMAT = 3
 # Sequences decoded together. Decoding reads every weight once per step whatever the batch,
 # so bigger batches are much cheaper per token (measured, 8 x 768 teacher on 2 CPU cores:
 # 50 prompts x 128 tokens in 35.7 s as batches of 16, 22.3 s as one batch) - as many as the
@@ -55,10 +58,13 @@ def _sha(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def generation_key(teacher_fp: str, prompts: list[str], cfg: KDConfig) -> str:
+def generation_key(teacher: ModelIdentity, prompts: list[str], cfg: KDConfig) -> str:
+    """What the teacher's answers depend on: which teacher (its weights and its tokenizer, not
+    its path), the prompts and the sampling settings."""
     return _sha(
         CACHE_FORMAT,
-        teacher_fp,
+        teacher.weights,
+        teacher.tokenizer,
         prompts,
         cfg.teacher_temperature,
         cfg.max_tokens,
@@ -135,6 +141,7 @@ def save_outputs(path: Path, out: TeacherOutputs, meta: dict[str, Any]) -> None:
         arrays["text_offsets"] = mx.array(text_offsets)
     metadata = {k: json.dumps(v) for k, v in meta.items()}
     metadata["teacher_vocab"] = str(out.teacher_vocab)
+    metadata["cache_format"] = str(CACHE_FORMAT)
     atomic_save_safetensors(path, arrays, metadata)
 
 
@@ -370,7 +377,9 @@ def _save_partial(path: Path, key: str, done: dict[int, tuple[np.ndarray, int]])
         "offsets": mx.array(offsets),
         "prompt_lens": mx.array(np.array([done[i][1] for i in index], np.int32)),
     }
-    atomic_save_safetensors(path, arrays, {"key": json.dumps(key)})
+    atomic_save_safetensors(
+        path, arrays, {"key": json.dumps(key), "cache_format": str(CACHE_FORMAT)}
+    )
 
 
 def _load_partial(path: Path, key: str) -> dict[int, tuple[np.ndarray, int]]:
@@ -435,16 +444,39 @@ def soft_targets(
     return ids_out, lp_out, chosen_out
 
 
+def sweep_stale_cache(cache_dir: Path) -> tuple[int, int]:
+    """Delete teacher-cache files of an older CACHE_FORMAT: (files, bytes) removed.
+
+    Their keys can never match again (the format is part of every key), and format-2 files
+    were keyed without the teacher's identity, so no run may read them: a cache is rebuilt
+    from the teacher, never trusted on its name alone."""
+    removed = size = 0
+    folder = cache_dir / "teacher"
+    if not folder.is_dir():
+        return 0, 0
+    for path in folder.glob("*.safetensors"):
+        try:
+            meta = safetensors_header(path).get("__metadata__") or {}
+            if int(meta.get("cache_format", "0")) >= CACHE_FORMAT:
+                continue
+            nbytes = path.stat().st_size
+            path.unlink()
+        except (OSError, ValueError):
+            continue  # unreadable or vanished: lookup() rebuilds damaged files itself
+        removed, size = removed + 1, size + nbytes
+    return removed, size
+
+
 @dataclass
 class TeacherPass:
     """Cache-aware teacher pass for one domain. `load_teacher` is called only on a miss."""
 
     cache_dir: Path
-    teacher_fp: str
+    teacher: ModelIdentity
     cfg: KDConfig
 
     def paths(self, domain: str, prompts: list[str]) -> tuple[str, str, Path, Path]:
-        gkey = generation_key(self.teacher_fp, prompts, self.cfg)
+        gkey = generation_key(self.teacher, prompts, self.cfg)
         tkey = targets_key(gkey, self.cfg)
         d = self.cache_dir / "teacher"
         gpath, tpath = d / f"{domain}-gen-{gkey}.safetensors", d / f"{domain}-{tkey}.safetensors"

@@ -108,7 +108,7 @@ class StudentTrainer:
         teacher: nn.Module | None = None,
         alignment: VocabAlignment | None = None,
         world: World | None = None,
-        fingerprint: dict[str, Any] | None = None,
+        fingerprint: dict[str, Any],  # checkpoints.run_fingerprint: required, never guessed
         sampler: StudentSampler | None = None,
     ) -> None:
         if not examples:

@@ -48,6 +48,9 @@ class RunInfo:
     config: dict[str, Any] = field(default_factory=dict)
     domains: list[DomainRun] = field(default_factory=list)
     status: RunState | None = None  # from .kd-run/ (None: a run from before records)
+    # kd_core/identity.py weights fingerprints; None: a run from before they were recorded
+    teacher_weights: str | None = None
+    student_weights: str | None = None
 
     @property
     def state(self) -> str:
@@ -60,11 +63,17 @@ class RunInfo:
 
     @property
     def pair(self) -> str:
-        return f"{short_model(self.teacher)} → {short_model(self.student)}"
+        teacher = named_model(self.teacher, self.teacher_weights)
+        return f"{teacher} → {named_model(self.student, self.student_weights)}"
 
     @property
     def date(self) -> str:
         return self.updated.replace("T", " ")[:16] if self.updated else "?"
+
+
+def named_model(path: str, weights: str | None) -> str:
+    """A model as the Runs table names it: short path and the start of its fingerprint."""
+    return f"{short_model(path)} ({weights[:7]})" if weights else short_model(path)
 
 
 def short_model(path: str) -> str:
@@ -73,6 +82,10 @@ def short_model(path: str) -> str:
     if len(parts) >= 3 and parts[-2] == "snapshots":  # .../models--owner--name/snapshots/<sha>
         return parts[-3].removeprefix("models--").replace("--", "/")
     return parts[-1] if parts else path
+
+
+def _text(x: Any) -> str | None:
+    return x if isinstance(x, str) and x else None
 
 
 def _float(x: Any) -> float | None:
@@ -113,6 +126,9 @@ def _run_from_record(folder: Path, status: RunState) -> RunInfo:
         config,
         status=status,
     )
+    if status.pair is not None:
+        run.teacher_weights = status.pair.teacher_weights
+        run.student_weights = status.pair.student_weights
     try:
         names = sorted(c.name for c in folder.iterdir() if (c / METRICS_FILE).is_file())
     except OSError:
@@ -131,6 +147,8 @@ def _run_from_summary(folder: Path, data: dict[str, Any]) -> RunInfo:
         str(data.get("teacher", "?")),
         str(data.get("student", "?")),
         data.get("config") or {},
+        teacher_weights=_text(data.get("teacher_weights")),
+        student_weights=_text(data.get("student_weights")),
     )
     domains = data.get("domains") or {}
     if not isinstance(domains, dict):

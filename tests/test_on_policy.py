@@ -17,6 +17,7 @@ from kd_core.config import KDConfig
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.evaluate import method_config
 from kd_core.events import Step
+from kd_core.identity import ModelIdentity
 from kd_core.on_policy import is_on_policy_step, policy_config
 from kd_core.preflight import MemoryEstimate
 
@@ -30,7 +31,7 @@ def test_on_policy_steps_are_spread_evenly():
 
 def test_fingerprint_names_the_new_fields():
     kw = dict(
-        teacher="t", teacher_weights="a", student="s", student_weights="b",
+        teacher=ModelIdentity("t", "a", "ta"), student=ModelIdentity("s", "b", "tb"),
         vocab_strategy="truncate", prompts=["p"],
     )  # fmt: skip
     a = run_fingerprint(KDConfig(), **kw)

@@ -19,6 +19,7 @@ from kd_core.control import RunControl
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Progress, RunFinished
 from kd_core.examples import build_examples
+from kd_core.identity import ModelIdentity
 from kd_core.teacher import TeacherOutputs
 
 pytestmark = pytest.mark.slow
@@ -315,7 +316,7 @@ def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path
     # Prompts of many lengths: their token budgets differ, so they finish at different steps.
     prompts = [" ".join(["word"] * n) for n in range(2, 26, 2)]
     cfg = KDConfig(max_tokens=60, max_seq_length=64)
-    tpass = TeacherPass(tmp_path / "cache", "fp", cfg)
+    tpass = TeacherPass(tmp_path / "cache", ModelIdentity("t", "fp", "tok"), cfg)
     calls = []
 
     def stop_after_45() -> bool:

@@ -90,7 +90,14 @@ def scripted_run(
         ]
     events.append(
         RunStarted(
-            "demo-teacher", "demo-student", list(domains), config, output, iters * len(domains)
+            "demo-teacher",
+            "demo-student",
+            list(domains),
+            config,
+            output,
+            iters * len(domains),
+            teacher_weights="7e3a9c01b2d4f6a8c0e2",
+            student_weights="51d0c8e6a4b2f0e8d6c4",
         )
     )
     for d in domains:

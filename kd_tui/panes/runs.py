@@ -27,6 +27,7 @@ from kd_tui.runs_data import (
     downsample,
     final_losses,
     find_runs,
+    named_model,
     read_metrics,
     series,
 )
@@ -283,5 +284,11 @@ class RunsPane(Container):
             str(a.domain.steps if a.domain else "—"),
             str(b.domain.steps if b.domain else "—"),
         )
+        for role in ("teacher", "student"):  # with weights fingerprints: which models, exactly
+            table.add_row(
+                role,
+                named_model(getattr(a.run, role), getattr(a.run, f"{role}_weights")),
+                named_model(getattr(b.run, role), getattr(b.run, f"{role}_weights")),
+            )
         for name, pick in (("T", "temperature"), ("alpha", "alpha"), ("rank", "lora_rank")):
             table.add_row(name, str(a.run.config.get(pick, "—")), str(b.run.config.get(pick, "—")))
