@@ -336,13 +336,10 @@ class TrueKnowledgeDistiller:
                 vocab_size(t_model) if t_model is not None else run.outputs[name].teacher_vocab
             )
             run.alignment = plan_vocab_alignment(
-                t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy
+                t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy, cfg.align_targets
             )
-            if cfg.align_targets == "shared":
-                run.alignment.pieces = None  # GOLD's form: shared tokens, ULD, whole spans
             self.sink(Log(f"vocabulary: {run.alignment.explanation}"))
-            aligned = run.alignment.strategy == "align"
-            if cfg.on_policy_ratio > 0 and aligned and cfg.align_targets == "shared":
+            if cfg.on_policy_ratio > 0 and run.alignment.aligned and run.alignment.pieces is None:
                 self.sink(Log(ALIGNED_ON_POLICY_WARNING, "warning"))
         prompts = run.domains[name]
         examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment, t_tok)

@@ -96,7 +96,7 @@ class StudentSampler:
     ) -> None:
         self.model, self.cfg = model, cfg
         # Two tokenizers ("align"): the teacher reads the student's text in its own tokens.
-        self.aligned = alignment.strategy == "align"
+        self.aligned = alignment.aligned
         if self.aligned and teacher_tokenizer is None:
             raise ValueError("on_policy_ratio: an aligned pair needs the teacher's tokenizer")
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
@@ -184,7 +184,7 @@ def make_policy_step(
     samples): `on_policy_divergence`, or `divergence` when that is "same". Two tokenizers:
     the align step, the teacher read at the span anchors of the student's text."""
     pcfg = policy_config(cfg)
-    if alignment is not None and alignment.strategy == "align":
+    if alignment is not None and alignment.aligned:
         return AlignStep(model, optimizer, pcfg, reduce, streams, alignment, teacher)
     return OnlineStep(model, optimizer, pcfg, reduce, streams, teacher, alignment)
 

@@ -257,7 +257,7 @@ def make_step(
     split = split_model(model) if chunk and teacher is None else None
     if chunk and teacher is None and split is None:
         warn("this model cannot be split into body and head; computing the loss unchunked")
-    if alignment is not None and alignment.strategy == "align":
+    if alignment is not None and alignment.aligned:
         if split is not None:
             from kd_core.chunked_align import ChunkedAlignStep
 

@@ -11,27 +11,43 @@ both vocabularies have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import mlx.core as mx
 import numpy as np
+
+from kd_core.align_pieces import PieceMap
 
 
 class VocabError(ValueError):
     """Teacher and student vocabularies cannot be aligned as asked (one-line message)."""
 
 
-@dataclass
+Strategy = Literal["truncate", "project", "align"]  # decided: "auto" resolves to one of these
+AlignTargets = Literal["pieces", "shared"]
+
+
+@dataclass(frozen=True, eq=False)
 class VocabAlignment:
-    strategy: str  # "truncate" (includes identical vocabularies), "project" or "align"
+    """The vocabulary plan of one pair, decided once from the two tokenizers and the config
+    (`plan_vocab_alignment`) and never changed: the example builder, the step and the
+    evaluation read the resolved strategy and targets form from here, not from the config."""
+
+    strategy: Strategy  # "truncate" includes identical vocabularies
     teacher_size: int  # embedding rows of the teacher (logits width)
     student_size: int
     teacher_ids: np.ndarray  # [M] teacher ids of the shared space
     student_ids: np.ndarray  # [M] student ids, same order
     teacher_to_student: np.ndarray  # [teacher_size] student id or -1
     explanation: str
-    # align: the teacher's tokens read in the student's pieces (kd_core/align_pieces.py)
-    pieces: Any = None
+    # align with targets "pieces": the teacher's tokens read in the student's pieces
+    # (kd_core/align_pieces.py); None for "shared" (GOLD's form) and the other strategies.
+    pieces: Any
+
+    @property
+    def aligned(self) -> bool:
+        """Two tokenizers, read by characters (the cross-tokenizer examples and step)."""
+        return self.strategy == "align"
 
     @property
     def shared(self) -> int:
@@ -74,10 +90,13 @@ def plan_vocab_alignment(
     teacher_size: int,
     student_size: int,
     strategy: str = "auto",
+    targets: AlignTargets = "pieces",
 ) -> VocabAlignment:
     """Decide how to align two vocabularies from their tokenizers.
 
     auto: truncate when the token strings agree over the shared ids, otherwise align.
+    targets (align only): "pieces" reads the teacher's distribution in the student's pieces;
+    "shared" is GOLD's form (shared tokens, ULD, whole spans).
     Raises VocabError when `strategy='truncate'` would pair unrelated tokens, or when the
     vocabularies share too little for distillation to mean anything.
     """
@@ -105,7 +124,7 @@ def plan_vocab_alignment(
             else f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
             f"compared over the shared {n} ids"
         )
-        return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how)
+        return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how, None)
     if strategy == "truncate":
         i = mismatched[0] if mismatched else n_tok
         example = (
@@ -125,6 +144,7 @@ def plan_vocab_alignment(
         teacher_size,
         student_size,
         "project" if strategy == "project" else "align",
+        targets,
     )
 
 
@@ -135,7 +155,8 @@ def _project_alignment(
     s_str: list[str | None],
     teacher_size: int,
     student_size: int,
-    strategy: str = "project",
+    strategy: Literal["project", "align"],
+    targets: AlignTargets,
 ) -> VocabAlignment:
     """Match teacher ids to student ids through their normalised token strings.
 
@@ -183,9 +204,7 @@ def _project_alignment(
             "teacher's); teacher ids are projected onto student ids by token string"
         )
     pieces = None
-    if strategy == "align":
-        from kd_core.align_pieces import PieceMap
-
+    if strategy == "align" and targets == "pieces":
         pieces = PieceMap(teacher_tokenizer, student_tokenizer, t2s)
     return VocabAlignment(
         strategy,

@@ -159,7 +159,7 @@ def test_chunked_align_step_equals_the_whole_one(tiny_pair, alpha):
     model.load_weights([(n, mx.random.normal(v.shape) * 0.01) for n, v in params], strict=False)
     vocab = int(model(mx.array([[0]])).shape[-1])
     shared = np.arange(0, vocab, 2)  # every other token shared: both ULD sides non-empty
-    al = VocabAlignment("align", vocab, vocab, shared, shared, np.arange(vocab), "test")
+    al = VocabAlignment("align", vocab, vocab, shared, shared, np.arange(vocab), "test", None)
     rng = np.random.default_rng(1)
     examples = []
     for _ in range(3):
