@@ -1,0 +1,552 @@
+"""`kd serve-teacher`: one MLX teacher behind HTTP, for trainers on other machines.
+
+The teacher is loaded once, by the one thread that runs every MLX call (TeacherWorker): MLX
+arrays belong to the thread that built their graph, so the model is built inside that
+thread and aiohttp's event loop never touches MLX. The loop parses and checks requests and
+hands them to the worker through a queue; the worker gathers score requests that arrive
+within `batch_window_s` of each other (up to `max_batch`, same temperature and top-k) into
+one `soft_targets` call, whose forwards then hold rows from several trainers.
+
+Security is kd-tui --serve's rule (kd_tui/serve.py): bound to a loopback address the server
+is open to this machine's users; any other address needs a token (at least 16 characters;
+`serve_teacher` generates one with `secrets` when none is given and prints it). A middleware
+in front of every route compares `Authorization: Bearer <token>` in constant time before the
+route runs: no token 401, a wrong one 403, and the teacher does no work for either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import ipaddress
+import json
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd_core.errors import one_line
+from kd_core.remote.protocol import (
+    MAX_TOP_K,
+    GenerateRequest,
+    InfoReply,
+    ProtocolError,
+    ScoreRequest,
+    Targets,
+    TargetsReply,
+    error_body,
+    tail_logmass,
+    tokenizer_hash,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MIN_TOKEN_LEN = 16
+BATCH_WINDOW_S = 0.005  # how long the worker waits for more score requests to join a batch
+MAX_BATCH = 16  # score requests merged into one soft_targets call
+MAX_REQUEST_TOKENS = 1 << 20  # tokens one request may carry (a bound on the worker's memory)
+MAX_BODY_BYTES = 512 << 20
+
+
+class ServeError(ValueError):
+    """The server cannot start (one line naming the setting and what is allowed)."""
+
+
+def is_local(host: str) -> bool:
+    """Whether binding `host` keeps the server to this machine (loopback only)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str | None, host: str) -> None:
+    if token is None:
+        if not is_local(host):
+            raise ServeError(f"token: required to serve on {host} (a non-loopback address)")
+        return
+    if not token.strip() or len(token) < MIN_TOKEN_LEN:
+        raise ServeError(f"token: must be at least {MIN_TOKEN_LEN} characters and not blank")
+
+
+def check_port(port: Any) -> int:
+    if isinstance(port, str):
+        port = int(port) if port.strip().isdigit() else port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServeError(f"port: {port!r} is not a whole number from 0 to 65535")
+    return port
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free port), one-line errors."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ServeError(f"host: cannot resolve {host!r} to an address of this machine") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"port: {port} on {host} is in use") from None
+        raise ServeError(f"host: cannot listen on {host}:{port} ({one_line(e)})") from None
+    sock.setblocking(False)
+    return sock
+
+
+# --- the MLX thread -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerStats:
+    """What the teacher has done; `forwards` counts soft_targets calls (each one or more
+    forwards of FWD_CHUNK rows) and `generations` generate calls: 0 means no model work."""
+
+    loads: int = 0
+    forwards: int = 0
+    generations: int = 0
+    score_requests: int = 0
+    batches: int = 0
+    scored_positions: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass
+class Job:
+    kind: str  # "score" | "generate"
+    request: Any
+    cfg: Any  # KDConfig
+    reply: Callable[[bytes | BaseException], None]
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.kind, self.cfg.temperature, self.cfg.top_k)
+
+
+@dataclass
+class TeacherWorker:
+    """The one thread that loads the teacher and runs every MLX call."""
+
+    model_path: Path
+    model_name: str
+    batch_window_s: float = BATCH_WINDOW_S
+    max_batch: int = MAX_BATCH
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+    def __post_init__(self) -> None:
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.info: InfoReply | None = None
+        self._deferred: deque[Job] = deque()
+        self._thread = threading.Thread(target=self._run, name="kd-teacher-mlx", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except Exception as e:  # reported by start(): the server does not come up
+            self.error = one_line(e)
+            self.ready.set()
+            return
+        self.ready.set()
+        while (job := self._next()) is not None:
+            batch = self._gather(job) if job.kind == "score" else [job]
+            t0 = time.perf_counter()
+            try:
+                if job.kind == "score":
+                    self._score(batch)
+                else:
+                    job.reply(self._generate(job.request, job.cfg))
+            except Exception as e:  # the jobs fail, the server stays up
+                for j in batch:
+                    j.reply(RuntimeError(f"teacher: {one_line(e)}"))
+            self.stats.busy_s += time.perf_counter() - t0
+
+    def _load(self) -> None:
+        from kd_core import __version__
+        from kd_core.models import load_model, vocab_size
+
+        weights, tokenizer = model_identity(self.model_path)
+        self.model, self.tokenizer = load_model(self.model_path, "teacher")
+        self.vocab = vocab_size(self.model)
+        self.stats.loads += 1
+        self.info = InfoReply(
+            model=self.model_name,
+            fingerprint=weights,
+            tokenizer=tokenizer,
+            vocab_size=self.vocab,
+            kd_version=__version__,
+            max_top_k=min(MAX_TOP_K, self.vocab),
+        )
+
+    def _next(self) -> Job | None:
+        return self._deferred.popleft() if self._deferred else self.jobs.get()
+
+    def _gather(self, first: Job) -> list[Job]:
+        """`first` and the score jobs with its settings that arrive within the window; other
+        jobs wait their turn (a None ends the worker after this batch)."""
+        batch = [first]
+        deadline = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch:
+            try:
+                job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is not None and job.key() == first.key():
+                batch.append(job)
+            else:
+                self._deferred.append(job)  # type: ignore[arg-type]
+                if job is None:
+                    break
+        return batch
+
+    def _score(self, batch: list[Job]) -> None:
+        from kd_core.teacher import soft_targets
+
+        seqs: list[np.ndarray] = []
+        plens: list[int] = []
+        parts: list[tuple[Job, int, int, bool]] = []
+        for job in batch:
+            try:
+                s, p, echo = self._sequences(job.request)
+            except ProtocolError as e:
+                job.reply(e)
+                continue
+            parts.append((job, len(seqs), len(s), echo))
+            seqs += s
+            plens += p
+        if not parts:
+            return
+        cfg = batch[0].cfg
+        ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg)
+        self.stats.forwards += 1
+        self.stats.batches += 1
+        self.stats.score_requests += len(parts)
+        self.stats.scored_positions += sum(len(c) for c in chosen)
+        for job, start, n, echo in parts:
+            sl = slice(start, start + n)
+            reply = TargetsReply(self.info.fingerprint, _targets(ids[sl], lps[sl], chosen[sl]))  # type: ignore[union-attr]
+            if echo:
+                reply.sequences, reply.prompt_lens = seqs[sl], plens[sl]
+            job.reply(_dump(reply.to_json(self.vocab, job.request.logprob_dtype)))
+
+    def _sequences(self, req: ScoreRequest) -> tuple[list[np.ndarray], list[int], bool]:
+        """The request's sequences in teacher ids (text tokenized here), checked against the
+        vocabulary; `echo`: whether the reply must carry them (they came as text)."""
+        if req.texts is None:
+            seqs, plens = req.sequences or [], req.prompt_lens or []
+        else:
+            seqs, plens = [], []
+            for t in req.texts:
+                s, p = self._tokenize(t)
+                seqs.append(s)
+                plens.append(p)
+        total = sum(len(s) for s in seqs)
+        if total > MAX_REQUEST_TOKENS:
+            raise ProtocolError(
+                f"sequences: {total} tokens in one request; at most {MAX_REQUEST_TOKENS}",
+                "sequences",
+            )
+        for i, s in enumerate(seqs):
+            if len(s) and (s.min() < 0 or s.max() >= self.vocab):
+                raise ProtocolError(
+                    f"sequences[{i}]: token ids must be from 0 to {self.vocab - 1} "
+                    "(the teacher's vocabulary)",
+                    "sequences",
+                )
+        return seqs, plens, req.texts is not None
+
+    def _tokenize(self, t: Any) -> tuple[np.ndarray, int]:
+        from kd_core.data import format_prompt
+
+        tok = self.tokenizer
+        prompt = format_prompt(tok, t.prompt) if t.chat else list(tok.encode(t.prompt))
+        if not prompt:
+            raise ProtocolError("texts: a prompt must give at least one token", "texts")
+        resp = list(tok.encode(t.response, add_special_tokens=False))
+        if t.eos:
+            eos = getattr(tok, "eos_token_ids", None) or [tok.eos_token_id]
+            resp.append(sorted(eos)[0])
+        return np.array(prompt + resp, np.int32), len(prompt)
+
+    def _generate(self, req: GenerateRequest, cfg: Any) -> bytes:
+        """As the teacher pass does it: prompts formatted and cut to fit, answers sampled
+        from the MLX random state seeded with cfg.seed, then soft targets and texts."""
+        from kd_core.teacher import (
+            fitted_prompts,
+            generate_responses,
+            response_texts,
+            soft_targets,
+        )
+
+        fitted = fitted_prompts(self.tokenizer, req.prompts, cfg)
+        seqs, plens = generate_responses(self.model, self.tokenizer, [], cfg, fitted=fitted)
+        self.stats.generations += 1
+        reply = TargetsReply(self.info.fingerprint, None, seqs, plens)  # type: ignore[union-attr]
+        reply.prompt_cut = [cut for _, cut in fitted]
+        if req.with_targets:
+            ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg)
+            self.stats.forwards += 1
+            reply.targets = _targets(ids, lps, chosen)
+            reply.texts, reply.char_ends = response_texts(self.tokenizer, seqs, plens)
+        return _dump(reply.to_json(self.vocab, req.logprob_dtype))
+
+
+def model_identity(path: Path) -> tuple[str, str]:
+    """(weights, tokenizer) fingerprints of a model folder, as kd keys its teacher cache:
+    kd_core.identity's (sha256 of every weight byte, memoised) where this kd has it, else
+    kd_core.models.model_fingerprint and a hash of the tokenizer files."""
+    try:
+        from kd_core.identity import identify_model
+    except ImportError:
+        from kd_core.models import model_fingerprint  # type: ignore[attr-defined]
+
+        return model_fingerprint(path), tokenizer_hash(path)
+    ident = identify_model(path, "teacher")
+    return ident.weights, ident.tokenizer
+
+
+def _targets(ids: list[np.ndarray], lps: list[np.ndarray], chosen: list[np.ndarray]) -> Targets:
+    return Targets(ids, lps, chosen, [tail_logmass(lp) for lp in lps])
+
+
+def _dump(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+
+def bearer(request: Any) -> str:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+
+
+def _error(status: int, message: str, field_name: str = "", **headers: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response(error_body(message, field_name), status=status, headers=headers)
+
+
+def token_middleware(token: str | None) -> Any:
+    """Every route, unknown ones too, passes here first: no token 401, a wrong one 403."""
+    from aiohttp import web
+
+    expected = token.encode() if token is not None else b""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> Any:
+        if token is not None:
+            given = bearer(request)
+            if not given:
+                return _error(
+                    401,
+                    "token: this teacher needs Authorization: Bearer <token>",
+                    "token",
+                    **{"WWW-Authenticate": "Bearer"},
+                )
+            if not hmac.compare_digest(given.encode(), expected):
+                return _error(403, "token: wrong token", "token")
+        return await handler(request)
+
+    return check
+
+
+def _field(e: Exception) -> str:
+    """The field a refusal names: ProtocolError carries it, ConfigError starts with it."""
+    return getattr(e, "field", "") or str(e).split(":", 1)[0]
+
+
+def build_app(worker: TeacherWorker, token: str | None) -> Any:
+    from aiohttp import web
+
+    from kd_core.config import ConfigError, KDConfig
+
+    async def submit(kind: str, request: Any, cfg: KDConfig) -> web.Response:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes | BaseException] = loop.create_future()
+
+        def settle(result: bytes | BaseException) -> None:
+            if not fut.done():
+                fut.set_result(result)
+
+        worker.jobs.put(Job(kind, request, cfg, lambda r: loop.call_soon_threadsafe(settle, r)))
+        result = await fut
+        if isinstance(result, ProtocolError):
+            return _error(400, str(result), result.field)
+        if isinstance(result, BaseException):
+            return _error(500, one_line(result))
+        return web.Response(body=result, content_type="application/json")
+
+    async def read(request: web.Request, parse: Callable[[Any], Any]) -> Any:
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ProtocolError("body: not valid JSON", "body") from None
+        return parse(body)
+
+    async def score(request: web.Request) -> web.Response:
+        try:
+            req = await read(request, ScoreRequest.from_json)
+            cfg = KDConfig(temperature=float(req.temperature), top_k=req.top_k)
+        except (ProtocolError, ConfigError) as e:
+            return _error(400, one_line(e), _field(e))
+        return await submit("score", req, cfg)
+
+    async def generate(request: web.Request) -> web.Response:
+        try:
+            req = await read(request, GenerateRequest.from_json)
+            cfg = KDConfig(
+                temperature=float(req.temperature),
+                top_k=req.top_k,
+                teacher_temperature=float(req.teacher_temperature),
+                max_tokens=req.max_tokens,
+                seed=req.seed,
+                max_seq_length=req.max_seq_length,
+            )
+        except (ProtocolError, ConfigError) as e:
+            return _error(400, one_line(e), _field(e))
+        return await submit("generate", req, cfg)
+
+    async def info(request: web.Request) -> web.Response:
+        body = worker.info.to_json()  # type: ignore[union-attr]
+        body["stats"] = asdict(worker.stats)
+        return web.json_response(body)
+
+    app = web.Application(middlewares=[token_middleware(token)], client_max_size=MAX_BODY_BYTES)
+    app.router.add_get("/v1/info", info)
+    app.router.add_post("/v1/score", score)
+    app.router.add_post("/v1/generate", generate)
+    return app
+
+
+# --- running it ---------------------------------------------------------------------------
+
+
+class TeacherServer:
+    """The worker, the socket and aiohttp's loop (on a thread of its own), started together.
+
+    `start()` checks the settings, binds (port 0: any free port; `port` then says which),
+    loads the teacher on the worker thread and starts serving; every failure is a ServeError
+    with one line, and nothing is left running after one."""
+
+    def __init__(
+        self,
+        model: str,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        batch_window_s: float = BATCH_WINDOW_S,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        check_token(token, host)  # before anything else: a refused bind loads nothing
+        self.host, self.port, self.token = host, check_port(port), token
+        from kd_core.models import ModelError, resolve_model
+
+        try:
+            path = resolve_model(model, "teacher")
+        except ModelError as e:
+            raise ServeError(str(e)) from None
+        self.worker = TeacherWorker(path, model, batch_window_s, max_batch)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> TeacherServer:
+        sock = bind_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self.worker.start()
+        self.worker.ready.wait()
+        if self.worker.error is not None:
+            sock.close()
+            raise ServeError(f"model: {self.worker.error}")
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, args=(sock, started), name="kd-teacher-http", daemon=True
+        )
+        self._thread.start()
+        started.wait()
+        return self
+
+    def _serve(self, sock: socket.socket, started: threading.Event) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        runner = web.AppRunner(build_app(self.worker, self.token), access_log=None)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.SockSite(runner, sock).start())
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop = None
+        self.worker.stop()
+
+    def __enter__(self) -> TeacherServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve_teacher(
+    model: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Serve until interrupted. A non-loopback host without a token gets a generated one,
+    printed with the URL (the only way to learn it). ServeError on a bad setting."""
+    if token is None and not is_local(host):
+        token = secrets.token_urlsafe(24)
+    server = TeacherServer(model, host, port, token).start()
+    info = server.worker.info
+    assert info is not None
+    out(f"kd serve-teacher: serving {model} (fingerprint {info.fingerprint}) on {server.url}")
+    if token:
+        out(f"kd serve-teacher: every request needs the header: Authorization: Bearer {token}")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        out("kd serve-teacher: stopped")
+    finally:
+        server.stop()
+    return 0
