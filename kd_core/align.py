@@ -51,15 +51,6 @@ class SequenceAlignment:
     student_ids: list[int]
     spans: list[AlignedSpan]
 
-    @property
-    def share_one_to_one(self) -> float:
-        return sum(s.one_to_one for s in self.spans) / len(self.spans) if self.spans else 1.0
-
-    def chars_in(self, keep: Any) -> float:
-        """Share of the text's characters inside spans for which `keep(span)` holds."""
-        total = len(self.text)
-        return sum(s.end - s.start for s in self.spans if keep(s)) / total if total else 1.0
-
 
 def backend(tokenizer: Any) -> Any:
     """The `tokenizers.Tokenizer` behind an mlx-lm TokenizerWrapper, a transformers fast

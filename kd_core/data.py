@@ -53,10 +53,6 @@ class Example:
     # online, the part of its teacher token read before each position inside one (PIECE)
     piece_prefix: dict[int, str] | None = None
 
-    @property
-    def response_len(self) -> int:
-        return int(self.tokens.shape[0] - self.prompt_len)
-
 
 @dataclass
 class Batch:

@@ -34,10 +34,7 @@ import numpy as np
 from kd_core.align_examples import sampled_example
 from kd_core.blas import set_blas_threads
 from kd_core.config import KDConfig
-from kd_core.cpu_streams import StreamSet
 from kd_core.data import Example
-from kd_core.step_api import TrainStep
-from kd_core.steps import AlignStep, OnlineStep
 from kd_core.teacher import GEN_MAX_BATCH, sample_batch
 from kd_core.vocab import VocabAlignment
 
@@ -168,29 +165,3 @@ class StudentSampler:
             teacher_prompt_len=len(t_prompt),
             teacher_prompt=t_prompt,
         )
-
-
-def make_policy_step(
-    model: nn.Module,
-    optimizer: Any,
-    cfg: KDConfig,
-    streams: StreamSet,
-    teacher: nn.Module,
-    alignment: VocabAlignment | None,
-    reduce: Callable[[Any], Any] = lambda g: g,
-) -> TrainStep:
-    """The on-policy step: the online step (teacher forward on the student's text, full
-    distribution) minimising the on-policy divergence alone (alpha = 1: no CE on its own
-    samples): `on_policy_divergence`, or `divergence` when that is "same". Two tokenizers:
-    the align step, the teacher read at the span anchors of the student's text."""
-    pcfg = policy_config(cfg)
-    if alignment is not None and alignment.aligned:
-        return AlignStep(model, optimizer, pcfg, reduce, streams, alignment, teacher)
-    return OnlineStep(model, optimizer, pcfg, reduce, streams, teacher, alignment)
-
-
-def policy_config(cfg: KDConfig) -> KDConfig:
-    """The configuration the on-policy steps train with: alpha 1, and the divergence named by
-    `on_policy_divergence` unless it is "same"."""
-    div = cfg.divergence if cfg.on_policy_divergence == "same" else cfg.on_policy_divergence
-    return cfg.replace(alpha=1.0, divergence=div)

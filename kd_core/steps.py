@@ -250,9 +250,18 @@ def make_step(
     reduce: Reduce = lambda g: g,
     vocab: int = 0,
     warn: Callable[[str], None] = lambda _: None,
+    on_policy: bool = False,
 ) -> TrainStep:
     """The step for this run: online when a teacher is given; chunked when the logits of a
-    step would be large (offline only); the fused offline step otherwise."""
+    step would be large (offline only); the fused offline step otherwise.
+
+    on_policy: the step of the student's own samples — the online step (teacher forward on
+    the student's text, full distribution; two tokenizers: the align step at the span anchors)
+    under policy_config (alpha 1, the on-policy divergence)."""
+    if on_policy:
+        if teacher is None:
+            raise ValueError("on_policy_ratio: on-policy steps need the teacher in memory")
+        cfg = policy_config(cfg)
     chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
     split = split_model(model) if chunk and teacher is None else None
     if chunk and teacher is None and split is None:
@@ -270,3 +279,10 @@ def make_step(
     if split is not None:
         return ChunkedStep(model, split, optimizer, cfg, chunk, reduce, streams)
     return OfflineStep(model, optimizer, cfg, reduce, streams)
+
+
+def policy_config(cfg: KDConfig) -> KDConfig:
+    """The configuration the on-policy steps train with: alpha 1, and the divergence named by
+    `on_policy_divergence` unless it is "same"."""
+    div = cfg.divergence if cfg.on_policy_divergence == "same" else cfg.on_policy_divergence
+    return cfg.replace(alpha=1.0, divergence=div)

@@ -33,7 +33,7 @@ from kd_core.distributed import World
 from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, DomainResult, EventSink, Log, Paused, Step, null_sink
 from kd_core.models import vocab_size
-from kd_core.on_policy import SampleStats, StudentSampler, is_on_policy_step, make_policy_step
+from kd_core.on_policy import SampleStats, StudentSampler, is_on_policy_step
 from kd_core.outputs import lora_parameters
 from kd_core.steps import StepOutput, TrainStep, make_step
 from kd_core.vocab import VocabAlignment
@@ -148,14 +148,15 @@ class StudentTrainer:
         streams = StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed))
         if self.sampler is not None:
             assert self.teacher is not None
-            self.policy_step = make_policy_step(
+            self.policy_step = make_step(
                 self.model,
                 self.optimizer,
                 cfg,
                 streams,
-                self.teacher,
-                self.alignment,
-                self.world.sum_tree,
+                teacher=self.teacher,
+                alignment=self.alignment,
+                reduce=self.world.sum_tree,
+                on_policy=True,
             )
         return make_step(
             self.model,

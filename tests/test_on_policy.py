@@ -18,8 +18,9 @@ from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.evaluate import method_config
 from kd_core.events import Step
 from kd_core.identity import ModelIdentity
-from kd_core.on_policy import is_on_policy_step, policy_config
+from kd_core.on_policy import is_on_policy_step
 from kd_core.preflight import MemoryEstimate
+from kd_core.steps import policy_config
 
 
 def test_on_policy_steps_are_spread_evenly():
