@@ -37,9 +37,9 @@ def read_text_bounded(path: Path, max_bytes: int = MAX_DATA_FILE_BYTES) -> str:
         raise DataFileError(
             f"data: cannot open {path} ({e.strerror or type(e).__name__})"
         ) from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
         # Checked on the opened file, not the path: no window for a swap in between.
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataFileError(f"data: {path} is not a regular file")
         if st.st_size > max_bytes:
@@ -47,7 +47,10 @@ def read_text_bounded(path: Path, max_bytes: int = MAX_DATA_FILE_BYTES) -> str:
                 f"data: {path} is {_human(st.st_size)}, over the {_human(max_bytes)} limit "
                 "for a data file"
             )
-        raw = fh.read(max_bytes + 1)  # + 1: a file that grew since fstat is still caught
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(max_bytes + 1)  # + 1: a file that grew since fstat is still caught
+    finally:
+        os.close(fd)
     if len(raw) > max_bytes:
         raise DataFileError(f"data: {path} is over the {_human(max_bytes)} limit for a data file")
     try:

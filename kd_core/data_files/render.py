@@ -10,11 +10,14 @@ How the mask is built, the same way for every template:
    template writes BOS itself). With no template (and for `text` rows) the rendering is plain
    (`_plain`): the tokenizer adds its own BOS as `kd_core.data.format_prompt` does, and each
    answer ends with the EOS token.
-2. Find each assistant content's character span in the string, in order. A turn's search
-   starts after the previous turn and, when the template renders the conversation before the
-   turn (with the generation prompt) as a prefix of the whole, after that prefix, so text a
-   user wrote earlier is never taken for the answer. Content the template trims is found
-   trimmed; content it does not render as written is a DataFileError.
+2. Find each assistant content's character span in the string, in order. Where the template
+   writes an answer is seen by rendering the conversation again with a sentinel in place of
+   that answer: the sentinel's position, if the answer is written there (as written, or
+   trimmed: Llama-2 trims). Otherwise (a template whose text before the answer depends on the
+   answer) the answer is searched for after the previous answer and the messages between, as
+   written or trimmed; so neither the user's earlier "Say hi" nor the "<think>" a template puts
+   before the answer is taken for the answer "hi". An answer the template does not write as
+   given (Qwen3 drops earlier turns' reasoning) is a DataFileError when it is trained.
 3. End of turn: when the characters after the content are white space then a stop marker (the
    EOS token, any of an mlx-lm wrapper's `eos_token_ids`, or a `stop_tokens` string), those
    characters are trained too: the student learns to stop as its template expects (the demo's
@@ -118,53 +121,73 @@ def _apply(
     return out
 
 
-def _prefix_end(
-    tokenizer: Any, turns: _Turns, i: int, text: str, kwargs: Mapping[str, Any]
+# Put in place of one answer to see where the template writes it: private-use characters and
+# no white space, so no template trims, escapes or matches it.
+_SENTINEL = "\ue000kd-answer\ue001"
+
+
+def _sentinel_at(
+    tokenizer: Any, turns: _Turns, i: int, kwargs: Mapping[str, Any], gen: bool
 ) -> int | None:
-    """Where the conversation before message i ends in `text`, when the template renders it
-    (with the generation prompt) as a prefix of the whole; None when it does not."""
+    """Where the template writes message i's content: rendered with a sentinel in its place,
+    everything before it is the same text as in the real rendering (unless the template reads
+    the content itself before writing it: checked by the caller)."""
+    msgs = list(turns.messages)
+    msgs[i] = Message(msgs[i].role, _SENTINEL, msgs[i].extra)
     try:
-        prefix = _apply(tokenizer, turns.messages[:i], turns, kwargs, gen=True)
-    except Exception:  # e.g. a template that refuses a conversation ending with a tool turn
+        probe = _apply(tokenizer, msgs, turns, kwargs, gen)
+    except Exception:  # a template that refuses the probe: the ordered search decides
         return None
-    return len(prefix) if prefix and text.startswith(prefix) else None
+    at = probe.find(_SENTINEL)
+    return at if at >= 0 and probe.count(_SENTINEL) == 1 else None
+
+
+def _search(text: str, content: str, lower: int) -> tuple[int, int] | None:
+    """The first (start, end) of `content` from `lower`, trimmed if it is not there as
+    written (Llama-2's template trims answers)."""
+    for c in (content, content.strip()):
+        at = text.find(c, lower)
+        if at >= 0:
+            return at, at + len(c)
+    return None
 
 
 def _find_contents(
-    tokenizer: Any, turns: _Turns, text: str, kwargs: Mapping[str, Any], where: str
+    tokenizer: Any, turns: _Turns, text: str, kwargs: Mapping[str, Any], gen: bool, where: str
 ) -> dict[int, tuple[int, int]]:
-    """(start, end) in `text` of every assistant content, searched in order (step 2 of the
-    module docstring); every answer is located, trained or not, so that a later turn's search
-    starts after it."""
+    """(start, end) in `text` of every assistant content (step 2 of the module docstring).
+    Every answer is located, trained or not, so that a later turn's search starts after it."""
     found: dict[int, tuple[int, int]] = {}
     cursor = 0
     pending: list[str] = []  # text of the messages since the last answer
     for i, m in enumerate(turns.messages):
-        if m.role != "assistant" or not (m.content or "").strip():
-            pending.append(m.content or "")
-            continue
-        lower = _prefix_end(tokenizer, turns, i, text, kwargs)
-        if lower is None:
-            # No usable prefix: step over the messages before it, where written as they are.
-            for earlier in filter(None, pending):
-                at = text.find(earlier, cursor)
-                cursor = at + len(earlier) if at >= 0 else cursor
-            lower = cursor
-        pending.clear()
         content = m.content or ""
-        at = text.find(content, max(lower, cursor))
-        if at < 0:  # a template that trims the content (Llama-2's `| trim`)
-            content = content.strip()
-            at = text.find(content, max(lower, cursor))
-        if at < 0 and i not in turns.answers:
+        if m.role != "assistant" or not content.strip():
+            pending.append(content)
+            continue
+        at = _sentinel_at(tokenizer, turns, i, kwargs, gen)
+        span = None
+        if at is not None and at >= cursor:
+            span = next(
+                ((at, at + len(c)) for c in (content, content.strip()) if text.startswith(c, at)),
+                None,
+            )
+        if span is None:
+            # The ordered search: step over the messages before it, where written as they are.
+            for earlier in filter(None, pending):
+                hit = text.find(earlier, cursor)
+                cursor = hit + len(earlier) if hit >= 0 else cursor
+            span = _search(text, content, cursor)
+        pending.clear()
+        if span is None and i not in turns.answers:
             continue  # e.g. reasoning a template drops from earlier turns: not trained anyway
-        if at < 0:
+        if span is None:
             raise DataFileError(
                 f"data: {where}the chat template does not render assistant message {i} as "
                 "written; its characters cannot be masked"
             )
-        found[i] = (at, at + len(content))
-        cursor = at + len(content)
+        found[i] = span
+        cursor = span[1]
     return found
 
 
@@ -259,7 +282,7 @@ def _render(
     if not has_chat_template(tokenizer):
         return _encode(tokenizer, *_plain(turns, _eos_text(tokenizer)), templated=False)
     text = _apply(tokenizer, turns.messages, turns, kwargs, gen=gen)
-    found = _find_contents(tokenizer, turns, text, kwargs, where) if turns.answers else {}
+    found = _find_contents(tokenizer, turns, text, kwargs, gen, where) if turns.answers else {}
     markers = stop_markers(tokenizer, stop_tokens)
     spans = tuple(
         AssistantSpan(i, found[i][0], found[i][1], _stop_end(text, found[i][1], markers))
