@@ -63,7 +63,7 @@ from kd_core.preflight import estimate_memory
 from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass, sweep_stale_cache
 from kd_core.trainer import StudentTrainer, apply_lora
 from kd_core.user_dirs import default_cache_dir
-from kd_core.vocab import VocabAlignment, plan_vocab_alignment
+from kd_core.vocab import VocabAlignment, eos_ids, plan_vocab_alignment
 
 MIN_ALIGN_COVERAGE = 0.5  # of response characters in spans that reach the KD loss
 
@@ -347,10 +347,8 @@ class TrueKnowledgeDistiller:
         n_layers = apply_lora(student, cfg)
         sampler = None
         if cfg.on_policy_ratio > 0:
-            eos = getattr(t_tok, "eos_token_id", None)
-            sampler = StudentSampler(
-                student, s_tok, cfg, run.alignment, int(eos if eos is not None else 0), t_tok
-            )
+            t_eos = (eos_ids(t_tok) or [0])[0]
+            sampler = StudentSampler(student, s_tok, cfg, run.alignment, t_eos, t_tok)
         trainer = StudentTrainer(
             student,
             cfg,

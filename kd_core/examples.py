@@ -20,7 +20,7 @@ import numpy as np
 
 from kd_core.data import Example, format_prompt, valid_tokens
 from kd_core.teacher import TeacherOutputs
-from kd_core.vocab import VocabAlignment
+from kd_core.vocab import VocabAlignment, eos_ids
 
 
 @dataclass
@@ -41,7 +41,7 @@ def build_examples(
     max_seq_length: int | None = None,
 ) -> ExampleSet:
     t2s = alignment.teacher_to_student
-    eos = int(student_tokenizer.eos_token_id)
+    eos = eos_ids(student_tokenizer)[0]
     out = ExampleSet()
     for i, prompt in enumerate(prompts):
         was_cut = bool(outputs.prompt_cut[i]) if outputs.prompt_cut else False

@@ -36,7 +36,7 @@ from kd_core.blas import set_blas_threads
 from kd_core.config import KDConfig
 from kd_core.data import Example
 from kd_core.teacher import GEN_MAX_BATCH, sample_batch
-from kd_core.vocab import VocabAlignment
+from kd_core.vocab import VocabAlignment, eos_ids
 
 
 def is_on_policy_step(step: int, ratio: float) -> bool:
@@ -97,8 +97,7 @@ class StudentSampler:
         if self.aligned and teacher_tokenizer is None:
             raise ValueError("on_policy_ratio: an aligned pair needs the teacher's tokenizer")
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
-        ids = getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id]
-        self.eos = sorted(int(i) for i in ids)
+        self.eos = eos_ids(tokenizer)
         self.s2t = student_to_teacher(alignment)
         self.pieces = alignment.pieces
         self.teacher_eos = int(teacher_eos)

@@ -35,6 +35,7 @@ from kd_core.data import format_prompt, forward_inputs
 from kd_core.identity import ModelIdentity
 from kd_core.losses import log_softmax, topk_of
 from kd_core.models import safetensors_header, vocab_size
+from kd_core.vocab import eos_ids
 
 # 2: long prompts are cut from the front (the assistant marker stays). 3: the key holds the
 # teacher's identity (weights and tokenizer); format-2 files were written under an empty one.
@@ -203,7 +204,6 @@ def response_texts(
 ) -> tuple[list[str], list[np.ndarray]]:
     """Each response's text (less an ending EOS) and the character each token ends at."""
     from kd_core.align import decoded_ends
-    from kd_core.vocab import eos_ids
 
     eos = set(eos_ids(tokenizer))
     texts, ends = [], []
@@ -271,7 +271,7 @@ def generate_responses(
     `fitted`: the prompts' `fitted_prompts`, when the caller has them already.
     Returns (sequences, prompt lengths). Seeded by cfg.seed; see `sample_batch`."""
     mx.random.seed(cfg.seed)
-    eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    eos = eos_ids(tokenizer)
     if fitted is None:
         fitted = fitted_prompts(tokenizer, prompts, cfg)
     prompt_ids = [ids for ids, _ in fitted]

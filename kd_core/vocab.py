@@ -77,11 +77,15 @@ def token_strings(tokenizer: Any) -> list[str | None]:
 
 
 def eos_ids(tokenizer: Any) -> list[int]:
-    ids = getattr(tokenizer, "eos_token_ids", None)
-    if ids:
-        return sorted(int(i) for i in ids)
-    eid = getattr(tokenizer, "eos_token_id", None)
-    return [int(eid)] if eid is not None else []
+    """The ids that end an answer: the tokenizer's primary `eos_token_id` first (the one its
+    chat template writes, and the one kd appends when a model stopped), then any others it
+    names (mlx-lm's `eos_token_ids`, e.g. Llama 3's <|end_of_text|> beside <|eot_id|>).
+    The one rule for EOS in kd: every caller asks here."""
+    primary = getattr(tokenizer, "eos_token_id", None)
+    others = sorted(int(i) for i in (getattr(tokenizer, "eos_token_ids", None) or ()))
+    if primary is None:
+        return others
+    return [int(primary), *(i for i in others if i != int(primary))]
 
 
 def plan_vocab_alignment(
