@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import tomli_w
 
 from kd_core.atomic_io import atomic_write_bytes
+from kd_core.bounded_read import CONFIG_MAX_BYTES, BoundedReadError, read_bounded
 from kd_core.errors import one_line
 from kd_core.toml_file import BOM, edit_toml, format_value, read_toml_text, same_value, value_source
 
@@ -407,6 +408,8 @@ def _read_config(p: Path) -> tuple[str, dict[str, Any]]:
         text = read_toml_text(p)
     except FileNotFoundError:
         raise ConfigError(f"config: {p} does not exist") from None
+    except BoundedReadError as e:
+        raise ConfigError(f"config: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config: cannot read {p} ({e.__class__.__name__})") from None
     try:
@@ -489,9 +492,11 @@ def save_toml(
     if p.is_dir():
         raise ConfigError(f"config: {p} is a folder; name a file, e.g. {p / 'kd.toml'}")
     try:
-        old: bytes | None = p.read_bytes()
+        old: bytes | None = read_bounded(p, CONFIG_MAX_BYTES, "a config file")
     except (FileNotFoundError, NotADirectoryError):
         old = None  # a new file (a path that cannot be one fails, named, on writing)
+    except BoundedReadError as e:
+        raise ConfigError(f"config: {e}; not saved over it") from None
     except OSError as e:
         why = e.strerror or e.__class__.__name__
         raise ConfigError(f"config: cannot read {p} ({why}); not saved over it") from None

@@ -6,8 +6,9 @@ changed (tomlkit keeps everything else byte for byte). Windows editors often sav
 a byte-order mark, which tomllib refuses: it is taken off on reading and put back on writing,
 and a file with CRLF line endings keeps them.
 
-Errors propagate as OSError, UnicodeDecodeError, tomllib.TOMLDecodeError or
-tomlkit.exceptions.ParseError: the caller words them (kd_core.config).
+Errors propagate as OSError, UnicodeDecodeError, BoundedReadError (not a regular file, or
+over CONFIG_MAX_BYTES), tomllib.TOMLDecodeError or tomlkit.exceptions.ParseError: the caller
+words them (kd_core.config).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Any
 
 import tomlkit
 
+from kd_core.bounded_read import CONFIG_MAX_BYTES, read_bounded
+
 BOM = "\ufeff"
 
 
 def read_toml_text(path: Path) -> str:
     """The file's text as written (line endings untouched), without a leading BOM."""
-    return Path(path).read_bytes().decode("utf-8").removeprefix(BOM)
+    data = read_bounded(path, CONFIG_MAX_BYTES, "a config file")
+    return data.decode("utf-8").removeprefix(BOM)
 
 
 def value_source(text: str, key: str) -> str | None:

@@ -6,12 +6,17 @@ file that is not TOML is never saved over; a UTF-8 BOM is accepted. Prompts file
 keep every field and their embedded line breaks, a save with no edit leaves the file
 byte-identical; a file is JSON lines only when it is JSON lines; two files with one name are
 an error naming both. Keys: 1-6 and the palette leave the Domains tab after a domain is added.
-Errors of a bad save path name the user's path, not a hidden temporary file.
+Errors of a bad save path name the user's path, not a hidden temporary file. kd.toml and
+prompt files are read with a bound: a device, a pipe, a folder or a file past the bound is
+one line naming the file (and the bound), never an endless read (issue 27).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -23,6 +28,7 @@ from textual.widgets import Input, Select, Static, TabbedContent, TextArea
 from tui_support import open_config, wait_until
 
 from kd_core.atomic_io import atomic_write_text
+from kd_core.bounded_read import CONFIG_MAX_BYTES
 from kd_core.config import ConfigError, RunSpec, load_toml, load_toml_partial, save_toml
 from kd_core.domains import (
     DomainError,
@@ -452,3 +458,59 @@ async def test_palette_go_to_leaves_domains_from_a_text_box(tmp_path: Path) -> N
             assert tabs.active == "tab-config"
             await pilot.press("2")
             await wait_for(pilot, lambda: tabs.active == "tab-domains")
+
+
+# ---- files read with a bound (issue 27) -------------------------------------------------------
+def _kd_refuses(tmp_path: Path, *args: str) -> str:
+    """`kd` refusing with one line and exit 2; a read that never ends fails the timeout."""
+    cmd = [sys.executable, "-m", "kd_core", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_a_config_or_prompt_file_that_is_no_regular_file_is_refused(tmp_path: Path) -> None:
+    """`kd distill --config /dev/zero` used to read forever; a FIFO would wait for a writer."""
+    err = _kd_refuses(tmp_path, "distill", "--config", "/dev/zero")
+    assert err == "kd: error: config: /dev/zero is a character device, not a regular file"
+    fifo = tmp_path / "kd.toml"
+    os.mkfifo(fifo)
+    err = _kd_refuses(tmp_path, "distill", "--config", str(fifo))
+    assert err == f"kd: error: config: {fifo} is a pipe, not a regular file"
+    fifo.unlink()
+    err = _kd_refuses(tmp_path, "distill", "--domain-file", "/dev/zero")
+    assert err == "kd: error: domain_files: /dev/zero is a character device, not a regular file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing was written"
+    folder = tmp_path / "prompts.txt"
+    folder.mkdir()
+    with pytest.raises(DomainError, match=r"prompts.txt is a folder, not a regular file"):
+        read_prompts_file(folder)
+
+
+def test_files_over_their_bound_are_refused_naming_it(tmp_path: Path, monkeypatch) -> None:
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as fh:
+        fh.truncate(CONFIG_MAX_BYTES + 1)  # sparse: nothing is read to refuse it
+    with pytest.raises(ConfigError) as e:
+        load_toml(big)
+    assert str(e.value) == (
+        f"config: {big} is 1,048,577 bytes, over the 1 MiB limit for a config file"
+    )
+    # Smaller bounds, to write files past them: the prompt file, and a save over kd.toml.
+    monkeypatch.setattr("kd_core.domains.prompt_file.PROMPT_FILE_MAX_BYTES", 100, raising=False)
+    prompts = tmp_path / "many.txt"
+    prompts.write_text("Say hello.\n" * 20)
+    with pytest.raises(DomainError) as e:
+        read_prompts_file(prompts)
+    assert str(e.value) == (
+        f"domain_files: {prompts} is 220 bytes, over the 100 bytes limit for a prompt file"
+    )
+    monkeypatch.setattr("kd_core.config.CONFIG_MAX_BYTES", 100, raising=False)
+    config = tmp_path / "kd.toml"
+    text = "# my settings\n" * 10 + 'teacher = "t"\n'
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=r"is 154 bytes, over the 100 bytes limit.*not saved"):
+        save_toml(RunSpec(teacher="other"), config)
+    assert config.read_text() == text, "nothing written is lost"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_core.atomic_io import atomic_write_bytes
+from kd_core.bounded_read import PROMPT_FILE_MAX_BYTES, BoundedReadError, read_bounded
 
 BOM = "\ufeff"
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -125,9 +126,11 @@ def parse_prompt_text(path: Path, text: str) -> PromptFile:
 def read_prompt_file(path: str | Path) -> PromptFile:
     p = Path(path).expanduser()
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = read_bounded(p, PROMPT_FILE_MAX_BYTES, "a prompt file").decode("utf-8")
     except FileNotFoundError:
         raise PromptFileError(f"domain_files: {p} does not exist") from None
+    except BoundedReadError as e:
+        raise PromptFileError(f"domain_files: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PromptFileError(f"domain_files: cannot read {p} ({e.__class__.__name__})") from None
     return parse_prompt_text(p, text)
@@ -168,9 +171,11 @@ def save_prompt_file(pf: PromptFile, entries: list[PromptEntry]) -> PromptFile:
     object) is refused. Errors are one-line PromptFileErrors naming the file."""
     new = render_prompt_file(pf, entries)
     try:
-        now = pf.path.read_bytes().decode("utf-8")
+        now = read_bounded(pf.path, PROMPT_FILE_MAX_BYTES, "a prompt file").decode("utf-8")
     except FileNotFoundError:
         now = None
+    except BoundedReadError as e:
+        raise PromptFileError(f"domain_files: {e}; not saved over it") from None
     except (OSError, UnicodeDecodeError) as e:
         why = e.__class__.__name__
         raise PromptFileError(f"domain_files: cannot read {pf.path} ({why})") from None
