@@ -4,7 +4,6 @@ unless the caller allows downloads (as for models: kd_core/models.py)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from kd_core.data_files.formats import DataFile, DataSource, typed_rows
 from kd_core.errors import one_line
 
 HF_PREFIX = "hf:"
-# datasets reads these at import and keeps them in datasets.config; both are set for the call.
+# datasets keeps its offline switches in datasets.config (older versions: the second name).
 _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -29,11 +28,7 @@ def parse_hf_spec(spec: str) -> tuple[str, str]:
     return name.strip(), split.strip() or "train"
 
 
-def _datasets_module(spec: str, allow_download: bool) -> Any:
-    if "datasets" not in sys.modules and not allow_download:
-        # Before the import: huggingface_hub and datasets read their offline switch then.
-        for flag in _OFFLINE_FLAGS:
-            os.environ.setdefault(flag, "1")
+def _datasets_module(spec: str) -> Any:
     try:
         import datasets
     except ImportError:
@@ -44,13 +39,24 @@ def _datasets_module(spec: str, allow_download: bool) -> Any:
     return datasets
 
 
+def _offline_switches(datasets: Any) -> list[tuple[Any, str]]:
+    """The (module, flag) pairs that keep the call off the network. Set for the call and put
+    back after it, not in os.environ: the libraries read the environment once, at import, and
+    a later call that allows downloads must not find them switched off for the process."""
+    switches = [(getattr(datasets, "config", None), f) for f in _OFFLINE_FLAGS]
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        switches.append((hub, "HF_HUB_OFFLINE"))
+    return [(mod, f) for mod, f in switches if hasattr(mod, f)]
+
+
 def _load(datasets: Any, spec: str, name: str, split: str, allow_download: bool) -> Any:
-    config = getattr(datasets, "config", None)
-    saved = {f: getattr(config, f) for f in _OFFLINE_FLAGS if hasattr(config, f)}
+    saved = (
+        [] if allow_download else [(m, f, getattr(m, f)) for m, f in _offline_switches(datasets)]
+    )
     try:
-        if not allow_download:
-            for flag in saved:  # the module may have been imported online earlier
-                setattr(config, flag, True)
+        for mod, flag, _ in saved:
+            setattr(mod, flag, True)
         return datasets.load_dataset(name, split=split)
     except Exception as e:
         where = "the local Hugging Face cache" if not allow_download else "Hugging Face"
@@ -58,8 +64,8 @@ def _load(datasets: Any, spec: str, name: str, split: str, allow_download: bool)
             f"data: {spec}: cannot load {name} split {split!r} from {where} ({one_line(e)})"
         ) from None
     finally:
-        for flag, value in saved.items():
-            setattr(config, flag, value)
+        for mod, flag, value in saved:
+            setattr(mod, flag, value)
 
 
 def read_hf_dataset(
@@ -70,7 +76,7 @@ def read_hf_dataset(
 ) -> DataSource:
     """The split of `spec` as a DataSource (train only; rows numbered from 1 as "row N")."""
     name, split = parse_hf_spec(spec)
-    datasets = _datasets_module(spec, allow_download)
+    datasets = _datasets_module(spec)
     ds = _load(datasets, spec, name, split, allow_download)
     where = f"{HF_PREFIX}{name}:{split}"
     numbered = ((i, dict(ex)) for i, ex in enumerate(ds, 1))
