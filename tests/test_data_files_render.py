@@ -278,3 +278,22 @@ def test_tool_call_turn_rendered_untrained(demo: Any) -> None:
     )
     r = render_row(demo, row)
     assert [s.message for s in r.spans] == [3] and trained_runs(demo, r) == ["Noon.\n<|eos|>"]
+
+
+def test_transformers_tokenizer_renders_as_the_mlx_wrapper(tmp: Path) -> None:
+    from transformers import AutoTokenizer
+
+    wrapped = fixture_tokenizer("llama-spm", tmp, LLAMA2)
+    hf = AutoTokenizer.from_pretrained(tmp / "llama-spm-chat")
+    a, b = render_row(wrapped, chat_row()), render_row(hf, chat_row())
+    assert a.text == b.text and a.spans == b.spans
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.trained, b.trained)
+
+
+def test_chat_prompt_is_the_conversation_before_the_last_answer(demo: Any) -> None:
+    p = render_prompt(demo, chat_row())
+    before = CONVERSATION["messages"][:4]
+    assert p.ids.tolist() == chat_ids(demo, before, add_generation_prompt=True)
+    assert p.text.endswith("<|assistant|>\n") and not p.trained.any() and p.spans == ()
+    with pytest.raises(DataFileError, match="line 3: a text row has no prompt"):
+        render_prompt(demo, TextRow(3, "t"))

@@ -199,7 +199,9 @@ def stop_markers(tokenizer: Any, stop_tokens: Iterable[str] = ()) -> tuple[str, 
     eos = getattr(tokenizer, "eos_token", None)
     if isinstance(eos, str) and eos:
         marks.add(eos)
-    ids = getattr(tokenizer, "eos_token_ids", None) or ()
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    # An mlx-lm wrapper holds a set; a transformers tokenizer may answer with one id.
+    ids = (ids,) if isinstance(ids, int) else tuple(ids or ())
     tok = backend(tokenizer)
     for i in ids:
         s = tok.id_to_token(int(i))
