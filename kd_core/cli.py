@@ -213,7 +213,8 @@ def _add_status_parser(sub: Any) -> None:
         help="where the runs in an output folder stand (live, finished, crashed, ...)",
         description="Print the run in PATH (an output folder), or the runs in its sub-folders: "
         "state, pid, host, start time, last step and losses, and the --resume command of a "
-        "run that crashed. Exit status 0 when a run was found, 1 when none was.",
+        "run that crashed; a folder whose run.json is damaged is named with what is known. "
+        "Exit status 0 when a run was found, 1 when none was.",
     )
     st.add_argument("path", nargs="?", help="output folder (default: kd.toml's output)")
     st.add_argument("--config", metavar="PATH", help="kd.toml to take the output from")
@@ -517,7 +518,7 @@ def _kill_group(pid: int) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kd_core.run_status import find_states, status_lines
+    from kd_core.run_status import find_damaged, find_states, status_lines
 
     path = args.path
     if path is None:
@@ -526,11 +527,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             spec = load_toml("kd.toml")
         path = (spec.config if spec else KDConfig()).output
     states = find_states(path)
-    if not states:
+    damaged = find_damaged(path)  # the same line `kd distill` refuses such a folder with
+    if not states and not damaged:
         print(f"no runs in {path} (a run writes {Path(path) / '.kd-run'})")
         return 1
     for s in states:
         print("\n".join(status_lines(s)))
+    for line in damaged:
+        print(line)
     return 0
 
 

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kd_core.atomic_io import atomic_write_json
-from kd_core.events import Event
+from kd_core.bounded_read import RECORD_MAX_BYTES, BoundedReadError, read_bounded
+from kd_core.event_file import tail_events
+from kd_core.events import Event, describe, event_from_dict
 
 RUN_DIR = ".kd-run"
 LOCK_FILE = "lock"
@@ -49,6 +51,11 @@ LOCK_WAIT_S = 1.0  # a viewer's liveness probe holds the lock for microseconds: 
 
 class RunLockedError(ValueError):
     """Another live process owns the output folder (one line; `kd distill` exits 2)."""
+
+
+class DamagedRecordError(RunLockedError):
+    """The folder holds a run whose run.json cannot be read: refused like a live run's
+    folder, since starting afresh would truncate that run's events (one line; exit 2)."""
 
 
 def run_dir(output: str | os.PathLike[str]) -> Path:
@@ -83,13 +90,52 @@ class RunRecord:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def read_record(output: str | os.PathLike[str]) -> RunRecord | None:
-    """run.json of the folder, or None when there is none (or it is unreadable)."""
+# run.json's fields that later code relies on, with the types it relies on.
+RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "pid": int,
+    "host": str,
+    "started": str,
+    "output": str,
+    "resume_command": str,
+    "events_offset": int,
+    "exit_status": (int, type(None)),
+}
+
+
+def _load_record(output: str | os.PathLike[str]) -> tuple[RunRecord | None, str | None]:
+    """run.json as a record, or (None, why it is damaged); (None, None) when there is none."""
+    path = run_dir(output) / RECORD_FILE
     try:
-        data = json.loads((run_dir(output) / RECORD_FILE).read_text(encoding="utf-8"))
-        return RunRecord.from_dict(data) if isinstance(data, dict) else None
-    except (OSError, ValueError, TypeError):
-        return None
+        data = json.loads(read_bounded(path, RECORD_MAX_BYTES, "a run record"))
+    except FileNotFoundError:
+        return None, None
+    except BoundedReadError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"cannot read it: {e.strerror or e.__class__.__name__}"
+    except (ValueError, RecursionError):
+        return None, "not valid JSON"
+    if not isinstance(data, dict):
+        return None, "not a JSON object"
+    for name, kind in RECORD_TYPES.items():
+        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], kind)):
+            return None, f"{name!r} is {json.dumps(data[name])[:40]}"
+    try:
+        return RunRecord.from_dict(data), None
+    except TypeError:
+        missing = [f.name for f in fields(RunRecord) if f.name not in data]
+        return None, f"no {', '.join(missing[:3])}"
+
+
+def read_record(output: str | os.PathLike[str]) -> RunRecord | None:
+    """run.json of the folder, or None when there is none (or it is damaged: record_damage
+    says why)."""
+    return _load_record(output)[0]
+
+
+def record_damage(output: str | os.PathLike[str]) -> str | None:
+    """Why the folder's run.json cannot be read; None when it reads or there is none."""
+    return _load_record(output)[1]
 
 
 def is_live(output: str | os.PathLike[str]) -> bool:
@@ -108,11 +154,49 @@ def is_live(output: str | os.PathLike[str]) -> bool:
 
 
 def _locked_message(output: Path) -> str:
+    if (damaged := damaged_message(output, live=True)) is not None:
+        return damaged
     rec = read_record(output)
     who = f"pid {rec.pid} on {rec.host}, started {rec.started}" if rec else "another process"
     return (
         f"output: {output} is in use by a live run ({who}); watch it with "
         f"`kd status {output}` or `kd-tui --attach {output}`, stop it, or use another --output"
+    )
+
+
+def _last_event(output: Path) -> str:
+    events, _ = tail_events(run_dir(output) / EVENTS_FILE, 0, 64 * 1024)
+    if not events:
+        return "none"
+    try:
+        d = describe(event_from_dict(events[-1]))
+    except Exception:  # an unknown kind or odd fields: its kind says enough
+        d = None
+    return d.text if d else str(events[-1]["kind"])
+
+
+def damaged_message(output: str | os.PathLike[str], live: bool | None = None) -> str | None:
+    """What `kd status` and `kd distill` say of a folder whose run.json is damaged (None when
+    it is not): what is known (the lock, the last event) and what to do. `live`: whether a
+    process holds the lock, when the caller knows better than a probe (it holds it itself)."""
+    out = Path(output).expanduser().absolute()
+    why = record_damage(out)
+    if why is None:
+        return None
+    folder = run_dir(out)
+    if live is None:
+        live = is_live(out)
+    if live:
+        lock = "its lock is held (a process still runs there)"
+        todo = f"stop it (echo stop >> {folder / CONTROL_FILE}) or let it end"
+    else:
+        lock = "its lock is free (no process runs there)"
+        todo = f"move {folder / RECORD_FILE} away to start a new run here"
+        if (folder / CONFIG_FILE).is_file():
+            todo = f"continue it with `{resume_command(out)}`, or {todo}"
+    return (
+        f"output: {out} holds a run whose record {folder / RECORD_FILE} is damaged ({why}); "
+        f"{lock}; last event: {_last_event(out)}; {todo}, or use another --output"
     )
 
 
@@ -168,6 +252,7 @@ class RunWriter:
         fd = acquire_lock(out)
         try:
             folder = run_dir(out)
+            _check_record(out, resume)
             (folder / CONTROL_FILE).write_text("")  # words sent to an earlier run are void
             path = folder / EVENTS_FILE
             size = path.stat().st_size if resume and path.exists() else 0
@@ -228,6 +313,19 @@ class RunWriter:
         with contextlib.suppress(OSError):
             if {p.name for p in self.output.iterdir()} <= {RUN_DIR}:
                 shutil.rmtree(self.output)
+
+
+def _check_record(output: Path, resume: bool) -> None:
+    """A damaged run.json (the caller holds the lock): a fresh run is refused, since it would
+    truncate that run's events; a --resume continues it, the damaged file kept beside."""
+    message = damaged_message(output, live=False)
+    if message is None:
+        return
+    if not resume:
+        raise DamagedRecordError(message)
+    record = run_dir(output) / RECORD_FILE
+    with contextlib.suppress(OSError):
+        os.replace(record, record.with_name(RECORD_FILE + ".damaged"))
 
 
 def _ends_with_newline(path: Path) -> bool:

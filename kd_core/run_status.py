@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kd_core.event_file import tail_events
 from kd_core.events import fmt_loss, fmt_time
 from kd_core.identity import SHORT
 from kd_core.run_record import (
@@ -22,8 +23,10 @@ from kd_core.run_record import (
     EVENTS_FILE,
     RUN_DIR,
     RunRecord,
+    damaged_message,
     is_live,
     read_record,
+    record_damage,
     run_dir,
 )
 
@@ -66,31 +69,6 @@ class RunState:
         return not self.live
 
 
-def _tail_events(path: Path, start: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """The complete JSON events in the file's last TAIL_BYTES from `start` (where the
-    current process began writing; oldest first), and the file's size."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            begin = max(0, min(start, size), size - TAIL_BYTES)
-            fh.seek(begin)
-            data = fh.read()
-    except OSError:
-        return [], 0
-    lines = data.split(b"\n")
-    if begin > start:
-        lines = lines[1:]  # the first line is probably cut
-    out = []
-    for line in lines:
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue  # a half-written last line, or a crash's torn one
-        if isinstance(d, dict) and "kind" in d:
-            out.append(d)
-    return out, size
-
-
 def _state(live: bool, record: RunRecord, events: list[dict[str, Any]]) -> str:
     if live:
         paused = False
@@ -117,7 +95,7 @@ def read_state(output: str | os.PathLike[str]) -> RunState | None:
     if record is None:
         return None
     live = is_live(out)
-    events, size = _tail_events(run_dir(out) / EVENTS_FILE, record.events_offset)
+    events, size = tail_events(run_dir(out) / EVENTS_FILE, record.events_offset, TAIL_BYTES)
     last_step = next((e for e in reversed(events) if e.get("kind") == "step"), None)
     failed = next((e for e in reversed(events) if e.get("kind") == "run_failed"), None)
     state = _state(live, record, events)
@@ -156,13 +134,26 @@ def find_states(path: str | os.PathLike[str]) -> list[RunState]:
     own = read_state(p)
     if own is not None:
         return [own]
-    try:
-        children = sorted(c for c in p.iterdir() if (c / RUN_DIR).is_dir())[:MAX_CHILDREN]
-    except OSError:
-        return []
-    states = [s for c in children if (s := read_state(c)) is not None]
+    states = [s for c in _run_folders(p) if (s := read_state(c)) is not None]
     states.sort(key=lambda s: s.record.started, reverse=True)
     return states
+
+
+def _run_folders(p: Path) -> list[Path]:
+    try:
+        return sorted(c for c in p.iterdir() if (c / RUN_DIR).is_dir())[:MAX_CHILDREN]
+    except OSError:
+        return []
+
+
+def find_damaged(path: str | os.PathLike[str]) -> list[str]:
+    """What to say of the folders find_states skips because their run.json is damaged (the
+    same line `kd distill` refuses such a folder with): `path`'s own, or its sub-folders'."""
+    p = Path(path).expanduser()
+    if read_record(p) is not None:
+        return []
+    folders = [p] if record_damage(p) is not None else _run_folders(p)
+    return [m for f in folders if (m := damaged_message(f)) is not None]
 
 
 def status_lines(s: RunState) -> list[str]:

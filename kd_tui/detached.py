@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kd_core.config import RunSpec, save_toml
-from kd_core.events import Event, Log, Paused, RunFailed, Step, describe, event_from_json
+from kd_core.event_file import EventFileReader, skipped_message
+from kd_core.events import Event, Log, Paused, RunFailed, Step, describe, event_from_dict
 from kd_core.run_record import (
     CONTROL_FILE,
     EVENTS_FILE,
     RunRecord,
+    damaged_message,
     is_live,
     read_record,
     run_dir,
@@ -143,7 +145,11 @@ class DetachedRun:
         try:
             self.record = read_record(output)
             if self.record is None:
-                self._post([RunFailed(f"no run in {output} (no {run_dir(output)}/run.json)")], gen)
+                # A damaged run.json: the words `kd status` and `kd distill` use for it.
+                why = (
+                    damaged_message(output) or f"no run in {output} (no {run_dir(output)}/run.json)"
+                )
+                self._post([RunFailed(why)], gen)
                 return
             self._follow(output, self.record.events_offset, gen, None, None)
         except Exception as e:  # never leave the UI waiting on a run it cannot read
@@ -356,36 +362,35 @@ class DetachedRun:
 
 
 class _LineReader:
-    """Complete lines appended to a file since the last read, each parsed into an event and
-    marked as history when it starts before `offset` (an earlier process of the run)."""
+    """The events appended to the file since the last read (kd_core's one reader of the event
+    file), each marked as history when it starts before `offset` (an earlier process of the
+    run). A line that is no event is skipped; the log says how many, once per read."""
 
     def __init__(self, path: Path, offset: int) -> None:
         self.path, self.offset = path, offset
-        self.pos = 0  # bytes consumed (complete lines)
-        self._partial = b""
+        self._lines = EventFileReader(path)
+        self._unbuilt = 0  # JSON objects that are no event of ours (an unknown kind, …)
+        self._told = 0
+
+    @property
+    def skipped(self) -> int:
+        return self._lines.skipped + self._unbuilt
 
     def read(self) -> list[tuple[bool, Event]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.pos + len(self._partial))
-                data = fh.read()
-        except OSError:
-            return []
-        if not data:
-            return []
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()  # "" after a final newline; else a line being written
         out: list[tuple[bool, Event]] = []
-        for line in lines:
-            start, self.pos = self.pos, self.pos + len(line) + 1
-            text = line.strip()
-            if not text:
-                continue
+        for line in self._lines.read():
             try:
-                event = event_from_json(text.decode("utf-8", errors="replace"))
-            except ValueError:
-                continue  # a torn line (its writer died mid-line; the file goes on after it)
+                event = event_from_dict(line.event)
             except TypeError as e:  # a known kind with missing fields: a protocol mismatch
                 event = Log(f"unreadable event ({e})", "warning")
-            out.append((start < self.offset, event))
+            except Exception:  # an unknown kind (a newer kd), or fields of the wrong shape
+                self._unbuilt += 1
+                continue
+            out.append((line.start < self.offset, event))
+        if self.skipped > self._told:
+            # First in the batch: a final event later in it ends what is shown.
+            out.insert(
+                0, (False, Log(skipped_message(self.path, self.skipped - self._told), "warning"))
+            )
+            self._told = self.skipped
         return out

@@ -15,13 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from kd_core.events import Paused, RunFinished, Step, event_from_json
+from kd_core.cli import main
+from kd_core.events import Paused, RunFinished, Step, describe, event_from_json
 from kd_core.run_record import (
+    CONFIG_FILE,
     EVENTS_FILE,
+    RECORD_FILE,
+    DamagedRecordError,
     RunLockedError,
     RunWriter,
     acquire_lock,
     is_live,
+    read_record,
+    record_damage,
     run_dir,
 )
 from kd_core.run_status import find_states, read_state, status_lines
@@ -207,3 +213,88 @@ def test_a_word_sent_before_the_run_follows_its_control_file_counts(tmp_path: Pa
         control.request_stop()  # ends the polling thread
     finally:
         w.close(0)
+
+
+# ---- a damaged run.json ----------------------------------------------------------------------
+def _damaged_run(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    w = RunWriter.open(out, ["kd", "distill"], resume=False, extra=[])
+    for i in range(1, 4):
+        w(_step(i))
+    (run_dir(out) / CONFIG_FILE).write_text(f'output = "{out}"\n')  # as kd distill writes
+    os.close(w._fd)  # the process is gone; then its record is damaged
+    (run_dir(out) / RECORD_FILE).write_text('{"pid": 12, "host": "h", "sta')
+    return out
+
+
+def _distill_into(out: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`kd distill` into `out` (a teacher that does not exist: it never gets to train)."""
+    cmd = [sys.executable, "-m", "kd_core", "distill", "--output", str(out), "--domain", "task"]
+    cmd += ["--teacher", str(tmp_path / "no-teacher"), "--student", str(tmp_path / "no-student")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+
+
+def _status(out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = main(["status", str(out)])
+    return rc, capsys.readouterr().out.strip()
+
+
+def test_a_damaged_record_is_one_story_for_status_and_distill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kd status` said "no runs" while `kd distill` said "in use by a live run", and a fresh
+    run would have truncated the events. Both now say the same line: the record is
+    damaged, the lock, the last event, and what to do."""
+    out = _damaged_run(tmp_path)
+    events = (run_dir(out) / EVENTS_FILE).read_bytes()
+    rc, said = _status(out, capsys)
+    assert rc == 0 and "\n" not in said
+    assert f"record {run_dir(out) / RECORD_FILE} is damaged (not valid JSON)" in said
+    assert "its lock is free" in said and describe(_step(3)).text in said
+    assert "--resume" in said and "another --output" in said
+    refused = _distill_into(out, tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip() == f"kd: error: {said}"
+    assert (run_dir(out) / EVENTS_FILE).read_bytes() == events, "nothing written is lost"
+    # A process holds the lock (here: this one): both say so, in the same words again.
+    fd = acquire_lock(out)
+    try:
+        rc, said = _status(out, capsys)
+        assert rc == 0 and "its lock is held" in said and "echo stop >>" in said
+        refused = _distill_into(out, tmp_path)
+        assert refused.returncode == 2 and refused.stderr.strip() == f"kd: error: {said}"
+    finally:
+        os.close(fd)
+    assert find_states(out) == []  # no state to show: the line above is what is known
+
+
+def test_a_resume_continues_a_run_whose_record_is_damaged(tmp_path: Path) -> None:
+    out = _damaged_run(tmp_path)
+    size = (run_dir(out) / EVENTS_FILE).stat().st_size
+    with pytest.raises(DamagedRecordError, match="is damaged"):
+        RunWriter.open(out, ["kd", "distill"], resume=False, extra=[])
+    w = RunWriter.open(out, ["kd", "distill", "--resume"], resume=True, extra=[])
+    w(_step(4))
+    w.close(0)
+    assert read_record(out).events_offset == size and read_state(out).last_step["step"] == 4
+    kept = run_dir(out) / (RECORD_FILE + ".damaged")
+    assert kept.read_text() == '{"pid": 12, "host": "h", "sta', "the damaged record is kept"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[]", "not a JSON object"),
+        ('{"pid": "12"}', "'pid' is \"12\""),
+        ('{"pid": true}', "'pid' is true"),
+        ('{"pid": 1, "host": "h"}', "no started, output"),
+        (
+            '{"pid": 1, "host": "h", "started": "s", "output": "o", "events_offset": -0.5}',
+            "'events_offset' is -0.5",
+        ),
+    ],
+)
+def test_a_record_of_the_wrong_shape_is_damaged(tmp_path: Path, text: str, why: str) -> None:
+    out = tmp_path / "out"
+    run_dir(out).mkdir(parents=True)
+    (run_dir(out) / RECORD_FILE).write_text(text)
+    assert read_record(out) is None and why in record_damage(out)

@@ -47,6 +47,56 @@ def test_the_line_reader_waits_for_a_line_to_end(tmp_path: Path) -> None:
     assert [(h, e.kind) for h, e in got] == [(False, "step")] and got[0][1].step == 1
 
 
+BAD_LINES = [b"[]", b"3", b'"x"', b"null", b'{"kind": "step", "st', b'{"no": "kind"}', b"\xff\xfe"]
+
+
+def _with_bad_lines(path: Path) -> int:
+    """The event file with a line that is no event after each of its first lines."""
+    lines = path.read_bytes().splitlines()
+    mixed = [x for pair in zip(lines, BAD_LINES, strict=False) for x in pair]
+    path.write_bytes(b"\n".join(mixed + lines[len(BAD_LINES) :]) + b"\n")
+    return min(len(lines), len(BAD_LINES))
+
+
+def test_the_line_reader_skips_lines_that_are_no_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    step = Step("d", 1, 9, 1.0, 2.0, 1.3, 1e-4, 64, 100.0, 0.5, 0.1, 1.0).to_json().encode()
+    unknown = b'{"kind": "from_a_newer_kd", "x": 1}'
+    path.write_bytes(b"\n".join([*BAD_LINES, step, unknown, b"", step]) + b"\n")
+    reader = _LineReader(path, offset=0)
+    got = [e for _, e in reader.read()]
+    assert [e.kind for e in got] == ["log", "step", "step"]
+    assert got[0].message == f"skipped 8 unreadable lines of {path}"  # said once, counted
+    assert reader.read() == []
+    with open(path, "ab") as fh:
+        fh.write(b"[1, 2]\n" + step + b"\n")
+    got = [e for _, e in reader.read()]
+    assert [e.kind for e in got] == ["log", "step"] and got[0].message.startswith("skipped 1 ")
+
+
+async def test_attach_replays_a_run_whose_event_file_has_lines_that_are_no_events(
+    tmp_path: Path,
+) -> None:
+    """`[]`, `3`, a torn object... in events.jsonl used to stop the follower ("cannot follow
+    … AttributeError") with nothing replayed and a finished run shown as failed."""
+    out = tmp_path / "out"
+    w = _writer(out)
+    for e in scripted_run(iters=30, output=str(out)):
+        w(e)
+    w.close(0)
+    bad = _with_bad_lines(run_dir(out) / EVENTS_FILE)
+    state = read_state(out)  # kd status reads the same file with the same reader
+    assert state.state == "finished" and state.last_step["step"] == 30
+    app = KDApp(config_path=tmp_path / "kd.toml", attach=out)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: not app.running)
+        view = app.train_pane.view
+        assert view.status == "finished" and view.series.x[-1] == 30
+        await pilot.pause()
+        log = " ".join(" ".join(s.text.split()) for s in app.query_one("#train-log").lines)
+        assert log.count("unreadable") == 1 and f"skipped {bad} unreadable lines" in log
+
+
 async def test_attach_replays_a_finished_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     w = _writer(out)
