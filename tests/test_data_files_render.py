@@ -191,6 +191,8 @@ def test_chat_template_kwargs_reach_the_template(tmp: Path) -> None:
     off = render_row(tok, row, chat_template_kwargs={"enable_thinking": False})
     on = render_row(tok, row, chat_template_kwargs={"enable_thinking": True})
     assert "<think></think>hi" in off.text and "<think>" not in on.text
+    with pytest.raises(DataFileError, match="cannot set add_generation_prompt"):
+        render_row(tok, row, chat_template_kwargs={"add_generation_prompt": True})
     # The answer "hi" is not taken from "<think>"; GPT-2's EOS ends the turn without a stop
     # marker given: found from the tokenizer.
     assert trained_runs(tok, off) == trained_runs(tok, on) == ["hi<|endoftext|>"]

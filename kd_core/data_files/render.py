@@ -26,7 +26,11 @@ How the mask is built, the same way for every template:
    characters overlap a trained range, so a token straddling a boundary (SentencePiece's
    "▁Hello" holding the template's space) is trained: the student must produce it. A token
    covering no character counts as lying at its position; tokens the tokenizer adds that are
-   not in the string (a post-processor's BOS) are never trained.
+   not in the string (a post-processor's BOS) are never trained. At the end the same rule
+   trains a token that runs into the template's text (GPT-2 reads "noon.<|im_end|>" as
+   "noon", ".<", ...): what the student must write to end its answer that way.
+   A template whose end of turn is not an EOS of the tokenizer's (ChatML's "<|im_end|>" on a
+   tokenizer whose EOS is "<|endoftext|>") needs it in `stop_tokens` to have it trained.
 """
 
 from __future__ import annotations
@@ -293,6 +297,18 @@ def _render(
     return _encode(tokenizer, text, spans, templated=True)
 
 
+_RESERVED = frozenset({"conversation", "messages", "tools", "tokenize", "add_generation_prompt"})
+
+
+def _template_kwargs(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """chat_template_kwargs, less the arguments rendering sets itself (refused, not
+    silently overridden)."""
+    kwargs = dict(given or {})
+    if clash := sorted(_RESERVED & kwargs.keys()):
+        raise DataFileError(f"data: chat_template_kwargs cannot set {', '.join(clash)}")
+    return kwargs
+
+
 def render_row(
     tokenizer: Any,
     row: Row,
@@ -312,7 +328,7 @@ def render_row(
         span = AssistantSpan(0, 0, len(row.text), len(row.text) + len(eos))
         return _encode(tokenizer, row.text + eos, (span,), templated=False)
     where = f"{source} line {row.line}: " if source else f"row at line {row.line}: "
-    kwargs = dict(chat_template_kwargs or {})
+    kwargs = _template_kwargs(chat_template_kwargs)
     gen = isinstance(row, PromptRow)
     return _render(tokenizer, _turns(row, train_on), gen, kwargs, stop_tokens, where)
 
@@ -335,4 +351,4 @@ def render_prompt(
     else:
         turns = _turns(row, "all_assistant")
         turns = _Turns(turns.messages[:1], None, ())
-    return _render(tokenizer, turns, True, dict(chat_template_kwargs or {}), (), where)
+    return _render(tokenizer, turns, True, _template_kwargs(chat_template_kwargs), (), where)
