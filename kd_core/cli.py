@@ -587,20 +587,22 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kd_core.atomic_io import atomic_write_json
-    from kd_core.evaluate import heldout_prompts, measure, teacher_reference
+    from kd_core.evaluate import heldout_prompts, measure, parse_methods, teacher_reference
     from kd_core.outputs import check_output_dir
 
     spec = spec_from_args(args)
     cfg = spec.config
     domains = spec.domains or ["thinking"]
-    if args.methods and not args.compare:
+    if args.methods is not None and not args.compare:
         raise UsageError("--methods: goes with --compare")
+    # Given but empty ('' or ',,') is an error, not the default comparison.
+    methods = parse_methods(args.methods) if args.methods is not None else None
     if args.json:  # before the work, not after it
         check_output_dir(Path(args.json).expanduser().parent, "json")
     report: dict[str, Any] = {}
     for domain in domains:
         if args.compare:
-            report[domain] = _compare(spec, domain, args)
+            report[domain] = _compare(spec, domain, args, methods)
         else:
             prompts = heldout_prompts(domain, spec.domain_files)
             ref = teacher_reference(
@@ -621,7 +623,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(spec: RunSpec, domain: str, args: argparse.Namespace) -> dict[str, Any]:
+def _compare(
+    spec: RunSpec, domain: str, args: argparse.Namespace, methods: list[str] | None
+) -> dict[str, Any]:
     """`kd eval --compare` of one domain: KD vs CE-only, or the --methods named."""
     from kd_core.evaluate import compare_kd_vs_ce, compare_methods, heldout_prompts
     from kd_core.outputs import check_output_dir
@@ -631,8 +635,7 @@ def _compare(spec: RunSpec, domain: str, args: argparse.Namespace) -> dict[str, 
     sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
     head = f"domain {domain} · {cfg.num_iters} steps · seed {cfg.seed}"
     held = f"held-out prompts {len(heldout_prompts(domain))}"
-    if args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods is not None:
         res = compare_methods(
             spec.teacher, spec.student, domain, cfg, out, methods, args.allow_download, sink
         )

@@ -398,6 +398,19 @@ METHOD_DIVERGENCES = {
     "tvd": "tvd",
 }
 METHOD_PREFIXES = ("offline_", "online_", "on_policy_")
+ALLOWED_METHODS = (
+    f"ce_only, kd, or one of {', '.join(METHOD_DIVERGENCES)} with an optional prefix "
+    f"{', '.join(METHOD_PREFIXES)} (e.g. offline_fkl, on_policy_rkl)"
+)
+
+
+def parse_methods(text: str) -> list[str]:
+    """`--methods`' comma-separated names; an empty list is an error, not the default
+    comparison (`--methods ''` asked for methods and named none)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"methods: name at least one method, comma-separated: {ALLOWED_METHODS}")
+    return methods
 
 
 # on_policy_X's share of on-policy steps when the configuration has none (GKD's lambda): on
@@ -422,11 +435,7 @@ def method_config(name: str, cfg: KDConfig) -> KDConfig:
     prefix = next((p for p in METHOD_PREFIXES if name.startswith(p)), "")
     divergence = METHOD_DIVERGENCES.get(name[len(prefix) :])
     if divergence is None:
-        raise ConfigError(
-            f"methods: unknown method {name!r}; use ce_only, kd, or one of "
-            f"{', '.join(METHOD_DIVERGENCES)} with an optional prefix "
-            f"{', '.join(METHOD_PREFIXES)} (e.g. offline_fkl, on_policy_rkl)"
-        )
+        raise ConfigError(f"methods: unknown method {name!r}; use {ALLOWED_METHODS}")
     if cfg.alpha == 0.0:
         raise ConfigError(f"alpha: method {name!r} needs alpha above 0 (it is 0)")
     changes: dict[str, Any] = {"divergence": divergence, "on_policy_ratio": 0.0}
@@ -452,7 +461,9 @@ def compare_methods(
 ) -> dict[str, Any]:
     """Train each named method with the same steps and seed and measure every figure for
     each and for the base student: {"base": ..., method: ..., "summary": ...}."""
-    if not methods or len(set(methods)) != len(methods) or "base" in methods:
+    if not methods:
+        raise ConfigError(f"methods: name at least one method: {ALLOWED_METHODS}")
+    if len(set(methods)) != len(methods) or "base" in methods:
         raise ConfigError(f"methods: name each method once (not 'base'), got {methods!r}")
     runs = {m: method_config(m, cfg).replace(output=str(output / m)) for m in methods}
     result = _train_and_measure(teacher, student, domain, cfg, runs, allow_download, sink)
@@ -473,5 +484,6 @@ __all__ = [
     "teacher_reference",
     "compare_kd_vs_ce",
     "compare_methods",
+    "parse_methods",
     "heldout_prompts",
 ]

@@ -125,3 +125,19 @@ def test_unknown_method_is_one_line(tmp_path, capsys):
     rc = main(["eval", "--compare", "--methods", "ce_only,fancy_kl", "--output", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("kd: error: methods: unknown method 'fancy_kl'")
+
+
+@pytest.mark.parametrize("given", ["", " ", ",,", " , ,"])
+def test_an_empty_method_list_is_one_line_naming_the_methods(tmp_path, capsys, given):
+    """`--methods ''` used to run the default comparison, `--methods ',,'` said "got []"."""
+    out = tmp_path / "cmp"
+    missing = str(tmp_path / "no-such-teacher")  # were it to train, it would stop here
+    args = ["eval", "--compare", "--methods", given, "--teacher", missing, "--output", str(out)]
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("kd: error: methods: name at least one method")
+    assert "ce_only, kd, or one of fkl, rkl, jsd" in err[0] and "on_policy_" in err[0]
+    assert not out.exists(), "nothing was written"
+    assert main(["eval", "--methods", given]) == 2  # without --compare: refused as before
+    assert capsys.readouterr().err.strip() == "kd: error: --methods: goes with --compare"
