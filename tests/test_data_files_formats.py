@@ -164,14 +164,14 @@ def test_empty_file_and_non_utf8_refused(tmp_path: Path) -> None:
 
 def test_dev_zero_fifo_and_huge_files_refused_with_the_bound(tmp_path: Path) -> None:
     if Path("/dev/zero").exists():
-        assert "is not a regular file" in refused(Path("/dev/zero"))
+        assert "is a character device, not a regular file" in refused(Path("/dev/zero"))
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
-    assert "is not a regular file" in refused(fifo)  # and does not wait for a writer
+    assert "is a pipe, not a regular file" in refused(fifo)  # and does not wait for a writer
     big = tmp_path / "big.jsonl"
     with open(big, "wb") as fh:  # sparse: 2 GiB on paper, no disk used
         fh.truncate(2 << 30)
-    assert "is 2 GiB, over the 1 GiB limit" in refused(big)
+    assert "is 2 GiB, over the 1 GiB limit for a data file" in refused(big)
     small = write(tmp_path / "s.jsonl", {"text": "x" * 2000})
     assert "over the 1000 bytes limit" in refused(small, max_bytes=1000)
-    assert "is not a regular file" in refused(tmp_path)  # a folder given as a file
+    assert "is a folder, not a regular file" in refused(tmp_path)
