@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from kd_core.divergences import DivergenceSpec, _topk_terms
+from kd_core.divergences import DivergenceSpec, topk_terms
 from kd_core.losses import ce_loss_sum
 
 ULD_WEIGHT = 1.0  # the remainder's sorted-probability term beside the exact part
@@ -139,6 +139,6 @@ def one_to_one_terms(
     one = (kind == ONE_TO_ONE).astype(mx.float32)
     piece = (kind >= PIECE).astype(mx.float32)
     lq_k = mx.take_along_axis(log_q, topk_ids.astype(mx.int32), axis=-1)
-    exact = _topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), lq_k, spec)
+    exact = topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), lq_k, spec)
     uld = uld_terms(log_q, student_only, uld_logprobs)
     return (one + piece) * exact + one * ULD_WEIGHT * uld

@@ -11,12 +11,12 @@ scaled by T^2 and summed over the valid positions like forward KL (docs/ARCHITEC
 
 `compute_divergence` is the readable reference (autodiff of the formula). Offline, the
 teacher is its top-k log-probabilities plus one tail bucket, and each divergence is taken
-over those k + 1 buckets (as `losses._topk_kl` does for forward KL). forward_kl keeps its own
-hand-written fast paths (losses.py) bit for bit; the others share one hand-written backward
-(`_fused_offline_div`): with the student's bucket log-probs lq_j = z_{id_j}/T - lse(z/T),
+over those k + 1 buckets (as `losses.topk_kl` does for forward KL). Offline, every divergence
+goes through one hand-written backward (`fused_offline`, the divergence its parameter): with
+the student's bucket log-probs lq_j = z_{id_j}/T - lse(z/T),
     d D / d(z/T) = scatter_k(h) - softmax(z/T) * sum_j h_j,    h = d D / d lq
-so h comes from autodiff over the k + 1 buckets only and the vocabulary sees one
-element-wise pass, as for forward KL.
+so the vocabulary sees one element-wise pass. h is written out for forward KL (measured
+fastest, bench/run.py) and comes from autodiff over the k + 1 buckets for the others.
 """
 
 from __future__ import annotations
@@ -30,17 +30,18 @@ import mlx.core as mx
 
 from kd_core.config import Divergence
 from kd_core.losses import (
+    EPS,
     IGNORE_INDEX,
-    _add_at,
-    _SoftPair,
-    _valid_mask,
+    SoftPair,
+    add_at,
     ce_loss_sum,
     kd_loss_sum,
     log_softmax,
-    offline_loss_sums,
     online_loss_sums,
     response_ce_sum,
     sparse_kd_loss_sum,
+    topk_kl,
+    valid_mask,
 )
 
 DIVERGENCES: tuple[str, ...] = get_args(Divergence)
@@ -124,7 +125,7 @@ def divergence_sum(
     log_p = log_softmax(mx.stop_gradient(teacher_logits), temperature)
     log_q = log_softmax(student_logits, temperature)
     d = divergence_terms(log_p, log_q, spec)
-    m = _valid_mask(d.shape, mask)
+    m = valid_mask(d.shape, mask)
     return (temperature**2) * (d * m).sum(), m.sum()
 
 
@@ -158,7 +159,7 @@ def topk_buckets(log_p: mx.array, log_q: mx.array) -> tuple[mx.array, mx.array, 
     return lp, lq, mx.concatenate([valid, mx.ones_like(p_tail).astype(mx.bool_)], axis=-1)
 
 
-def _topk_terms(log_p: mx.array, log_q: mx.array, spec: DivergenceSpec) -> mx.array:
+def topk_terms(log_p: mx.array, log_q: mx.array, spec: DivergenceSpec) -> mx.array:
     lp, lq, valid = topk_buckets(log_p, log_q)
     return divergence_terms(lp, lq, spec, valid)
 
@@ -177,8 +178,8 @@ def sparse_divergence_sum(
     z = student_logits.astype(mx.float32) / temperature
     lse = mx.logsumexp(z, axis=-1, keepdims=True)
     log_q = mx.take_along_axis(z, topk_ids.astype(mx.int32), axis=-1) - lse
-    d = _topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), log_q, spec)
-    m = _valid_mask(d.shape, mask)
+    d = topk_terms(mx.stop_gradient(topk_logprobs.astype(mx.float32)), log_q, spec)
+    m = valid_mask(d.shape, mask)
     return (temperature**2) * (d * m).sum(), m.sum()
 
 
@@ -193,21 +194,42 @@ def offline_sums(
     spec: DivergenceSpec,
 ) -> tuple[mx.array, mx.array]:
     """(KD sum, CE sum) of the offline loss for any divergence (the fused and chunked steps
-    call this); forward_kl is exactly `losses.offline_loss_sums`."""
-    if alpha == 0.0 or spec.kind == "forward_kl":
-        return offline_loss_sums(logits, targets, mask, topk_ids, topk_logprobs, alpha, temperature)
-    kd, ce, _, _ = _fused_offline_div(float(temperature), spec)(
+    call this); KD is skipped when alpha = 0 (plain CE). The same values as
+    `sparse_divergence_sum` + `ce_loss_sum` (the readable reference), with a hand-written
+    gradient: autodiff of the two made two zero-filled [.., V] tensors for the gathers and
+    two separate soft-max passes."""
+    if alpha == 0.0:
+        ce, _ = ce_loss_sum(logits, targets, mask=mask)
+        return mx.array(0.0), ce
+    kd, ce, _, _ = fused_offline(float(temperature), spec)(
         logits, targets, mask, topk_ids.astype(mx.int32), topk_logprobs
     )
     return kd, ce
 
 
+def _forward_kl_grad(lps: mx.array, log_q: mx.array, w_kd: mx.array) -> tuple[mx.array, mx.array]:
+    """Forward KL's bucket gradient written out: with p the teacher's top-k probabilities
+    (sum P), q_k the student's at the same ids (sum Q) and c = p_tail / q_tail when the tail
+    bucket counts, h = w (c q_k - p) and the softmax(z/T) coefficient is w (P - c Q)."""
+    p = mx.exp(lps)
+    q_k = mx.exp(log_q)
+    big_p, big_q = p.sum(axis=-1), q_k.sum(axis=-1)
+    p_tail, q_rest = mx.maximum(1.0 - big_p, 0.0), 1.0 - big_q
+    c = mx.where(mx.logical_and(p_tail > 1e-6, q_rest > EPS), p_tail / mx.maximum(q_rest, EPS), 0.0)
+    return w_kd[..., None] * (c[..., None] * q_k - p), w_kd * (big_p - c * big_q)
+
+
 @cache
-def _fused_offline_div(temperature: float, spec: DivergenceSpec) -> Any:
-    """KD (any divergence over the k + 1 buckets) + CE sums with a hand-written backward:
-    autodiff only over the buckets, one element-wise pass over the vocabulary (see the
-    module's docstring; the soft-maxes share their exponentials, `_SoftPair`)."""
-    t, inv_t, pair = temperature, 1.0 / temperature, _SoftPair(temperature)
+def fused_offline(temperature: float, spec: DivergenceSpec) -> Any:
+    """KD (`spec` over the k + 1 buckets, T^2-scaled) + CE sums on logits [.., V] with their
+    gradient in one pass over V (see the module's docstring). The two soft-maxes share their
+    exponentials (`SoftPair`). tests/test_losses.py and tests/test_divergences.py check values
+    and gradients against the autodiff reference."""
+    t, inv_t, pair = temperature, 1.0 / temperature, SoftPair(temperature)
+    forward = spec.kind == "forward_kl"
+
+    def terms(lps: mx.array, log_q: mx.array) -> mx.array:
+        return topk_kl(lps, log_q) if forward else topk_terms(lps, log_q, spec)
 
     def bucket_log_q(zf, ids, lse_t):
         return mx.take_along_axis(zf, ids, axis=-1) * inv_t - lse_t[..., None]
@@ -217,7 +239,7 @@ def _fused_offline_div(temperature: float, spec: DivergenceSpec) -> Any:
         z = z.astype(mx.float32)
         lse1, lse_t = pair.log_sum_exps(z)
         ce = response_ce_sum(z, lse1, targets, mask)
-        d = _topk_terms(lps.astype(mx.float32), bucket_log_q(z, ids, lse_t), spec)
+        d = terms(lps.astype(mx.float32), bucket_log_q(z, ids, lse_t))
         kd = (t * t) * (d * mask.astype(mx.float32)).sum()
         return kd, ce, lse1, lse_t  # the log-sum-exps are kept for the backward pass
 
@@ -229,14 +251,16 @@ def _fused_offline_div(temperature: float, spec: DivergenceSpec) -> Any:
         zf = z.astype(mx.float32)
         w_ce = g_ce * mx.logical_and(targets != IGNORE_INDEX, mask > 0).astype(mx.float32)
         w_kd = g_kd * t * mask.astype(mx.float32)  # T^2 from the loss, 1/T from z/T
-        lp32 = lps.astype(mx.float32)
-        _, (h,) = mx.vjp(
-            lambda lq: _topk_terms(lp32, lq, spec), [bucket_log_q(zf, ids, lse_t)], [w_kd]
-        )
+        lp32, log_q = lps.astype(mx.float32), bucket_log_q(zf, ids, lse_t)
+        if forward:
+            h, q_coef = _forward_kl_grad(lp32, log_q, w_kd)
+        else:
+            _, (h,) = mx.vjp(lambda lq: terms(lp32, lq), [log_q], [w_kd])
+            q_coef = -h.sum(axis=-1)
         soft, q = pair.softmaxes(zf, lse1, lse_t)
-        dz = w_ce[..., None] * soft - h.sum(axis=-1, keepdims=True) * q
+        dz = w_ce[..., None] * soft + q_coef[..., None] * q
         cols = mx.concatenate([mx.where(w_ce != 0, targets, 0)[..., None], ids], axis=-1)
-        dz = _add_at(dz, cols, mx.concatenate([-w_ce[..., None], h], axis=-1))
+        dz = add_at(dz, cols, mx.concatenate([-w_ce[..., None], h], axis=-1))
         zeros = [mx.zeros_like(a) for a in (targets, mask, ids, lps)]
         return (dz.reshape(z.shape).astype(z.dtype), *zeros)
 

@@ -20,10 +20,10 @@ import mlx.core as mx
 import numpy as np
 
 IGNORE_INDEX = -100
-_EPS = 1e-12
+EPS = 1e-12
 
 
-def _valid_mask(shape: tuple[int, ...], mask: mx.array | None) -> mx.array:
+def valid_mask(shape: tuple[int, ...], mask: mx.array | None) -> mx.array:
     if mask is None:
         return mx.ones(shape, dtype=mx.float32)
     return mask.astype(mx.float32)
@@ -52,7 +52,7 @@ def kd_loss_sum(
     log_p = log_softmax(mx.stop_gradient(teacher_logits), temperature)
     log_q = log_softmax(student_logits, temperature)
     kl = (mx.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    m = _valid_mask(kl.shape, mask)
+    m = valid_mask(kl.shape, mask)
     return (temperature**2) * (kl * m).sum(), m.sum()
 
 
@@ -121,12 +121,12 @@ def sparse_kd_loss_sum(
         z = z / temperature
     lse = mx.logsumexp(z, axis=-1, keepdims=True)
     log_q = mx.take_along_axis(z, topk_ids.astype(mx.int32), axis=-1) - lse
-    kl = _topk_kl(log_p, log_q)
-    m = _valid_mask(kl.shape, mask)
+    kl = topk_kl(log_p, log_q)
+    m = valid_mask(kl.shape, mask)
     return (temperature**2) * (kl * m).sum(), m.sum()
 
 
-def _topk_kl(log_p: mx.array, log_q: mx.array) -> mx.array:
+def topk_kl(log_p: mx.array, log_q: mx.array) -> mx.array:
     """KL over the k + 1 buckets {top-k ids, rest} per position, from the teacher's log P_T
     and the student's log Q_T at the same ids (the tail of each is 1 - its top-k mass).
     Padded slots (log_p = -inf, p = 0) contribute nothing."""
@@ -134,10 +134,8 @@ def _topk_kl(log_p: mx.array, log_q: mx.array) -> mx.array:
     log_p = mx.where(p > 0, log_p, 0.0)  # keep inf out of the graph
     head = (p * (log_p - log_q)).sum(axis=-1)
     p_tail = mx.maximum(1.0 - p.sum(axis=-1), 0.0)
-    q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), _EPS)
-    tail = mx.where(
-        p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, _EPS)) - mx.log(q_tail)), 0.0
-    )
+    q_tail = mx.maximum(1.0 - mx.exp(log_q).sum(axis=-1), EPS)
+    tail = mx.where(p_tail > 1e-6, p_tail * (mx.log(mx.maximum(p_tail, EPS)) - mx.log(q_tail)), 0.0)
     return head + tail
 
 
@@ -152,29 +150,6 @@ def compute_sparse_kd_loss(
     return total / mx.maximum(count, 1.0)
 
 
-def offline_loss_sums(
-    logits: mx.array,
-    targets: mx.array,
-    mask: mx.array,
-    topk_ids: mx.array,
-    topk_logprobs: mx.array,
-    alpha: float,
-    temperature: float,
-) -> tuple[mx.array, mx.array]:
-    """(KD sum, CE sum) of the offline loss; KD is skipped when alpha = 0 (plain CE).
-
-    The same values as `sparse_kd_loss_sum` and `ce_loss_sum` (the readable reference), with
-    a hand-written gradient (`_fused_offline`): autodiff of the two made two zero-filled
-    [.., V] tensors for the gathers and two separate soft-max passes."""
-    if alpha == 0.0:
-        ce, _ = ce_loss_sum(logits, targets, mask=mask)
-        return mx.array(0.0), ce
-    kd, ce, _, _ = _fused_offline(float(temperature))(
-        logits, targets, mask, topk_ids.astype(mx.int32), topk_logprobs
-    )
-    return kd, ce
-
-
 def response_ce_sum(z: mx.array, lse1: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
     """Sum of -log softmax(z)[target] over valid response positions, from logsumexp(z) already
     computed (the fused losses share it with their soft-maxes)."""
@@ -183,7 +158,7 @@ def response_ce_sum(z: mx.array, lse1: mx.array, targets: mx.array, mask: mx.arr
     return ((lse1 - picked) * vce.astype(mx.float32)).sum()
 
 
-class _SoftPair:
+class SoftPair:
     """softmax(z) and softmax(z / T) of the same logits, for the hand-written backward passes.
 
     For a whole-number T (the default 2) one exponential per element serves both: with
@@ -219,64 +194,11 @@ class _SoftPair:
         return self._power(e), e * mx.exp(lse1 * self.inv_t - lse_t)[..., None]
 
 
-def _add_at(dz: mx.array, cols: mx.array, vals: mx.array) -> mx.array:
+def add_at(dz: mx.array, cols: mx.array, vals: mx.array) -> mx.array:
     """dz[.., cols[.., j]] += vals[.., j] for every row (the sparse part of a gradient)."""
     n, v = int(np.prod(cols.shape[:-1])), dz.shape[-1]
     rows = mx.broadcast_to(mx.arange(n)[:, None], (n, cols.shape[-1]))
     return dz.reshape(n, v).at[rows, cols.reshape(n, -1)].add(vals.reshape(n, -1))
-
-
-@cache
-def _fused_offline(temperature: float) -> Any:
-    """KD + CE sums on logits [.., V] with their gradient in one pass over V.
-
-    With q = softmax(z/T), s = softmax(z), p the teacher's top-k probabilities (sum P), q_k the
-    student's at the same ids (sum Q) and c = p_tail / q_tail when the tail bucket counts:
-        d KL / d(z/T) = (P - c Q) q + scatter_k(c q_k - p)
-        d CE / dz     = s - onehot(target)
-    so dz is two exponentials of z in one element-wise pass plus k + 1 sparse updates per row.
-    The two soft-maxes share their exponentials (`_SoftPair`). tests/test_losses.py checks
-    values and gradients against the autodiff reference."""
-    t = temperature
-    inv_t = 1.0 / t
-    pair = _SoftPair(t)
-
-    @mx.custom_function
-    def sums(z, targets, mask, ids, lps):
-        z = z.astype(mx.float32)
-        lse1, lse_t = pair.log_sum_exps(z)
-        ce = response_ce_sum(z, lse1, targets, mask)
-        log_q = mx.take_along_axis(z, ids, axis=-1) * inv_t - lse_t[..., None]
-        kl = _topk_kl(lps.astype(mx.float32), log_q)
-        kd = (t * t) * (kl * mask.astype(mx.float32)).sum()
-        return kd, ce, lse1, lse_t  # the log-sum-exps are kept for the backward pass
-
-    @sums.vjp
-    def sums_vjp(primals, cotangents, outputs):
-        z, targets, mask, ids, lps = primals
-        g_kd, g_ce = cotangents[0], cotangents[1]
-        lse1, lse_t = outputs[2], outputs[3]
-        zf = z.astype(mx.float32)
-        w_ce = g_ce * mx.logical_and(targets != IGNORE_INDEX, mask > 0).astype(mx.float32)
-        w_kd = g_kd * t * mask.astype(mx.float32)  # T^2 from the loss, 1/T from z/T
-        p = mx.exp(lps.astype(mx.float32))
-        q_k = mx.exp(mx.take_along_axis(zf, ids, axis=-1) * inv_t - lse_t[..., None])
-        big_p, big_q = p.sum(axis=-1), q_k.sum(axis=-1)
-        p_tail, q_rest = mx.maximum(1.0 - big_p, 0.0), 1.0 - big_q
-        c = mx.where(
-            mx.logical_and(p_tail > 1e-6, q_rest > _EPS), p_tail / mx.maximum(q_rest, _EPS), 0.0
-        )
-        soft, q = pair.softmaxes(zf, lse1, lse_t)
-        dz = w_ce[..., None] * soft + (w_kd * (big_p - c * big_q))[..., None] * q
-        cols = mx.concatenate([mx.where(w_ce != 0, targets, 0)[..., None], ids], axis=-1)
-        vals = mx.concatenate(
-            [-w_ce[..., None], w_kd[..., None] * (c[..., None] * q_k - p)], axis=-1
-        )
-        dz = _add_at(dz, cols, vals)
-        zeros = [mx.zeros_like(a) for a in (targets, mask, ids, lps)]
-        return (dz.reshape(z.shape).astype(z.dtype), *zeros)
-
-    return sums
 
 
 def online_loss_sums(
@@ -302,7 +224,7 @@ def online_loss_sums(
 def _fused_online(temperature: float) -> Any:
     t = temperature
     inv_t = 1.0 / t
-    pair = _SoftPair(t)
+    pair = SoftPair(t)
 
     @mx.custom_function
     def sums(z, tz, targets, mask):
@@ -328,7 +250,7 @@ def _fused_online(temperature: float) -> Any:
         w_kd = (g_kd * t * mask.astype(mx.float32))[..., None]  # T^2 from the loss, 1/T from z/T
         soft, q = pair.softmaxes(z.astype(mx.float32), lse1, lse_t)
         dz = w_ce[..., None] * soft + w_kd * (q - p)
-        dz = _add_at(dz, mx.where(w_ce != 0, targets, 0)[..., None], -w_ce[..., None])
+        dz = add_at(dz, mx.where(w_ce != 0, targets, 0)[..., None], -w_ce[..., None])
         zeros = [mx.zeros_like(a) for a in (tz, targets, mask)]
         return (dz.reshape(z.shape).astype(z.dtype), *zeros)
 
