@@ -106,7 +106,7 @@ def measure(
     model, s_tok = load_model(s_path, "student", adapter_path=adapter)
     model.eval()
     al = plan_vocab_alignment(
-        ref.tokenizer, s_tok, ref.vocab, vocab_size(model), cfg.vocab_strategy
+        ref.tokenizer, s_tok, ref.vocab, vocab_size(model), cfg.vocab_strategy, cfg.align_targets
     )
     if al.strategy == "align":
         examples = build_aligned_examples(
@@ -140,7 +140,7 @@ def sample_answers(
 ) -> tuple[list[np.ndarray], list[int]]:
     """The model's own answer to each prompt (seeded by cfg.seed, T = 1, max_tokens):
     (prompt + answer sequences, prompt lengths)."""
-    eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    eos = eos_ids(tokenizer)
     prompt_ids = [ids for ids, _ in fitted_prompts(tokenizer, prompts, cfg)]
     budgets = [max(1, min(cfg.max_tokens, cfg.max_seq_length - len(p))) for p in prompt_ids]
     mx.random.seed(cfg.seed)
