@@ -15,8 +15,7 @@ the response positions of every sequence, in order, flattened: `ids` and `logpro
 What a target is (the same as kd_core.teacher.soft_targets and the offline cache): at each
 response position, the k most likely next tokens under P_T = softmax(logits / T) over the
 FULL vocabulary, their log P_T, the log P_T of the token that actually follows, and the tail:
-log(1 - sum of the top-k probabilities), the mass of every other token (-inf when the top-k
-hold it all, to float precision).
+log(1 - sum of the top-k probabilities), the mass of every other token (`tail_logmass`).
 
 Every error reply is {"error": {"message": one line naming the field, "field": name}} with
 HTTP 400 (bad request), 401/403 (token), 404 (route), 503 (teacher not loaded / stopping).
@@ -332,8 +331,9 @@ class Targets:
 
 
 def tail_logmass(logprobs: np.ndarray) -> np.ndarray:
-    """log(1 - sum exp(top-k log-probs)) per row, in float64 so that a tiny tail survives;
-    -inf where the top-k hold everything (to float precision)."""
+    """log(1 - sum exp(top-k log-probs)) per row, summed in float64 so that a tiny tail
+    survives; -inf when the sum reaches 1. Where the top-k hold everything, the float32
+    rounding of their log-probs leaves about k * 6e-8 (a log near -17) instead."""
     mass = np.exp(logprobs.astype(np.float64)).sum(axis=-1)
     with np.errstate(divide="ignore"):
         return np.log(np.clip(1.0 - mass, 0.0, 1.0)).astype(np.float32)
