@@ -165,7 +165,7 @@ def _locked_message(output: Path) -> str:
 
 
 def _last_event(output: Path) -> str:
-    events, _ = tail_events(run_dir(output) / EVENTS_FILE, 0, 64 * 1024)
+    events, _ = tail_events(run_dir(output) / EVENTS_FILE)
     if not events:
         return "none"
     try:
