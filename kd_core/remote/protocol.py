@@ -423,8 +423,9 @@ class TargetsReply:
 
 @dataclass
 class InfoReply:
-    """GET /v1/info: what the server serves. `fingerprint` is kd_core.models.model_fingerprint
-    of the weights (what keys the teacher cache), `tokenizer` a hash of the tokenizer files."""
+    """GET /v1/info: what the server serves. `fingerprint` and `tokenizer` are the hashes of
+    the weights and of the tokenizer files that key kd's teacher cache (the teacher's
+    ModelIdentity, kd_core/remote/server.py: model_identity)."""
 
     model: str
     fingerprint: str

@@ -378,6 +378,15 @@ def _field(e: Exception) -> str:
     return getattr(e, "field", "") or str(e).split(":", 1)[0]
 
 
+async def _read(request: Any, parse: Callable[[Any], Any]) -> Any:
+    """The request's JSON body, parsed into a request dataclass (ProtocolError if not)."""
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("body: not valid JSON", "body") from None
+    return parse(body)
+
+
 def build_app(worker: TeacherWorker, token: str | None) -> Any:
     from aiohttp import web
 
@@ -399,16 +408,9 @@ def build_app(worker: TeacherWorker, token: str | None) -> Any:
             return _error(500, one_line(result))
         return web.Response(body=result, content_type="application/json")
 
-    async def read(request: web.Request, parse: Callable[[Any], Any]) -> Any:
-        try:
-            body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ProtocolError("body: not valid JSON", "body") from None
-        return parse(body)
-
     async def score(request: web.Request) -> web.Response:
         try:
-            req = await read(request, ScoreRequest.from_json)
+            req = await _read(request, ScoreRequest.from_json)
             cfg = KDConfig(temperature=float(req.temperature), top_k=req.top_k)
         except (ProtocolError, ConfigError) as e:
             return _error(400, one_line(e), _field(e))
@@ -416,7 +418,7 @@ def build_app(worker: TeacherWorker, token: str | None) -> Any:
 
     async def generate(request: web.Request) -> web.Response:
         try:
-            req = await read(request, GenerateRequest.from_json)
+            req = await _read(request, GenerateRequest.from_json)
             cfg = KDConfig(
                 temperature=float(req.temperature),
                 top_k=req.top_k,
