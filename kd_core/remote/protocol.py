@@ -18,7 +18,7 @@ FULL vocabulary, their log P_T, the log P_T of the token that actually follows, 
 log(1 - sum of the top-k probabilities), the mass of every other token (`tail_logmass`).
 
 Every error reply is {"error": {"message": one line naming the field, "field": name}} with
-HTTP 400 (bad request), 401/403 (token), 404 (route), 503 (teacher not loaded / stopping).
+HTTP 400 (bad request), 401/403 (token), 404 (route), 500 (the teacher failed on it).
 """
 
 from __future__ import annotations
