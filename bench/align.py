@@ -43,19 +43,19 @@ def measure(student: str, domain: str, steps: int, iters: int) -> dict[str, Any]
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    from kd_core.align_examples import build_aligned_examples
     from kd_core.config import KDConfig, load_toml
-    from kd_core.cpu_streams import StreamSet
-    from kd_core.data import BatchPlan, make_batch
     from kd_core.domains import DOMAIN_PROMPTS
-    from kd_core.examples import build_examples
-    from kd_core.identity import identify_model
-    from kd_core.models import load_model, resolve_model, vocab_size
-    from kd_core.steps import make_step
-    from kd_core.teacher import TeacherPass
-    from kd_core.trainer import apply_lora
-    from kd_core.user_dirs import default_cache_dir
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.examples.aligned import build_aligned_examples
+    from kd_core.examples.batch import BatchPlan, make_batch
+    from kd_core.examples.same_vocab import build_examples
+    from kd_core.files.user_dirs import default_cache_dir
+    from kd_core.models.identity import identify_model
+    from kd_core.models.load import load_model, resolve_model, vocab_size
+    from kd_core.runtime.cpu_streams import StreamSet
+    from kd_core.steps.fused import make_step
+    from kd_core.teacher.teacher_pass import TeacherPass
+    from kd_core.train.trainer import apply_lora
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     toml = ROOT / "kd.toml"
     cfg = load_toml(toml).config if toml.exists() else KDConfig()
@@ -133,8 +133,8 @@ def fixture_coverage() -> dict[str, Any] | None:
 
     from tokenizers import Tokenizer
 
-    from kd_core.align import align_sequences
     from kd_core.domains import DOMAIN_PROMPTS
+    from kd_core.vocab.spans import align_sequences
 
     if not FIXTURES.is_dir():
         return None

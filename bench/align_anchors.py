@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(student: str, domain: str) -> dict[str, Any]:
-    from kd_core.align_examples import build_aligned_examples
-    from kd_core.align_loss import MULTI, ONE_TO_ONE
     from kd_core.config import KDConfig, load_toml
     from kd_core.evaluate import heldout_prompts, teacher_reference
-    from kd_core.models import load_model, resolve_model, vocab_size
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.examples.aligned import build_aligned_examples
+    from kd_core.losses.aligned import MULTI, ONE_TO_ONE
+    from kd_core.models.load import load_model, resolve_model, vocab_size
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     toml = ROOT / "kd.toml"
     cfg = load_toml(toml).config if toml.exists() else KDConfig()

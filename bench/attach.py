@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kd_core.events import event_from_json  # noqa: E402
-from kd_core.run_record import EVENTS_FILE, run_dir  # noqa: E402
-from kd_core.run_status import read_state  # noqa: E402
+from kd_core.run.record import EVENTS_FILE, run_dir  # noqa: E402
+from kd_core.run.status import read_state  # noqa: E402
 
 TIMING = ("step_time", "elapsed_s")
 

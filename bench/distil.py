@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.common import BATCH
 from kd_core.config import KDConfig
-from kd_core.data import make_batch
+from kd_core.examples.batch import make_batch
 from kd_core.domains import DOMAIN_PROMPTS
 from kd_core.events import CacheUsed, DomainFinished, Event, PhaseStarted, Progress, Step
 
@@ -121,11 +121,11 @@ class Distil:
         The loss comparison uses the first `sequences` examples (the teacher forward that
         recomputes float32 targets is the costly part); the byte counts use the whole file.
         """
-        from kd_core.examples import build_examples
-        from kd_core.losses import sparse_kd_loss_sum
-        from kd_core.models import load_model
-        from kd_core.teacher import TeacherOutputs, load_outputs, soft_targets
-        from kd_core.vocab import plan_vocab_alignment
+        from kd_core.examples.same_vocab import build_examples
+        from kd_core.losses.core import sparse_kd_loss_sum
+        from kd_core.models.load import load_model
+        from kd_core.teacher.teacher_pass import TeacherOutputs, load_outputs, soft_targets
+        from kd_core.vocab.plan import plan_vocab_alignment
 
         path = Path(cache)
         _, meta = mx.load(str(path), return_metadata=True)
@@ -199,7 +199,7 @@ class Distil:
         No teacher of that size is built here: the targets are synthetic, the format is real
         (ids no longer fit uint16, so they are stored as uint32).
         """
-        from kd_core.teacher import TeacherOutputs, save_outputs
+        from kd_core.teacher.teacher_pass import TeacherOutputs, save_outputs
 
         rng = np.random.default_rng(0)
         k = KDConfig().top_k

@@ -1,7 +1,7 @@
 """Matmul rates: MLX vs numpy (BLAS preloaded or not) and the machine's fp32 sgemm peak.
 
 Runs inside a worker process, because whether MLX got OpenBLAS is decided at its first import:
-with `preload=True` kd_core is imported first (kd_core.blas loads OpenBLAS globally); with
+with `preload=True` kd_core is imported first (kd_core.runtime.blas loads OpenBLAS globally); with
 `preload=False` the parent sets KD_NO_BLAS_PRELOAD=1 and MLX is imported directly, so it
 keeps the reference BLAS its Linux wheel ships.
 """
@@ -18,7 +18,7 @@ class Matmul:
     def __init__(self, preload: bool) -> None:
         if preload:
             import kd_core  # noqa: F401  (OpenBLAS before MLX)
-            from kd_core import blas
+            from kd_core.runtime import blas
 
             self.blas = blas.loaded_blas
         else:

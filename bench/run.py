@@ -61,7 +61,7 @@ GOALS: dict[str, tuple[str, float]] = {
     # An on-policy step (the student samples SEQ - PROMPT_LEN tokens per row, the teacher
     # scores them) / an online forward-KL step, same shapes: reported, aim <= 3.
     "on_policy_step_ratio": ("<=", 3.0),
-    # The slowest divergence / forward KL, offline fused step (kd_core/divergences.py).
+    # The slowest divergence / forward KL, offline fused step (kd_core/losses/divergences.py).
     "divergence_step_ratio_max": ("<=", 1.2),
     # Cross-tokenizer alignment (building the aligned examples, once per run) per training
     # step of demo-teacher -> demo-student-sp (bench/align.py).

@@ -45,14 +45,14 @@ from bench.common import (
     LlamaShape,
     batch_tokens,
 )
-from kd_core.chunked import want_chunking
+from kd_core.steps.chunked import want_chunking
 from kd_core.config import KDConfig
-from kd_core.data import Example, make_batch
+from kd_core.examples.batch import Example, make_batch
 from kd_core.demo.tiny import LlamaSize, new_llama
-from kd_core.models import load_model, release
-from kd_core.teacher import soft_targets
-from kd_core.outputs import adapter_config
-from kd_core.trainer import StudentTrainer, apply_lora
+from kd_core.models.load import load_model, release
+from kd_core.teacher.teacher_pass import soft_targets
+from kd_core.run.outputs import adapter_config
+from kd_core.train.trainer import StudentTrainer, apply_lora
 
 
 def _size(shape: LlamaShape) -> LlamaSize:
@@ -60,7 +60,7 @@ def _size(shape: LlamaShape) -> LlamaSize:
 
 
 def mlx_facts() -> dict[str, Any]:
-    from kd_core import blas
+    from kd_core.runtime import blas
 
     return {
         "mlx": mx.__version__,
@@ -250,7 +250,7 @@ class KDStep(_Student):
         """Where an online step's time goes, measured as the trainer runs it (rows split over
         its parallel CPU streams): the teacher forward alone, and kd's own step with alpha = 0
         (plain CE, no teacher) on the same student and batch. Best of `repeats`."""
-        from kd_core.cpu_streams import StreamSet, row_slices, stream_count
+        from kd_core.runtime.cpu_streams import StreamSet, row_slices, stream_count
 
         batch = make_batch(self.examples, self.cfg.max_seq_length, None)
         teacher_s = []
@@ -304,8 +304,8 @@ class KDStep(_Student):
 
 def _sampler(pair: str | None, model: Any, cfg: KDConfig) -> Any:
     """The on-policy sampler of the bench student (one tokenizer: identical vocabularies)."""
-    from kd_core.on_policy import StudentSampler
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.train.on_policy import StudentSampler
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     assert pair is not None
     _, tok = load_model(Path(pair) / "student", "student")
@@ -371,8 +371,8 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
     """Where the chunked offline step's time goes (large vocabulary): body forward, the
     per-chunk head + loss + dL/dh (with alpha as configured and with alpha = 0, i.e. CE
     alone), and the body's backward + update. Reads ChunkedStep's parts, so it follows
-    kd_core.chunked; returns {"error": ...} if those parts have moved."""
-    from kd_core.chunked import ChunkedStep, split_model
+    kd_core.steps.chunked; returns {"error": ...} if those parts have moved."""
+    from kd_core.steps.chunked import ChunkedStep, split_model
 
     model, cfg = step.model, step.cfg
     split = split_model(model)
@@ -389,7 +389,7 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
         opt.init(model.trainable_parameters())
         cs = ChunkedStep(model, split, opt, cfg.replace(alpha=alpha), chunk)
         if not (hasattr(cs, "_chunk_grad") and hasattr(cs, "_body_backward")):
-            return {"error": "kd_core.chunked.ChunkedStep changed; profile not available"}
+            return {"error": "kd_core.steps.chunked.ChunkedStep changed; profile not available"}
         runs: list[dict[str, float]] = []
         for _ in range(repeats + 1):  # the first pass compiles: not counted
             t0 = time.perf_counter()

@@ -30,8 +30,8 @@ def measure() -> dict[str, float]:
     import numpy as np
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from kd_core.blas import set_blas_threads
-    from kd_core.cpu_streams import row_slices
+    from kd_core.runtime.blas import set_blas_threads
+    from kd_core.runtime.cpu_streams import row_slices
     from kd_core.demo.tiny import LlamaSize, new_llama
 
     def best(f, n: int = 3) -> float:

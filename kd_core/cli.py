@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from kd_core import blas as _blas  # noqa: F401  (fast BLAS before MLX)
 from kd_core.config import (
     CONFIG_FIELDS,
     ConfigError,
@@ -34,6 +33,7 @@ from kd_core.config import (
 )
 from kd_core.errors import one_line
 from kd_core.events import CheckpointSaved, Event, Progress, RunFailed, Step, describe
+from kd_core.runtime import blas as _blas  # noqa: F401  (fast BLAS before MLX)
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -281,14 +281,14 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    from kd_core.checkpoints import ResumeError
     from kd_core.distiller import NoExamplesError
     from kd_core.domains import DomainError
-    from kd_core.models import ModelError
-    from kd_core.outputs import OutputError
-    from kd_core.run_record import RunLockedError
-    from kd_core.teacher import CacheError
-    from kd_core.vocab import VocabError
+    from kd_core.models.load import ModelError
+    from kd_core.run.outputs import OutputError
+    from kd_core.run.record import RunLockedError
+    from kd_core.teacher.teacher_pass import CacheError
+    from kd_core.train.checkpoints import ResumeError
+    from kd_core.vocab.plan import VocabError
 
     return (
         ConfigError,
@@ -349,8 +349,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def _distill(
     args: argparse.Namespace, spec: RunSpec, domains: dict[str, list[str]], record: Any
 ) -> int:
-    from kd_core.control import RunControl
     from kd_core.distiller import TrueKnowledgeDistiller
+    from kd_core.run.control import RunControl
 
     sink: Callable[[Event], None]
     if args.events == "jsonl":
@@ -403,7 +403,7 @@ def _tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
 
 
 def _refuse_if_live(output: str) -> None:
-    from kd_core.run_record import RunLockedError, _locked_message, is_live
+    from kd_core.run.record import RunLockedError, _locked_message, is_live
 
     if is_live(output):
         raise RunLockedError(_locked_message(Path(output).expanduser().absolute()))
@@ -419,8 +419,8 @@ def _absolute(path: str | None) -> str | None:
 def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
     """Take the output folder (RunLockedError when a live run has it) and write the run's
     resolved settings beside its record, so its --resume command needs nothing else."""
-    from kd_core.outputs import check_output_dir
-    from kd_core.run_record import RunWriter
+    from kd_core.run.outputs import check_output_dir
+    from kd_core.run.record import RunWriter
 
     extra: list[str] = shlex.split(os.environ.get("KD_LAUNCH_ARGS", ""))
     if args.allow_download:
@@ -518,7 +518,7 @@ def _kill_group(pid: int) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kd_core.run_status import find_damaged, find_states, status_lines
+    from kd_core.run.status import find_damaged, find_states, status_lines
 
     path = args.path
     if path is None:
@@ -571,7 +571,7 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
     """An adapter trained on another base model loads (same shapes) and means nothing."""
     import json
 
-    from kd_core.models import resolve_model
+    from kd_core.models.load import resolve_model
 
     try:
         base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["model"]
@@ -586,9 +586,9 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kd_core.atomic_io import atomic_write_json
     from kd_core.evaluate import heldout_prompts, measure, parse_methods, teacher_reference
-    from kd_core.outputs import check_output_dir
+    from kd_core.files.atomic import atomic_write_json
+    from kd_core.run.outputs import check_output_dir
 
     spec = spec_from_args(args)
     cfg = spec.config
@@ -628,7 +628,7 @@ def _compare(
 ) -> dict[str, Any]:
     """`kd eval --compare` of one domain: KD vs CE-only, or the --methods named."""
     from kd_core.evaluate import compare_kd_vs_ce, compare_methods, heldout_prompts
-    from kd_core.outputs import check_output_dir
+    from kd_core.run.outputs import check_output_dir
 
     cfg = spec.config
     out = check_output_dir(Path(cfg.output) / "compare")

@@ -18,10 +18,17 @@ from typing import Any, Literal, get_args
 
 import tomli_w
 
-from kd_core.atomic_io import atomic_write_bytes
-from kd_core.bounded_read import CONFIG_MAX_BYTES, BoundedReadError, read_bounded
 from kd_core.errors import one_line
-from kd_core.toml_file import BOM, edit_toml, format_value, read_toml_text, same_value, value_source
+from kd_core.files.atomic import atomic_write_bytes
+from kd_core.files.bounded_read import CONFIG_MAX_BYTES, BoundedReadError, read_bounded
+from kd_core.files.toml_file import (
+    BOM,
+    edit_toml,
+    format_value,
+    read_toml_text,
+    same_value,
+    value_source,
+)
 
 
 class ConfigError(ValueError):
@@ -127,7 +134,8 @@ class KDConfig:
         group="kd",
     )
 
-    # Divergence and on-policy distillation (kd_core/divergences.py, kd_core/on_policy.py)
+    # Divergence and on-policy distillation (kd_core/losses/divergences.py,
+    # kd_core/train/on_policy.py)
     divergence: Divergence = _spec(
         "forward_kl",
         "What the KD term measures between the teacher P and the student Q at temperature T "

@@ -19,12 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from kd_core.align import AlignmentError
-from kd_core.align_examples import build_aligned_examples, describe_alignment
-from kd_core.checkpoints import CheckpointStore, model_fields, run_fingerprint
 from kd_core.config import ConfigError, KDConfig
-from kd_core.control import RunControl
-from kd_core.distributed import world as get_world
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, check_domain_name
 from kd_core.errors import one_line
 from kd_core.events import (
@@ -40,9 +35,11 @@ from kd_core.events import (
     RunStarted,
     null_sink,
 )
-from kd_core.examples import ExampleSet, build_examples
-from kd_core.identity import ModelIdentity, identify_model
-from kd_core.models import (
+from kd_core.examples.aligned import build_aligned_examples, describe_alignment
+from kd_core.examples.same_vocab import ExampleSet, build_examples
+from kd_core.files.user_dirs import default_cache_dir
+from kd_core.models.identity import ModelIdentity, identify_model
+from kd_core.models.load import (
     ModelError,
     load_model,
     model_info,
@@ -50,8 +47,9 @@ from kd_core.models import (
     resolve_model,
     vocab_size,
 )
-from kd_core.on_policy import StudentSampler
-from kd_core.outputs import (
+from kd_core.models.memory import estimate_memory
+from kd_core.run.control import RunControl
+from kd_core.run.outputs import (
     SUMMARY_FILE,
     OutputError,
     adapter_config,
@@ -59,11 +57,18 @@ from kd_core.outputs import (
     domain_dir,
     write_summary,
 )
-from kd_core.preflight import estimate_memory
-from kd_core.teacher import GenerationStopped, TeacherOutputs, TeacherPass, sweep_stale_cache
-from kd_core.trainer import StudentTrainer, apply_lora
-from kd_core.user_dirs import default_cache_dir
-from kd_core.vocab import VocabAlignment, eos_ids, plan_vocab_alignment
+from kd_core.runtime.distributed import world as get_world
+from kd_core.teacher.teacher_pass import (
+    GenerationStopped,
+    TeacherOutputs,
+    TeacherPass,
+    sweep_stale_cache,
+)
+from kd_core.train.checkpoints import CheckpointStore, model_fields, run_fingerprint
+from kd_core.train.on_policy import StudentSampler
+from kd_core.train.trainer import StudentTrainer, apply_lora
+from kd_core.vocab.plan import VocabAlignment, eos_ids, plan_vocab_alignment
+from kd_core.vocab.spans import AlignmentError
 
 MIN_ALIGN_COVERAGE = 0.5  # of response characters in spans that reach the KD loss
 
@@ -101,7 +106,7 @@ class _Teacher:
 @dataclass
 class _Run:
     """What the stages of one run share. Built by keyword; the two identities are required:
-    the teacher cache and every checkpoint are keyed by them (kd_core/identity.py)."""
+    the teacher cache and every checkpoint are keyed by them (kd_core/models/identity.py)."""
 
     domains: dict[str, list[str]]
     resume: bool

@@ -28,27 +28,27 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from kd_core.align_examples import build_aligned_examples, sampled_example
-from kd_core.align_loss import ONE_TO_ONE, SPAN_KIND
 from kd_core.config import ConfigError, KDConfig
-from kd_core.data import forward_inputs
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, DomainError, domain_from_file
 from kd_core.events import EvalResult, EventSink, PhaseStarted, null_sink
-from kd_core.examples import build_examples
-from kd_core.identity import identify_model
-from kd_core.losses import log_softmax
-from kd_core.models import load_model, release, resolve_model, vocab_size
-from kd_core.on_policy import student_to_teacher
-from kd_core.teacher import (
+from kd_core.examples.aligned import build_aligned_examples, sampled_example
+from kd_core.examples.batch import forward_inputs
+from kd_core.examples.same_vocab import build_examples
+from kd_core.files.user_dirs import default_cache_dir
+from kd_core.losses.aligned import ONE_TO_ONE, SPAN_KIND
+from kd_core.losses.core import log_softmax
+from kd_core.models.identity import identify_model
+from kd_core.models.load import load_model, release, resolve_model, vocab_size
+from kd_core.teacher.teacher_pass import (
     TeacherOutputs,
     TeacherPass,
     fitted_prompts,
     response_texts,
     sample_batch,
 )
-from kd_core.user_dirs import default_cache_dir
-from kd_core.vocab import VocabAlignment, eos_ids, plan_vocab_alignment
+from kd_core.train.on_policy import student_to_teacher
+from kd_core.vocab.plan import VocabAlignment, eos_ids, plan_vocab_alignment
 
 EVAL_CHUNK = 8
 

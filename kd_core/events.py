@@ -85,7 +85,7 @@ class RunStarted(Event):
     config: dict[str, Any]
     output: str
     total_steps: int
-    # kd_core/identity.py: which weights these paths held when the run began
+    # kd_core/models/identity.py: which weights these paths held when the run began
     teacher_weights: str
     student_weights: str
     protocol: int = PROTOCOL_VERSION

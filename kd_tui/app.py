@@ -321,7 +321,7 @@ class KDApp(App[None]):
     def attach_run(self, output: Path) -> bool:
         """Follow the run in `output` in the Train pane: its events replay, then go live;
         space and s pause and stop it. A run started here keeps the pane until it ends."""
-        from kd_core.run_record import read_record
+        from kd_core.run.record import read_record
 
         if self.running and getattr(self.engine, "started_here", True):
             self.notify("a run started here is in progress", severity="warning")
@@ -417,7 +417,7 @@ class KDApp(App[None]):
         """After following a run started elsewhere, r continues *that* run, from the settings
         saved in its folder, not the one in the Config tab."""
         from kd_core.config import load_toml
-        from kd_core.run_record import CONFIG_FILE, run_dir
+        from kd_core.run.record import CONFIG_FILE, run_dir
 
         engine = self.engine
         output = getattr(engine, "output", None)

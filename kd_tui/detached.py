@@ -1,7 +1,7 @@
 """The detached event source: runs that outlive the dashboard.
 
 A run is its own process in its own session (`kd distill`, started here or anywhere else)
-that owns its output folder (kd_core/run_record.py: lock, run.json, events.jsonl, control).
+that owns its output folder (kd_core/run/record.py: lock, run.json, events.jsonl, control).
 `DetachedRun` follows such a folder: it replays the event file from its start and then
 tails it (a half-written last line waits for its newline), queueing events for the UI as
 TrainerProcess does (steps wait for the Train pane's redraw; anything else wakes the UI).
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kd_core.config import RunSpec, save_toml
-from kd_core.event_file import EventFileReader, skipped_message
 from kd_core.events import Event, Log, Paused, RunFailed, Step, describe, event_from_dict
-from kd_core.run_record import (
+from kd_core.run.event_file import EventFileReader, skipped_message
+from kd_core.run.record import (
     CONTROL_FILE,
     EVENTS_FILE,
     RunRecord,

@@ -156,7 +156,7 @@ class Worker:
 
     # ---- models -------------------------------------------------------------------------------
     def get(self, slot: Slot) -> Loaded:
-        from kd_core.models import DEMO_NAMES, ModelError, load_model, release, resolve_model
+        from kd_core.models.load import DEMO_NAMES, ModelError, load_model, release, resolve_model
 
         name, model, adapter = slot.name, str(slot.model), slot.adapter
         key = (model, str(adapter) if adapter else None)
@@ -208,7 +208,7 @@ class Worker:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        from kd_core.data import format_prompt
+        from kd_core.examples.batch import format_prompt
 
         prompt = str(req.prompt)
         temp = float(req.temperature)
@@ -284,7 +284,7 @@ class Worker:
 
     # ---- token inspector ----------------------------------------------------------------------
     def inspect(self, req: Inspect) -> None:
-        from kd_core.data import format_prompt
+        from kd_core.examples.batch import format_prompt
 
         prompt = str(req.prompt)
         answer = [int(t) for t in req.answer][:MAX_INSPECT_POSITIONS]
@@ -400,7 +400,7 @@ def same_tokenizer(a: Any, b: Any) -> bool:
         return True
     key = (id(a), id(b))
     if key not in _SAME_CACHE:
-        from kd_core.vocab import token_strings
+        from kd_core.vocab.plan import token_strings
 
         sa, sb = token_strings(a), token_strings(b)
         n = min(len(sa), len(sb))
@@ -417,7 +417,7 @@ def shared_ids(
     """(a's ids, b's ids) of the tokens both vocabularies have, by normalised string."""
     key = (id(a), id(b))
     if key not in _SHARED_CACHE:
-        from kd_core.vocab import VocabError, plan_vocab_alignment
+        from kd_core.vocab.plan import VocabError, plan_vocab_alignment
 
         try:
             al = plan_vocab_alignment(a, b, a_lp.shape[-1], b_lp.shape[-1], "align")
@@ -433,7 +433,7 @@ def realign(
     """The reference answer's text in another tokenizer's own tokens: (its ids, for each
     reference position the first token of its span, {reference position: token} for the
     spans one token on both sides). Falls back to offsets alone if alignment fails."""
-    from kd_core.align import AlignmentError, align_ends, decoded_ends, token_ends
+    from kd_core.vocab.spans import AlignmentError, align_ends, decoded_ends, token_ends
 
     try:
         text, t_ends = decoded_ends(ref_tok, answer)
@@ -477,8 +477,8 @@ def verdict(teacher: str, student: str, strategy: str = "auto") -> dict[str, Any
     """What plan_vocab_alignment decides for the pair under the configured vocab_strategy."""
     from mlx_lm.utils import load_tokenizer
 
-    from kd_core.models import model_info
-    from kd_core.vocab import VocabError, plan_vocab_alignment
+    from kd_core.models.load import model_info
+    from kd_core.vocab.plan import VocabError, plan_vocab_alignment
 
     t_path, s_path = Path(teacher), Path(student)
     try:

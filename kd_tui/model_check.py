@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kd_core.errors import one_line
-from kd_core.models import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
-from kd_core.outputs import SUMMARY_FILE
+from kd_core.models.load import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
+from kd_core.run.outputs import SUMMARY_FILE
 
 # The shipped pair (kd_core/demo/pair) is unpacked on first use in about a second; only when
 # it is missing or damaged (or another recipe is asked for) is the pair trained, and training

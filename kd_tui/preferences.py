@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from kd_core.atomic_io import atomic_write_json
+from kd_core.files.atomic import atomic_write_json
 from themes import DEFAULT_THEME
 
 PREFS_FILE = "theme.json"

@@ -3,7 +3,7 @@
 No Textual and no MLX here: plain files, so the Runs pane can call it from a thread worker
 and tests can call it directly. A run is an output folder holding kd_summary.json
 (written by kd_core.distiller when a run ends) and/or `.kd-run/run.json` (written by the
-run's process when it starts: kd_core/run_record.py), with one sub-folder per domain
+run's process when it starts: kd_core/run/record.py), with one sub-folder per domain
 (metrics.jsonl: one JSON row per step with step, kd, ce, combined, lr, tokens, step_time,
 elapsed_s). A run still going has no summary yet: its pair and settings come from
 `.kd-run/kd.toml`, its domains from the folders that hold a metrics.jsonl.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd_core.run_record import CONFIG_FILE, RECORD_FILE, RUN_DIR
-from kd_core.run_status import RunState, read_state
+from kd_core.run.record import CONFIG_FILE, RECORD_FILE, RUN_DIR
+from kd_core.run.status import RunState, read_state
 
 SUMMARY_FILE = "kd_summary.json"  # kd_core.distiller.SUMMARY_FILE (not imported: it loads MLX)
 METRICS_FILE = "metrics.jsonl"
@@ -48,7 +48,7 @@ class RunInfo:
     config: dict[str, Any] = field(default_factory=dict)
     domains: list[DomainRun] = field(default_factory=list)
     status: RunState | None = None  # from .kd-run/ (None: a run from before records)
-    # kd_core/identity.py weights fingerprints; None: a run from before they were recorded
+    # kd_core/models/identity.py weights fingerprints; None: a run from before they were recorded
     teacher_weights: str | None = None
     student_weights: str | None = None
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from kd_core.align import AlignmentError, SequenceAlignment, align_sequences
+from kd_core.vocab.spans import AlignmentError, SequenceAlignment, align_sequences
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizers"
 

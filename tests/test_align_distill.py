@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import build_sp_student
 
-from kd_core.align import align_ends, backend, token_ends
-from kd_core.teacher import load_outputs
+from kd_core.teacher.teacher_pass import load_outputs
+from kd_core.vocab.spans import align_ends, backend, token_ends
 
 PROMPTS = "Name a colour.\nCount to three.\nSay hello.\nPick a number.\nWrite café 😀.\n"
 
@@ -110,8 +110,8 @@ def test_one_teacher_cache_serves_both_students(tiny_pair, sp_student, tmp_path)
             assert al.spans[0].start == 0 and al.spans[-1].end == len(text)
             assert al.spans[-1].teacher[1] == len(body) and al.spans[-1].student[1] == len(s_ids)
     # The student reads its own tokens of the text: never an EOS inside a response.
-    from kd_core.align_examples import build_aligned_examples
-    from kd_core.vocab import plan_vocab_alignment, token_strings
+    from kd_core.examples.aligned import build_aligned_examples
+    from kd_core.vocab.plan import plan_vocab_alignment, token_strings
 
     sizes = len(token_strings(t_tok)), len(token_strings(s_tok))
     al = plan_vocab_alignment(t_tok, s_tok, *sizes)
@@ -149,8 +149,8 @@ def test_a_sampled_answer_is_read_by_the_teacher_in_its_own_tokens(tiny_pair, sp
     its own tokens, ending in its EOS; the spans tile both sides."""
     from mlx_lm.utils import load_tokenizer
 
-    from kd_core.align_examples import sampled_example
-    from kd_core.align_loss import MULTI, ONE_TO_ONE
+    from kd_core.examples.aligned import sampled_example
+    from kd_core.losses.aligned import MULTI, ONE_TO_ONE
 
     t_tok, s_tok = load_tokenizer(tiny_pair.teacher), load_tokenizer(sp_student)
     text = "Say café, then 😀 twice."
@@ -188,9 +188,9 @@ def test_a_sampled_answer_gets_targets_in_the_students_pieces(tiny_pair, sp_stud
     the step's projection."""
     from mlx_lm.utils import load_tokenizer
 
-    from kd_core.align_examples import sampled_example
-    from kd_core.align_loss import PIECE
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.examples.aligned import sampled_example
+    from kd_core.losses.aligned import PIECE
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     t_tok, s_tok = load_tokenizer(tiny_pair.teacher), load_tokenizer(sp_student)
     sizes = len(backend(t_tok).get_vocab()), len(backend(s_tok).get_vocab())

@@ -1,4 +1,4 @@
-"""The cross-tokenizer span loss (kd_core/align_loss.py) against a NumPy reference written
+"""The cross-tokenizer span loss (kd_core/losses/aligned.py) against a NumPy reference written
 from docs/ARCHITECTURE.md: values within 1e-5 relative, gradients within 1e-4 of central
 differences of the reference; with every span one-to-one and every token shared it is exactly
 today's offline loss."""
@@ -9,8 +9,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kd_core.align_loss import MULTI, ONE_TO_ONE, PIECE, align_loss_sums
-from kd_core.divergences import DivergenceSpec, offline_sums
+from kd_core.losses.aligned import MULTI, ONE_TO_ONE, PIECE, align_loss_sums
+from kd_core.losses.divergences import DivergenceSpec, offline_sums
 
 B, L, V, K, T = 2, 7, 13, 3, 2.0
 
@@ -143,13 +143,13 @@ def test_chunked_align_step_equals_the_whole_one(tiny_pair, alpha):
     from mlx.utils import tree_flatten
     from mlx_lm import load
 
-    from kd_core.chunked_align import ChunkedAlignStep
     from kd_core.config import KDConfig
-    from kd_core.cpu_streams import StreamSet
-    from kd_core.data import Example, make_batch
-    from kd_core.steps import AlignStep, make_step
-    from kd_core.trainer import apply_lora
-    from kd_core.vocab import VocabAlignment
+    from kd_core.examples.batch import Example, make_batch
+    from kd_core.runtime.cpu_streams import StreamSet
+    from kd_core.steps.chunked_aligned import ChunkedAlignStep
+    from kd_core.steps.fused import AlignStep, make_step
+    from kd_core.train.trainer import apply_lora
+    from kd_core.vocab.plan import VocabAlignment
 
     model, _ = load(str(tiny_pair.student))
     mx.random.seed(0)

@@ -1,4 +1,4 @@
-"""The teacher's distribution read in the student's pieces (kd_core/align_pieces.py), on two
+"""The teacher's distribution read in the student's pieces (kd_core/vocab/pieces.py), on two
 real tokenizers of different families (../shared/fixtures: GPT-2 byte-level BPE teacher,
 Llama 2 SentencePiece student)."""
 
@@ -11,9 +11,9 @@ import pytest
 from test_align import _fixture
 from tokenizers import Tokenizer
 
-from kd_core.align import align_sequences, token_ends
-from kd_core.align_pieces import PieceMap, merge_rows
-from kd_core.vocab import plan_vocab_alignment
+from kd_core.vocab.pieces import PieceMap, merge_rows
+from kd_core.vocab.plan import plan_vocab_alignment
+from kd_core.vocab.spans import align_sequences, token_ends
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm import load
 
-from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
-from kd_core.cpu_streams import StreamSet
-from kd_core.data import Example, make_batch
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Step
-from kd_core.losses import teacher_topk
-from kd_core.steps import OfflineStep, make_step
-from kd_core.trainer import apply_lora
+from kd_core.examples.batch import Example, make_batch
+from kd_core.losses.core import teacher_topk
+from kd_core.runtime.cpu_streams import StreamSet
+from kd_core.steps.chunked import ChunkedStep, split_model, want_chunking
+from kd_core.steps.fused import OfflineStep, make_step
+from kd_core.train.trainer import apply_lora
 
 
 def _examples(vocab: int, n: int = 4, k: int = 8) -> list[Example]:

@@ -8,11 +8,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kd_core import blas
 from kd_core.config import ConfigError, KDConfig
-from kd_core.cpu_streams import row_slices, stream_count
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Step
+from kd_core.runtime import blas
+from kd_core.runtime.cpu_streams import row_slices, stream_count
 
 
 @pytest.mark.parametrize("rows,parts", [(4, 2), (5, 2), (7, 3), (1, 3), (3, 1), (2, 8)])
@@ -84,7 +84,7 @@ def test_two_streams_train_what_one_stream_trains(tiny_pair, tmp_path, mode):
 def test_soft_targets_on_streams_equal_one_stream(tiny_pair):
     from mlx_lm import load
 
-    from kd_core.teacher import soft_targets
+    from kd_core.teacher.teacher_pass import soft_targets
 
     model, _ = load(str(tiny_pair.teacher))
     rng = np.random.default_rng(0)

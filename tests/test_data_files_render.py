@@ -16,7 +16,6 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 import kd_core
-from kd_core.data import format_prompt
 from kd_core.data_files import (
     ChatRow,
     CompletionRow,
@@ -30,6 +29,7 @@ from kd_core.data_files import (
 )
 from kd_core.data_files.formats import classify_row
 from kd_core.data_files.render import backend
+from kd_core.examples.batch import format_prompt
 
 DEMO = Path(kd_core.__file__).parent / "demo" / "pair" / "teacher"
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizers"

@@ -15,7 +15,7 @@ import kd_core.demo as demo
 from kd_core.demo import ensure_demo_pair, verify
 from kd_core.demo.build import DemoRecipe, build_demo_pair, manifest
 from kd_core.demo.tiny import LlamaSize
-from kd_core.models import resolve_model
+from kd_core.models.load import resolve_model
 
 SMALL = DemoRecipe(
     vocab_size=320,

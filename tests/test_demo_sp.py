@@ -1,5 +1,5 @@
 """demo-student-sp: a SentencePiece-style tokenizer with byte fallback (round-trips any text,
-sane offsets for kd_core.align), half the teacher's vocabulary or less; the shipped student
+sane offsets for kd_core.vocab.spans), half the teacher's vocabulary or less; the shipped student
 resolves by name, loads with mlx-lm and is not the teacher's tokenizer (never "truncate");
 a reduced recipe builds on first use, reported through the demo build hook."""
 
@@ -15,12 +15,12 @@ from mlx_lm.utils import load_tokenizer
 from tokenizers import Tokenizer
 
 import kd_core.demo as demo
-from kd_core.align import align_sequences
 from kd_core.demo.build import DemoRecipe, manifest
 from kd_core.demo.sp import SP_NAME, SpRecipe
 from kd_core.demo.tiny import SP_BYTE_TOKENS, SPECIAL_TOKENS, LlamaSize, train_sp_tokenizer
-from kd_core.models import DEMO_NAMES, resolve_model, vocab_size
-from kd_core.vocab import plan_vocab_alignment
+from kd_core.models.load import DEMO_NAMES, resolve_model, vocab_size
+from kd_core.vocab.plan import plan_vocab_alignment
+from kd_core.vocab.spans import align_sequences
 
 SMALL_SP = SpRecipe(
     DemoRecipe(
@@ -72,7 +72,7 @@ def test_sp_tokenizer_has_byte_fallback_and_round_trips(sp_tok: Tokenizer) -> No
     for text in TEXTS:
         enc = sp_tok.encode(text, add_special_tokens=False)
         assert sp_tok.decode(enc.ids) == text
-        # offsets move forward and stay inside the text (kd_core.align.token_ends reads them)
+        # offsets move forward and stay inside the text (kd_core.vocab.spans.token_ends reads them)
         assert all(0 <= a <= b <= len(text) for a, b in enc.offsets)
         assert all(x[0] <= y[0] for x, y in zip(enc.offsets, enc.offsets[1:], strict=False))
     emoji = sp_tok.encode("😀", add_special_tokens=False).tokens

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from kd_core import compute_divergence
-from kd_core.divergences import (
+from kd_core.losses.core import IGNORE_INDEX, ce_loss_sum, teacher_topk
+from kd_core.losses.divergences import (
     DIVERGENCES,
     TAIL_FLOOR,
     DivergenceSpec,
@@ -20,7 +21,6 @@ from kd_core.divergences import (
     online_sums,
     sparse_divergence_sum,
 )
-from kd_core.losses import IGNORE_INDEX, ce_loss_sum, teacher_topk
 
 BETA, SKEW = 0.3, 0.2
 

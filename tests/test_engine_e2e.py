@@ -12,9 +12,9 @@ import pytest
 from mlx_lm import load
 
 from kd_core.config import KDConfig
-from kd_core.control import RunControl
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import CacheUsed, Log, RunFinished, Step, event_from_json
+from kd_core.run.control import RunControl
 
 pytestmark = pytest.mark.slow
 

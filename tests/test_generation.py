@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from mlx_lm import load
 
-import kd_core.teacher as teacher_mod
+import kd_core.teacher.teacher_pass as teacher_mod
 from kd_core.config import KDConfig
-from kd_core.data import format_prompt
-from kd_core.teacher import generate_responses, generation_batch, kv_bytes_per_token
+from kd_core.examples.batch import format_prompt
+from kd_core.teacher.teacher_pass import generate_responses, generation_batch, kv_bytes_per_token
 
 PROMPTS = [f"Explain step {i} of the plan in a few words." for i in range(7)]
 

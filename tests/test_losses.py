@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from kd_core.losses import (
+from kd_core.losses.core import (
     combined_loss,
     compute_ce_loss,
     compute_combined_loss,
@@ -143,7 +143,7 @@ def test_step_normalisation_is_over_all_tokens(logits):
 
 
 def _reference_offline(z, targets, mask, ids, lps, alpha, t):
-    from kd_core.losses import ce_loss_sum, sparse_kd_loss_sum
+    from kd_core.losses.core import ce_loss_sum, sparse_kd_loss_sum
 
     kd, _ = sparse_kd_loss_sum(z, ids, lps, t, mask)
     ce, _ = ce_loss_sum(z, targets, mask=mask)
@@ -163,8 +163,8 @@ def _reference_offline(z, targets, mask, ids, lps, alpha, t):
 def test_offline_loss_hand_written_gradient_equals_autodiff(t, k, alpha, pad, shape):
     """offline_sums (forward KL) has its own backward pass; it must equal autodiff of the reference
     (sparse_kd_loss_sum + ce_loss_sum) in value and gradient, under mx.compile too."""
-    from kd_core.divergences import DivergenceSpec, offline_sums
-    from kd_core.losses import IGNORE_INDEX
+    from kd_core.losses.core import IGNORE_INDEX
+    from kd_core.losses.divergences import DivergenceSpec, offline_sums
 
     rng = np.random.default_rng(int(t * 10) + k)
     v = 64
@@ -200,7 +200,7 @@ def test_offline_loss_hand_written_gradient_equals_autodiff(t, k, alpha, pad, sh
 def test_online_loss_hand_written_gradient_equals_autodiff(t, alpha):
     """online_loss_sums (the trainer's online path) against autodiff of kd_loss_sum +
     ce_loss_sum: same values, same student gradient, none for the teacher."""
-    from kd_core.losses import IGNORE_INDEX, ce_loss_sum, kd_loss_sum, online_loss_sums
+    from kd_core.losses.core import IGNORE_INDEX, ce_loss_sum, kd_loss_sum, online_loss_sums
 
     rng = np.random.default_rng(int(t * 10))
     shape, v = (3, 11), 48

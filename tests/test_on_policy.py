@@ -11,16 +11,16 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from kd_core.checkpoints import run_fingerprint
 from kd_core.cli import main
 from kd_core.config import KDConfig
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.evaluate import method_config
 from kd_core.events import Step
-from kd_core.identity import ModelIdentity
-from kd_core.on_policy import is_on_policy_step
-from kd_core.preflight import MemoryEstimate
-from kd_core.steps import policy_config
+from kd_core.models.identity import ModelIdentity
+from kd_core.models.memory import MemoryEstimate
+from kd_core.steps.fused import policy_config
+from kd_core.train.checkpoints import run_fingerprint
+from kd_core.train.on_policy import is_on_policy_step
 
 
 def test_on_policy_steps_are_spread_evenly():

@@ -18,7 +18,7 @@ def _run(code: str) -> str:
 def test_engine_never_imports_textual():
     out = _run(
         "import sys, kd_core, kd_core.cli, kd_core.distiller, kd_core.evaluate, "
-        "kd_core.trainer; print('textual' in sys.modules)"
+        "kd_core.train.trainer; print('textual' in sys.modules)"
     )
     assert out == "False"
 
@@ -30,7 +30,7 @@ def test_light_modules_do_not_import_mlx():
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="Linux CPU wheel only")
 def test_openblas_preloaded_before_mlx():
-    out = _run("import kd_core, kd_core.blas as b; import mlx.core; print(b.loaded_blas)")
+    out = _run("import kd_core, kd_core.runtime.blas as b; import mlx.core; print(b.loaded_blas)")
     assert "openblas" in out.lower()
 
 
@@ -38,7 +38,8 @@ def test_openblas_preloaded_before_mlx():
 def test_blas_threads_can_be_set_at_run_time_and_bfs_width_widened():
     # cpu_streams sets one BLAS thread per call while it trains, then restores the count.
     out = _run(
-        "import os, kd_core, kd_core.blas as b; n = b.blas_threads(); p = b.set_blas_threads(1);"
+        "import os, kd_core, kd_core.runtime.blas as b; n = b.blas_threads();"
+        " p = b.set_blas_threads(1);"
         "print(n == p, b.blas_threads(), b.set_blas_threads(n), b.blas_threads() == n,"
         " os.environ['MLX_BFS_MAX_WIDTH'])"
     )

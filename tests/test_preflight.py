@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from kd_core.config import KDConfig
-from kd_core.models import ModelInfo
-from kd_core.preflight import estimate_memory
+from kd_core.models.load import ModelInfo
+from kd_core.models.memory import estimate_memory
 
 
 def _info(params: int, vocab: int, layers: int, hidden: int) -> ModelInfo:

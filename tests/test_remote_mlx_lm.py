@@ -71,9 +71,9 @@ def mlx_server(tiny_pair, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_top11_of_generated_tokens_equals_the_local_teacher(tiny_pair, mlx_server) -> None:
-    from kd_core.data import forward_inputs
-    from kd_core.losses import log_softmax
-    from kd_core.models import load_model
+    from kd_core.examples.batch import forward_inputs
+    from kd_core.losses.core import log_softmax
+    from kd_core.models.load import load_model
 
     model, tok = load_model(tiny_pair.teacher)
     client = make_teacher(mlx_server, "mlx_lm")

@@ -41,7 +41,7 @@ PROMPTS = ["How do lists work?", "Explain the for statement.", "What is a class?
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, tiny_pair):
     """The tiny teacher served twice (open, and with a token) and loaded in-process."""
-    from kd_core.models import load_model
+    from kd_core.models.load import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KD_CACHE_DIR", str(tmp_path_factory.mktemp("kd-cache")))
@@ -61,7 +61,7 @@ def random_sequences(seed: int, n: int = 5) -> tuple[list[np.ndarray], list[int]
 
 
 def local_targets(model, seqs, plens, temperature=2.0, top_k=8):
-    from kd_core.teacher import soft_targets
+    from kd_core.teacher.teacher_pass import soft_targets
 
     return soft_targets(model, seqs, plens, KDConfig(temperature=temperature, top_k=top_k))
 
@@ -118,7 +118,7 @@ def test_concurrent_trainers_are_batched_and_each_gets_its_own_targets(env) -> N
 
 
 def test_generate_is_seeded_and_equals_the_teacher_pass(env) -> None:
-    from kd_core.teacher import generate_responses, response_texts
+    from kd_core.teacher.teacher_pass import generate_responses, response_texts
 
     srv, _, model, tok = env
     client = make_teacher(srv.url, "kd", logprob_dtype="float32", policy=FAST)
@@ -145,7 +145,7 @@ def test_generate_is_seeded_and_equals_the_teacher_pass(env) -> None:
 
 
 def test_text_is_tokenized_by_the_teacher(env) -> None:
-    from kd_core.data import format_prompt
+    from kd_core.examples.batch import format_prompt
 
     srv, _, model, tok = env
     client = make_teacher(srv.url, "kd", logprob_dtype="float32", policy=FAST)

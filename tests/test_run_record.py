@@ -1,5 +1,5 @@
-"""A run owns its output folder (kd_core/run_record.py): lock, run.json, the event file, and
-`kd status` reading them (kd_core/run_status.py). The unit tests write the files directly;
+"""A run owns its output folder (kd_core/run/record.py): lock, run.json, the event file, and
+`kd status` reading them (kd_core/run/status.py). The unit tests write the files directly;
 the slow ones run the real `kd distill` on the tiny pair in a child process."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from kd_core.cli import main
 from kd_core.events import Paused, RunFinished, Step, describe, event_from_json
-from kd_core.run_record import (
+from kd_core.run.record import (
     CONFIG_FILE,
     EVENTS_FILE,
     RECORD_FILE,
@@ -30,7 +30,7 @@ from kd_core.run_record import (
     record_damage,
     run_dir,
 )
-from kd_core.run_status import find_states, read_state, status_lines
+from kd_core.run.status import find_states, read_state, status_lines
 
 TIMEOUT = 90.0
 
@@ -198,7 +198,7 @@ def test_a_word_sent_before_the_run_follows_its_control_file_counts(tmp_path: Pa
     """The dashboard may send `pause` as soon as run.json names the trainer, while the
     trainer is still importing MLX: the control file was emptied when the run took the
     folder, so whatever is in it when the run starts following it is for this run."""
-    from kd_core.control import RunControl
+    from kd_core.run.control import RunControl
 
     w = RunWriter.open(tmp_path / "out", [], resume=False, extra=[])
     try:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from kd_core.cli import EXIT_STOPPED, main
-from kd_core.control import RunControl
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Progress, RunFinished
-from kd_core.examples import build_examples
-from kd_core.identity import ModelIdentity
-from kd_core.teacher import TeacherOutputs
+from kd_core.examples.same_vocab import build_examples
+from kd_core.models.identity import ModelIdentity
+from kd_core.run.control import RunControl
+from kd_core.teacher.teacher_pass import TeacherOutputs
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_no_example_left_is_refused_with_the_counts(tiny_pair):
     from mlx_lm.utils import load_tokenizer
 
     from kd_core.distiller import NoExamplesError  # noqa: F401  (the CLI maps it to status 2)
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     tok = load_tokenizer(tiny_pair.teacher)
     al = plan_vocab_alignment(tok, tok, 384, 384)
@@ -310,7 +310,7 @@ def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path
     from mlx_lm import load
 
     from kd_core.config import KDConfig
-    from kd_core.teacher import GenerationStopped, TeacherPass
+    from kd_core.teacher.teacher_pass import GenerationStopped, TeacherPass
 
     model, tok = load(str(tiny_pair.teacher))
     # Prompts of many lengths: their token budgets differ, so they finish at different steps.
@@ -329,7 +329,7 @@ def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path
     assert 0 < kept < len(prompts)
     partial = list((tmp_path / "cache" / "teacher").glob("*.partial.safetensors"))
     assert len(partial) == 1
-    from kd_core.teacher import _load_partial
+    from kd_core.teacher.teacher_pass import _load_partial
 
     first = _load_partial(partial[0], tpass.paths("d", prompts)[0])
     assert len(first) == kept

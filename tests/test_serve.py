@@ -29,8 +29,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
-from kd_core.run_record import is_live, run_dir
-from kd_core.run_status import read_state
+from kd_core.run.record import is_live, run_dir
+from kd_core.run.status import read_state
 from kd_tui.serve import is_local
 
 STARTUP_S = 60.0

@@ -1,5 +1,5 @@
 """A model is known by its bytes, not its folder: the teacher cache and --resume are keyed by
-each model's weights and tokenizer fingerprints (kd_core/identity.py).
+each model's weights and tokenizer fingerprints (kd_core/models/identity.py).
 
 These failed before: a second teacher reused the first one's cached soft targets (the cache
 key held an empty teacher fingerprint), and --resume accepted weights replaced in place."""
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from kd_core.cli import main
-from kd_core.identity import IdentityError, ModelIdentity, identify_model
-from kd_core.run_status import read_state, status_lines
-from kd_core.teacher import CACHE_FORMAT, sweep_stale_cache
+from kd_core.models.identity import IdentityError, ModelIdentity, identify_model
+from kd_core.run.status import read_state, status_lines
+from kd_core.teacher.teacher_pass import CACHE_FORMAT, sweep_stale_cache
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +89,7 @@ def _replace_in_place(folder: Path, donor: Path) -> None:
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
-def test_resume_refuses_a_model_replaced_in_place(
-    tiny_pair, other_teacher, tmp_path, capsys, role
-):
+def test_resume_refuses_a_model_replaced_in_place(tiny_pair, other_teacher, tmp_path, capsys, role):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     shutil.copytree(tiny_pair.teacher, teacher)
     shutil.copytree(tiny_pair.student, student)

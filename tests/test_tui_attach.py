@@ -18,8 +18,8 @@ from textual.widgets import DataTable
 from tui_support import scripted_run, wait_until
 
 from kd_core.events import Paused, RunFinished, Step
-from kd_core.run_record import EVENTS_FILE, RunWriter, is_live, run_dir
-from kd_core.run_status import read_state
+from kd_core.run.record import EVENTS_FILE, RunWriter, is_live, run_dir
+from kd_core.run.status import read_state
 from kd_tui.app import KDApp
 from kd_tui.detached import DetachedRun, _LineReader
 from kd_tui.run_view import RunView
@@ -203,7 +203,7 @@ async def test_starting_into_a_folder_a_live_run_holds_is_refused(tmp_path: Path
 
 
 def test_run_folders_are_read_without_mlx() -> None:
-    code = "import sys, kd_core.run_status, kd_tui.runs_data; print('mlx.core' in sys.modules)"
+    code = "import sys, kd_core.run.status, kd_tui.runs_data; print('mlx.core' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 

@@ -10,7 +10,7 @@ import pytest
 from textual.widgets import ProgressBar
 from tui_support import wait_until
 
-from kd_core.run_record import read_record
+from kd_core.run.record import read_record
 from kd_tui.app import KDApp
 from kd_tui.detached import DetachedRun
 from kd_tui.widgets.loss_plot import LossPlot

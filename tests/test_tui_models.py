@@ -175,8 +175,8 @@ async def test_models_pane_shows_the_sp_pairs_strategy_and_coverage(
 ) -> None:
     from mlx_lm.utils import load_tokenizer
 
-    from kd_core.models import model_info, resolve_model
-    from kd_core.vocab import plan_vocab_alignment
+    from kd_core.models.load import model_info, resolve_model
+    from kd_core.vocab.plan import plan_vocab_alignment
 
     monkeypatch.setenv("KD_DEMO_DIR", str(tmp_path / "demo"))
     monkeypatch.setattr("kd_tui.panes.models.list_cached_models", lambda: [])

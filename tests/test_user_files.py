@@ -27,8 +27,6 @@ from textual.command import CommandList
 from textual.widgets import Input, Select, Static, TabbedContent, TextArea
 from tui_support import open_config, wait_until
 
-from kd_core.atomic_io import atomic_write_text
-from kd_core.bounded_read import CONFIG_MAX_BYTES
 from kd_core.config import ConfigError, RunSpec, load_toml, load_toml_partial, save_toml
 from kd_core.domains import (
     DomainError,
@@ -37,6 +35,8 @@ from kd_core.domains import (
     resolve_domains,
     write_prompt_file,
 )
+from kd_core.files.atomic import atomic_write_text
+from kd_core.files.bounded_read import CONFIG_MAX_BYTES
 from kd_tui.app import KDApp
 from kd_tui.messages import StateChanged, broadcast_copy
 from kd_tui.panes.config import ConfigPane

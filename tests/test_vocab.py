@@ -10,7 +10,7 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 from kd_core.demo.tiny import SPECIAL_TOKENS, train_tokenizer, write_tokenizer
-from kd_core.vocab import VocabError, align_vocab_sizes, plan_vocab_alignment
+from kd_core.vocab.plan import VocabError, align_vocab_sizes, plan_vocab_alignment
 
 ENGLISH = [
     "the quick brown fox jumps over the lazy dog " * 3,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd_core.bounded_read import GIB, BoundedReadError, read_bounded
 from kd_core.data_files.errors import DataFileError
+from kd_core.files.bounded_read import GIB, BoundedReadError, read_bounded
 
 # Large enough for real fine-tuning sets (a million chat rows of ~1 kB), small enough that a
 # wrong path fails in seconds instead of filling the memory.

@@ -1,6 +1,6 @@
 """`hf:NAME[:split]`: a Hugging Face dataset already in the local cache, read with the same
 row detection as a file. Needs the optional `datasets` library; never reaches the network
-unless the caller allows downloads (as for models: kd_core/models.py)."""
+unless the caller allows downloads (as for models: kd_core/models/load.py)."""
 
 from __future__ import annotations
 

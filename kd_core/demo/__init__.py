@@ -40,7 +40,7 @@ _progress_hook: BuildProgress | None = None
 
 
 def demo_root() -> Path:
-    from kd_core.user_dirs import default_cache_dir
+    from kd_core.files.user_dirs import default_cache_dir
 
     return default_cache_dir() / "demo"
 

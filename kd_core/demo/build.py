@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.atomic_io import atomic_write_json
 from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_tokenizer
+from kd_core.files.atomic import atomic_write_json
 
 MANIFEST = "manifest.json"
 BUILD_VERSION = 2

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd_core.atomic_io import atomic_write_bytes
-from kd_core.bounded_read import PROMPT_FILE_MAX_BYTES, BoundedReadError, read_bounded
+from kd_core.files.atomic import atomic_write_bytes
+from kd_core.files.bounded_read import PROMPT_FILE_MAX_BYTES, BoundedReadError, read_bounded
 
 BOM = "\ufeff"
 _LINE_END = re.compile(r"\r\n|\r|\n")

@@ -1,9 +1,9 @@
 """Clients for a teacher on another machine: kd's own server and the servers users have.
 
-One interface, `RemoteTeacher`: `info()`, `score(sequences, prompt_lens, temperature,
-top_k)` shaped exactly like kd_core.teacher.soft_targets' return value (per sequence [R, k]
-int32 ids, [R, k] float32 log P_T, [R] float32 chosen), and `generate(...)` where the
-server samples. `make_teacher(url, api)` picks the implementation (`teacher_api`):
+One interface, `RemoteTeacher`: `info()`, `score(sequences, prompt_lens, temperature, top_k)`
+shaped exactly like kd_core.teacher.teacher_pass.soft_targets' return value (per sequence [R, k]
+int32 ids, [R, k] float32 log P_T, [R] float32 chosen), and `generate(...)` where the server
+samples. `make_teacher(url, api)` picks the implementation (`teacher_api`):
 
 - "kd" (`kd serve-teacher`, kd_core.remote.server): everything, at any temperature and top-k.
 - "vllm": given-text scoring through /v1/completions with `prompt_logprobs` = k (token ids
@@ -784,7 +784,7 @@ def parse_mlx_lm_pair(
 def _with_prompts(
     tokenizer: Any, prompts: list[str], responses: list[np.ndarray], plens: list[int]
 ) -> list[np.ndarray]:
-    from kd_core.data import format_prompt
+    from kd_core.examples.batch import format_prompt
 
     seqs = []
     for i, (p, r, n) in enumerate(zip(prompts, responses, plens, strict=True)):

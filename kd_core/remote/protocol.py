@@ -12,10 +12,10 @@ slot as uint16 + float16, ~5.3 after base64, where JSON numbers would take ~20. 
 the response positions of every sequence, in order, flattened: `ids` and `logprobs` are
 [N, k] (N = sum of response lengths), `chosen` and `tail` are [N].
 
-What a target is (the same as kd_core.teacher.soft_targets and the offline cache): at each
-response position, the k most likely next tokens under P_T = softmax(logits / T) over the
-FULL vocabulary, their log P_T, the log P_T of the token that actually follows, and the tail:
-log(1 - sum of the top-k probabilities), the mass of every other token (`tail_logmass`).
+What a target is (the same as kd_core.teacher.teacher_pass.soft_targets and the offline cache):
+at each response position, the k most likely next tokens under P_T = softmax(logits / T) over
+the FULL vocabulary, their log P_T, the log P_T of the token that actually follows, and the
+tail: log(1 - sum of the top-k probabilities), the mass of every other token (`tail_logmass`).
 
 Every error reply is {"error": {"message": one line naming the field, "field": name}} with
 HTTP 400 (bad request), 401/403 (token), 404 (route), 500 (the teacher failed on it).
@@ -319,7 +319,8 @@ _GEN_FIELDS = (
 
 @dataclass
 class Targets:
-    """Soft targets per sequence, shaped as kd_core.teacher.soft_targets returns them."""
+    """Soft targets per sequence, shaped as kd_core.teacher.teacher_pass.soft_targets
+    returns them."""
 
     ids: list[np.ndarray]  # [R, k] int32 per sequence
     logprobs: list[np.ndarray]  # [R, k] float32 log P_T

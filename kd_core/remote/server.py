@@ -185,7 +185,7 @@ class TeacherWorker:
 
     def _load(self) -> None:
         from kd_core import __version__
-        from kd_core.models import load_model, vocab_size
+        from kd_core.models.load import load_model, vocab_size
 
         weights, tokenizer = model_identity(self.model_path)
         self.model, self.tokenizer = load_model(self.model_path, "teacher")
@@ -222,7 +222,7 @@ class TeacherWorker:
         return batch
 
     def _score(self, batch: list[Job]) -> None:
-        from kd_core.teacher import soft_targets
+        from kd_core.teacher.teacher_pass import soft_targets
 
         seqs: list[np.ndarray] = []
         plens: list[int] = []
@@ -278,7 +278,7 @@ class TeacherWorker:
         return seqs, plens, req.texts is not None
 
     def _tokenize(self, t: Any) -> tuple[np.ndarray, int]:
-        from kd_core.data import format_prompt
+        from kd_core.examples.batch import format_prompt
 
         tok = self.tokenizer
         prompt = format_prompt(tok, t.prompt) if t.chat else list(tok.encode(t.prompt))
@@ -293,7 +293,7 @@ class TeacherWorker:
     def _generate(self, req: GenerateRequest, cfg: Any) -> bytes:
         """As the teacher pass does it: prompts formatted and cut to fit, answers sampled
         from the MLX random state seeded with cfg.seed, then soft targets and texts."""
-        from kd_core.teacher import (
+        from kd_core.teacher.teacher_pass import (
             fitted_prompts,
             generate_responses,
             response_texts,
@@ -315,12 +315,12 @@ class TeacherWorker:
 
 def model_identity(path: Path) -> tuple[str, str]:
     """(weights, tokenizer) fingerprints of a model folder, as kd keys its teacher cache:
-    kd_core.identity's (sha256 of every weight byte, memoised) where this kd has it, else
-    kd_core.models.model_fingerprint and a hash of the tokenizer files."""
+    kd_core.models.identity's (sha256 of every weight byte, memoised) where this kd has it, else
+    kd_core.models.load.model_fingerprint and a hash of the tokenizer files."""
     try:
-        from kd_core.identity import identify_model
+        from kd_core.models.identity import identify_model
     except ImportError:
-        from kd_core.models import model_fingerprint  # type: ignore[attr-defined]
+        from kd_core.models.load import model_fingerprint  # type: ignore[attr-defined]
 
         return model_fingerprint(path), tokenizer_hash(path)
     ident = identify_model(path, "teacher")
@@ -464,7 +464,7 @@ class TeacherServer:
     ) -> None:
         check_token(token, host)  # before anything else: a refused bind loads nothing
         self.host, self.port, self.token = host, check_port(port), token
-        from kd_core.models import ModelError, resolve_model
+        from kd_core.models.load import ModelError, resolve_model
 
         try:
             path = resolve_model(model, "teacher")

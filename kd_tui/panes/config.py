@@ -18,7 +18,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, Select, Static
 
 from kd_core.config import CONFIG_FIELDS, ConfigError, allowed_text, coerce_value, field_help
-from kd_core.toml_file import same_value
+from kd_core.files.toml_file import same_value
 from kd_tui.messages import StateChanged
 from kd_tui.state import app_state
 from kd_tui.widgets import set_text

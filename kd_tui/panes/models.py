@@ -7,7 +7,7 @@ list below it and press enter on a model. Tab moves between the two columns.
 Checks read files only (config.json, safetensors headers) in a thread worker; comparing
 the two tokenizers runs in a short child process (kd_tui.inference.tokenizer_verdict):
 importing mlx_lm in a thread of this process made it abort at exit. The Tokenizers box says
-which vocabulary strategy kd_core.vocab.plan_vocab_alignment picks for the pair under the
+which vocabulary strategy kd_core.vocab.plan.plan_vocab_alignment picks for the pair under the
 configured vocab_strategy and, once a run of this pair has measured it, how much of the
 responses the alignment covered (kd_summary.json's vocab_alignment, per domain).
 """
@@ -23,7 +23,7 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from kd_core.models import DEMO_NAMES, list_cached_models
+from kd_core.models.load import DEMO_NAMES, list_cached_models
 from kd_tui.inference import tokenizer_verdict
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.model_check import (

@@ -64,7 +64,8 @@ class NowPanel(Grid):
                 trend = trend_text(series.trend(key, since_x=since_x))
                 put(key, f"{fmt_loss(value):>7}  {trend}")
             put("lr", f"{step.lr:.1e}")
-            # On an on-policy step the student first samples its answers (kd_core/on_policy.py).
+            # On an on-policy step the student first samples its answers
+            # (kd_core/train/on_policy.py).
             sampling = (
                 f" · sampled {step.sample_tokens_per_second:,.0f}/s" if step.on_policy else ""
             )

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.align import AlignmentError, backend, token_ends
+from kd_core.vocab.spans import AlignmentError, backend, token_ends
 
 _UNKNOWN = -2  # first piece not computed yet
 _MARK = "\x00"  # a character no token merges across: what follows it is read mid-text

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import mlx.core as mx
 import numpy as np
 
-from kd_core.align_pieces import PieceMap
+from kd_core.vocab.pieces import PieceMap
 
 
 class VocabError(ValueError):
@@ -41,7 +41,7 @@ class VocabAlignment:
     teacher_to_student: np.ndarray  # [teacher_size] student id or -1
     explanation: str
     # align with targets "pieces": the teacher's tokens read in the student's pieces
-    # (kd_core/align_pieces.py); None for "shared" (GOLD's form) and the other strategies.
+    # (kd_core/vocab/pieces.py); None for "shared" (GOLD's form) and the other strategies.
     pieces: Any
 
     @property
@@ -165,7 +165,7 @@ def _project_alignment(
     """Match teacher ids to student ids through their normalised token strings.
 
     project: the student reads the teacher's ids mapped one by one (unmapped ones masked).
-    align: the student reads the teacher's text in its own tokens (kd_core/align_loss.py);
+    align: the student reads the teacher's text in its own tokens (kd_core/losses/aligned.py);
     the map then names the tokens both vocabularies share, for the exact part of the loss."""
     s_index: dict[str, int] = {}
     for i, tok in enumerate(s_str[:student_size]):

@@ -3,7 +3,7 @@
     <output>/<domain>/adapters.safetensors, adapter_config.json, metrics.jsonl, checkpoint_*/
     <output>/kd_summary.json
 
-Every file is written to a temporary file and renamed (kd_core/atomic_io.py).
+Every file is written to a temporary file and renamed (kd_core/files/atomic.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kd_core.atomic_io import atomic_write_json
 from kd_core.config import KDConfig
 from kd_core.domains import check_domain_name
 from kd_core.events import DomainResult
-from kd_core.identity import ModelIdentity
+from kd_core.files.atomic import atomic_write_json
+from kd_core.models.identity import ModelIdentity
 
 SUMMARY_FILE = "kd_summary.json"
 

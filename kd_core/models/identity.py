@@ -20,10 +20,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd_core.atomic_io import atomic_write_json
 from kd_core.errors import one_line
-from kd_core.models import ModelError
-from kd_core.user_dirs import default_cache_dir
+from kd_core.files.atomic import atomic_write_json
+from kd_core.files.user_dirs import default_cache_dir
+from kd_core.models.load import ModelError
 
 # Everything that decides which ids a text becomes, how a prompt is rendered and which ids end
 # an answer: a tokenizer or chat template changed beside unchanged weights changes the cache.

@@ -26,10 +26,10 @@ from typing import Any
 
 import mlx.core as mx
 
-from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json
 from kd_core.config import KDConfig
 from kd_core.errors import one_line
-from kd_core.identity import SHORT, ModelIdentity
+from kd_core.files.atomic import atomic_save_safetensors, atomic_write_json
+from kd_core.models.identity import SHORT, ModelIdentity
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint

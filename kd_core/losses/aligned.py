@@ -1,12 +1,12 @@
 """The KD loss across two tokenizers (vocab_strategy "align"), per aligned span.
 
-The student reads the teacher's response text in its own tokens; kd_core.align cuts the text
+The student reads the teacher's response text in its own tokens; kd_core.vocab.spans cuts the text
 into spans that a run of teacher tokens and a run of student tokens cover exactly. What each
 span contributes (docs/ARCHITECTURE.md, "Cross-tokenizer distillation"):
 
 - a span with one teacher token (align_targets = "pieces", the default; flag PIECE): at every
   student position of the span, the teacher's next-token distribution read in the student's
-  pieces (kd_core/align_pieces.py: at the anchor as is, inside the span conditioned on the
+  pieces (kd_core/vocab/pieces.py: at the anchor as is, inside the span conditioned on the
   part already read), compared with the chosen divergence over its k + 1 buckets {projected
   tokens, rest}, as the one-tokenizer offline loss compares the teacher's top-k.
 - otherwise, at the span's *anchor* (the student position that predicts its first token):
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from kd_core.divergences import DivergenceSpec, topk_terms
-from kd_core.losses import ce_loss_sum
+from kd_core.losses.core import ce_loss_sum
+from kd_core.losses.divergences import DivergenceSpec, topk_terms
 
 ULD_WEIGHT = 1.0  # the remainder's sorted-probability term beside the exact part
 ONE_TO_ONE, MULTI = 1, 2  # the kind of span anchored at a position (kind & SPAN_KIND)
 SPAN_KIND = 3
-PIECE = 4  # flag: a projected target here (kd_core/align_pieces.py); replaces the span's terms
+PIECE = 4  # flag: a projected target here (kd_core/vocab/pieces.py); replaces the span's terms
 _LOG_ONE_MINUS = -1e-4  # a span log-probability is kept below this: log(1 - q) stays finite
 
 

@@ -11,12 +11,12 @@ import os
 from dataclasses import dataclass
 
 from kd_core.config import KDConfig
-from kd_core.models import ModelInfo
+from kd_core.models.load import ModelInfo
 
 GB = 1e9
-GEN_KV_BUDGET = 2 * 2**30  # kd_core.teacher.GEN_KV_BUDGET
-GEN_MAX_BATCH = 64  # kd_core.teacher.GEN_MAX_BATCH
-FWD_BATCH = 8  # kd_core.teacher.FWD_CHUNK
+GEN_KV_BUDGET = 2 * 2**30  # kd_core.teacher.teacher_pass.GEN_KV_BUDGET
+GEN_MAX_BATCH = 64  # kd_core.teacher.teacher_pass.GEN_MAX_BATCH
+FWD_BATCH = 8  # kd_core.teacher.teacher_pass.FWD_CHUNK
 
 
 def machine_memory_bytes() -> int | None:

@@ -2,9 +2,9 @@
 
 The student reads its own formatting of the prompt, then the teacher's response *text* in its
 own tokens (never the teacher's ids), ending in its own EOS where the teacher's ended. CE is
-on those tokens. kd_core.align cuts the text into spans covered exactly by a run of teacher
+on those tokens. kd_core.vocab.spans cuts the text into spans covered exactly by a run of teacher
 tokens and a run of student tokens; each span gets its KD target at its anchor (the student
-position predicting its first token; kd_core/align_loss.py says how each kind is compared).
+position predicting its first token; kd_core/losses/aligned.py says how each kind is compared).
 An ending EOS is a one-to-one span of its own.
 
 Offline the targets come from the teacher cache (top-k + tail per teacher position, the chosen
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.align import AlignedSpan, AlignmentError, align_ends, decoded_ends, token_ends
-from kd_core.align_loss import MULTI, ONE_TO_ONE, PIECE
-from kd_core.align_pieces import PieceMap
-from kd_core.data import Example, format_prompt
-from kd_core.teacher import TeacherOutputs, response_texts
-from kd_core.vocab import VocabAlignment, eos_ids
+from kd_core.examples.batch import Example, format_prompt
+from kd_core.losses.aligned import MULTI, ONE_TO_ONE, PIECE
+from kd_core.teacher.teacher_pass import TeacherOutputs, response_texts
+from kd_core.vocab.pieces import PieceMap
+from kd_core.vocab.plan import VocabAlignment, eos_ids
+from kd_core.vocab.spans import AlignedSpan, AlignmentError, align_ends, decoded_ends, token_ends
 
 
 @dataclass
@@ -263,7 +263,7 @@ def _piece_targets(
     i: int,
     pieces: PieceMap,
 ) -> None:
-    """Projected targets (kd_core/align_pieces.py) at every student position of each span
+    """Projected targets (kd_core/vocab/pieces.py) at every student position of each span
     with one teacher token: its anchor reads the teacher's distribution there as is, each
     later position conditions it on the part of the token already read. They replace the
     span's own terms (flag PIECE). `tokens` = (teacher ids, student ids, the student tokens'

@@ -31,12 +31,12 @@ from typing import Any
 import mlx.nn as nn
 import numpy as np
 
-from kd_core.align_examples import sampled_example
-from kd_core.blas import set_blas_threads
 from kd_core.config import KDConfig
-from kd_core.data import Example
-from kd_core.teacher import GEN_MAX_BATCH, sample_batch
-from kd_core.vocab import VocabAlignment, eos_ids
+from kd_core.examples.aligned import sampled_example
+from kd_core.examples.batch import Example
+from kd_core.runtime.blas import set_blas_threads
+from kd_core.teacher.teacher_pass import GEN_MAX_BATCH, sample_batch
+from kd_core.vocab.plan import VocabAlignment, eos_ids
 
 
 def is_on_policy_step(step: int, ratio: float) -> bool:
@@ -60,7 +60,7 @@ class SampleStats:
 @contextmanager
 def _all_cores() -> Iterator[None]:
     """Decoding is one stream: give BLAS every core back while the training step's streams
-    (kd_core/cpu_streams.py) have them shared out."""
+    (kd_core/runtime/cpu_streams.py) have them shared out."""
     previous = set_blas_threads(os.cpu_count() or 1)
     try:
         yield

@@ -20,7 +20,7 @@ from typing import Any
 
 import tomlkit
 
-from kd_core.bounded_read import CONFIG_MAX_BYTES, read_bounded
+from kd_core.files.bounded_read import CONFIG_MAX_BYTES, read_bounded
 
 BOM = "\ufeff"
 

@@ -1,4 +1,4 @@
-"""The training step's interface (kd_core/steps.py has the implementations)."""
+"""The training step's interface (kd_core/steps/fused.py has the implementations)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Protocol
 import mlx.core as mx
 from mlx.utils import tree_map
 
-from kd_core.cpu_streams import StreamSet
-from kd_core.data import Batch
+from kd_core.examples.batch import Batch
+from kd_core.runtime.cpu_streams import StreamSet
 
 
 @dataclass

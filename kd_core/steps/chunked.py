@@ -25,11 +25,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from kd_core.config import KDConfig
-from kd_core.cpu_streams import StreamSet, row_slices
-from kd_core.data import Batch
-from kd_core.divergences import DivergenceSpec, offline_sums
-from kd_core.losses import combined_loss
-from kd_core.step_api import StepOutput, add_trees
+from kd_core.examples.batch import Batch
+from kd_core.losses.core import combined_loss
+from kd_core.losses.divergences import DivergenceSpec, offline_sums
+from kd_core.runtime.cpu_streams import StreamSet, row_slices
+from kd_core.steps.protocol import StepOutput, add_trees
 
 AUTO_LOGITS_BYTES = 256 * 2**20  # chunk automatically when one [B, L, V] fp32 tensor is larger
 
@@ -140,8 +140,8 @@ class ChunkedStep:
         return hs
 
     def __call__(self, batch: Batch, inv: mx.array, prev_grad: Any, do_update: bool) -> StepOutput:
-        # Rows are split over the parallel streams (kd_core/cpu_streams.py); each phase builds
-        # one piece per stream and evaluates them together, so the streams run at once.
+        # Rows are split over the parallel streams (kd_core/runtime/cpu_streams.py); each phase
+        # builds one piece per stream and evaluates them together, so the streams run at once.
         inputs = mx.array(batch.inputs)
         streams = self.streams
         shards = row_slices(inputs.shape[0], streams.n)

@@ -4,7 +4,7 @@ Loss per optimiser step (docs/ARCHITECTURE.md):  L = alpha * KD + (1 - alpha) * 
 *sum* over the valid response tokens of the whole step divided by their count. That count is
 known on the host before the step runs (masks are built in numpy), so it enters the step as a
 scalar. How a micro-batch's loss and gradient are computed (offline, online, chunked; row
-shards over CPU streams) is the step's business: kd_core/steps.py.
+shards over CPU streams) is the step's business: kd_core/steps/fused.py.
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from kd_core.atomic_io import atomic_save_safetensors, atomic_write_json, atomic_write_jsonl
-from kd_core.checkpoints import CheckpointStore
 from kd_core.config import KDConfig
-from kd_core.control import RunControl
-from kd_core.cpu_streams import StreamSet, stream_count
-from kd_core.data import BatchPlan, Example, make_batch, valid_tokens
-from kd_core.distributed import World
-from kd_core.distributed import world as get_world
 from kd_core.events import CheckpointSaved, DomainResult, EventSink, Log, Paused, Step, null_sink
-from kd_core.models import vocab_size
-from kd_core.on_policy import SampleStats, StudentSampler, is_on_policy_step
-from kd_core.outputs import lora_parameters
-from kd_core.steps import StepOutput, TrainStep, make_step
-from kd_core.vocab import VocabAlignment
+from kd_core.examples.batch import BatchPlan, Example, make_batch, valid_tokens
+from kd_core.files.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_jsonl
+from kd_core.models.load import vocab_size
+from kd_core.run.control import RunControl
+from kd_core.run.outputs import lora_parameters
+from kd_core.runtime.cpu_streams import StreamSet, stream_count
+from kd_core.runtime.distributed import World
+from kd_core.runtime.distributed import world as get_world
+from kd_core.steps.fused import StepOutput, TrainStep, make_step
+from kd_core.train.checkpoints import CheckpointStore
+from kd_core.train.on_policy import SampleStats, StudentSampler, is_on_policy_step
+from kd_core.vocab.plan import VocabAlignment
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -29,7 +29,7 @@ from typing import Any, get_args
 import mlx.core as mx
 
 from kd_core.config import Divergence
-from kd_core.losses import (
+from kd_core.losses.core import (
     EPS,
     IGNORE_INDEX,
     SoftPair,

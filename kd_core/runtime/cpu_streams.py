@@ -6,7 +6,7 @@ loss) on one thread; only its BLAS calls use several. Measured on the 2-core CI 
 (8 x 768, batch 4 x 256) spends ~0.9 s of its 1.39 s outside the matmuls. Each MLX stream has
 its own worker thread, so the same step split by rows over one stream per core, with the
 BLAS threads shared out among the streams, keeps every core busy: that forward took 0.98 s.
-It needs MLX to interleave the shards' ops: kd_core/blas.py widens MLX_BFS_MAX_WIDTH before
+It needs MLX to interleave the shards' ops: kd_core/runtime/blas.py widens MLX_BFS_MAX_WIDTH before
 MLX loads.
 
 The shards' gradients are chained (each compiled call adds the previous shard's gradient
@@ -25,8 +25,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from kd_core.blas import set_blas_threads
-from kd_core.data import Batch
+from kd_core.examples.batch import Batch
+from kd_core.runtime.blas import set_blas_threads
 
 
 def stream_count(setting: int, rows: int, distributed: bool = False) -> int:

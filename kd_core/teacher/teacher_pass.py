@@ -28,14 +28,14 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from kd_core.atomic_io import atomic_save_safetensors
 from kd_core.config import KDConfig
-from kd_core.cpu_streams import StreamSet, row_slices, stream_count
-from kd_core.data import format_prompt, forward_inputs
-from kd_core.identity import ModelIdentity
-from kd_core.losses import log_softmax, topk_of
-from kd_core.models import safetensors_header, vocab_size
-from kd_core.vocab import eos_ids
+from kd_core.examples.batch import format_prompt, forward_inputs
+from kd_core.files.atomic import atomic_save_safetensors
+from kd_core.losses.core import log_softmax, topk_of
+from kd_core.models.identity import ModelIdentity
+from kd_core.models.load import safetensors_header, vocab_size
+from kd_core.runtime.cpu_streams import StreamSet, row_slices, stream_count
+from kd_core.vocab.plan import eos_ids
 
 # 2: long prompts are cut from the front (the assistant marker stays). 3: the key holds the
 # teacher's identity (weights and tokenizer); format-2 files were written under an empty one.
@@ -94,7 +94,7 @@ class TeacherOutputs:
     from_cache: bool = False
     prompt_cut: list[bool] | None = None  # per example: its prompt was cut to fit
     # With soft targets: log P_T of each response token the teacher chose, and the response's
-    # text with the character each token ends at (kd_core.align.decoded_ends): what a student
+    # text with the character each token ends at (kd_core.vocab.spans.decoded_ends): what a student
     # with another tokenizer needs (vocab_strategy "align"), so one cache serves any student.
     chosen_logprobs: list[np.ndarray] | None = None  # [R] float32
     texts: list[str] | None = None
@@ -203,7 +203,7 @@ def response_texts(
     tokenizer: Any, sequences: list[np.ndarray], prompt_lens: list[int]
 ) -> tuple[list[str], list[np.ndarray]]:
     """Each response's text (less an ending EOS) and the character each token ends at."""
-    from kd_core.align import decoded_ends
+    from kd_core.vocab.spans import decoded_ends
 
     eos = set(eos_ids(tokenizer))
     texts, ends = [], []
@@ -409,7 +409,7 @@ def soft_targets(
     log P_T of the token the teacher chose there.
 
     With streams > 1 each forward's sequences are split over that many parallel streams
-    (kd_core/cpu_streams.py: MLX's CPU element-wise ops use one thread per stream)."""
+    (kd_core/runtime/cpu_streams.py: MLX's CPU element-wise ops use one thread per stream)."""
     ids_out: list[np.ndarray] = []
     lp_out: list[np.ndarray] = []
     chosen_out: list[np.ndarray] = []
@@ -633,7 +633,7 @@ class TeacherPass:
 
 def gather_outputs(world: Any, local: TeacherOutputs) -> TeacherOutputs:
     """All ranks' shares (round robin over the prompts) back in prompt order, on every rank."""
-    from kd_core.distributed import interleave
+    from kd_core.runtime.distributed import interleave
 
     lens = np.array([len(s) for s in local.sequences], np.int64)
     flat = np.concatenate(local.sequences) if local.sequences else np.zeros(0, np.int32)

@@ -41,7 +41,7 @@ class Example:
     teacher_tokens: np.ndarray | None = None  # [m] teacher ids (online mode)
     teacher_prompt_len: int = 0
     teacher_prompt: np.ndarray | None = None  # the prompt in teacher ids (on-policy steps)
-    # vocab_strategy "align" (kd_core/align_examples.py), per response position: 0 or the
+    # vocab_strategy "align" (kd_core/examples/aligned.py), per response position: 0 or the
     # kind of span anchored there (1 one-to-one, 2 several tokens), the span's student tokens,
     # the teacher's log P_T of the span, its top-k tokens the student lacks; online, the
     # teacher response tokens [t0, t1) of the span.

@@ -2,22 +2,23 @@
 
     step(batch, inv_count, prev_grad, do_update) -> StepOutput(loss, kd, ce, grad)
 
-`batch` is one micro-batch (kd_core.data.Batch, numpy arrays); `inv_count` is 1 / the number
-of valid response tokens in the whole optimiser step (all micro-batches, all processes), known
-on the host before the step, so no host round-trip happens inside it; `prev_grad` is the
+`batch` is one micro-batch (kd_core.examples.batch.Batch, numpy arrays); `inv_count` is 1 / the
+number of valid response tokens in the whole optimiser step (all micro-batches, all processes),
+known on the host before the step, so no host round-trip happens inside it; `prev_grad` is the
 gradient accumulated over the step's earlier micro-batches; with `do_update` the optimiser
-applies the (all-process) gradient and `grad` comes back None. Every step computes
-L = alpha * KD + (1 - alpha) * CE through `losses.combined_loss`, KD being the configured
-divergence (kd_core/divergences.py; forward KL by default).
+applies the (all-process) gradient and `grad` comes back None. Every step computes L = alpha *
+KD + (1 - alpha) * CE through `losses.combined_loss`, KD being the configured divergence
+(kd_core/losses/divergences.py; forward KL by default).
 
 - OfflineStep: KD against the cached top-k soft targets, one compiled value_and_grad.
 - OnlineStep:  the teacher's full distribution, its forward outside the compiled student step.
-- ChunkedStep (kd_core/chunked.py): the offline loss in chunks of positions, for vocabularies
-  whose [B, L, V] logits would not fit.
+- ChunkedStep (kd_core/steps/chunked.py): the offline loss in chunks of positions, for
+  vocabularies whose [B, L, V] logits would not fit.
 
-Splitting a step's rows over parallel CPU streams (kd_core/cpu_streams.py) happens inside the
-steps: each shard's compiled call adds the previous shard's gradient, and the update comes
-with the last shard, so the shards' heavy work runs concurrently.
+
+Splitting a step's rows over parallel CPU streams (kd_core/runtime/cpu_streams.py) happens
+inside the steps: each shard's compiled call adds the previous shard's gradient, and the
+update comes with the last shard, so the shards' heavy work runs concurrently.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from kd_core.align_loss import align_loss_sums
-from kd_core.chunked import ChunkedStep, split_model, want_chunking
 from kd_core.config import KDConfig
-from kd_core.cpu_streams import StreamSet, row_slices, shard_batch
-from kd_core.data import Batch
-from kd_core.divergences import DivergenceSpec, divergence_sum, offline_sums, online_sums
-from kd_core.losses import ce_loss_sum, combined_loss
-from kd_core.step_api import StepOutput, TrainStep, add_trees
-from kd_core.vocab import VocabAlignment, align_vocab_sizes
+from kd_core.examples.batch import Batch
+from kd_core.losses.aligned import align_loss_sums
+from kd_core.losses.core import ce_loss_sum, combined_loss
+from kd_core.losses.divergences import DivergenceSpec, divergence_sum, offline_sums, online_sums
+from kd_core.runtime.cpu_streams import StreamSet, row_slices, shard_batch
+from kd_core.steps.chunked import ChunkedStep, split_model, want_chunking
+from kd_core.steps.protocol import StepOutput, TrainStep, add_trees
+from kd_core.vocab.plan import VocabAlignment, align_vocab_sizes
 
 Reduce = Callable[[Any], Any]
 
@@ -150,7 +151,7 @@ class OnlineStep(_CompiledStep):
 
 class AlignStep(_CompiledStep):
     """Two tokenizers (vocab_strategy "align"): KD per aligned span at its anchor
-    (kd_core/align_loss.py), CE on the student's own tokens. Offline the span targets come
+    (kd_core/losses/aligned.py), CE on the student's own tokens. Offline the span targets come
     with the batch; online the teacher's forward runs each step (outside the compiled student
     step) and its distributions at the anchors are cut to the same top-k form."""
 
@@ -164,7 +165,7 @@ class AlignStep(_CompiledStep):
         alignment: VocabAlignment,
         teacher: nn.Module | None = None,
     ) -> None:
-        from kd_core.align_examples import one_to_one_map, student_only_mask
+        from kd_core.examples.aligned import one_to_one_map, student_only_mask
 
         self.teacher, self.pieces = teacher, alignment.pieces
         self.t2s = mx.array(one_to_one_map(alignment).astype(np.int32))
@@ -193,7 +194,7 @@ class AlignStep(_CompiledStep):
         return (kind, span_len, *targets, self.student_only)
 
     def _teacher_targets(self, batch: Batch) -> tuple[mx.array, ...]:
-        from kd_core.losses import log_softmax, topk_of
+        from kd_core.losses.core import log_softmax, topk_of
 
         k = batch.uld_logprobs.shape[-1]
         log_p = log_softmax(self.teacher(mx.array(batch.teacher_inputs)), self.cfg.temperature)
@@ -220,10 +221,10 @@ class AlignStep(_CompiledStep):
         return span_lp, ids_s, lp_m, rest
 
     def _piece_targets(self, batch: Batch, ids_t, vals, ids_s, lp_m, rest):
-        """The projected targets (kd_core/align_pieces.py) at the PIECE positions. They need
+        """The projected targets (kd_core/vocab/pieces.py) at the PIECE positions. They need
         the tokens' text, so the teacher's top-k there comes to the host: one sync per step,
         next to the teacher's forward that the step waits for anyway."""
-        from kd_core.align_loss import PIECE
+        from kd_core.losses.aligned import PIECE
 
         rows = np.argwhere(batch.span_kind >= PIECE)
         if len(rows) == 0:
@@ -268,7 +269,7 @@ def make_step(
         warn("this model cannot be split into body and head; computing the loss unchunked")
     if alignment is not None and alignment.aligned:
         if split is not None:
-            from kd_core.chunked_align import ChunkedAlignStep
+            from kd_core.steps.chunked_aligned import ChunkedAlignStep
 
             return ChunkedAlignStep(
                 model, split, optimizer, cfg, chunk, reduce, streams, alignment=alignment

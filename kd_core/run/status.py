@@ -1,5 +1,5 @@
 """Where a run stands, read from its folder alone: what `kd status` prints and the dashboard's
-Runs pane shows (kd_core/run_record.py writes the files).
+Runs pane shows (kd_core/run/record.py writes the files).
 
 The state comes from the lock (held: the process lives), the exit status run.json records
 at the end, and the last events: a folder whose process is gone without a final event (no
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd_core.event_file import tail_events
 from kd_core.events import fmt_loss, fmt_time
-from kd_core.identity import SHORT
-from kd_core.run_record import (
+from kd_core.models.identity import SHORT
+from kd_core.run.event_file import tail_events
+from kd_core.run.record import (
     CONTROL_FILE,
     EVENTS_FILE,
     RUN_DIR,
@@ -42,7 +42,7 @@ class RunPair:
     """The models a run uses, as its run_started event names them."""
 
     teacher: str
-    teacher_weights: str  # kd_core/identity.py fingerprint ("not recorded": an older kd)
+    teacher_weights: str  # kd_core/models/identity.py fingerprint ("not recorded": an older kd)
     student: str
     student_weights: str
 

@@ -1,9 +1,9 @@
 """The one reader of a run's event file (`<output>/.kd-run/events.jsonl`).
 
-`kd status` (kd_core/run_status.py) reads the file's tail; the dashboard (kd_tui/detached.py)
+`kd status` (kd_core/run/status.py) reads the file's tail; the dashboard (kd_tui/detached.py)
 replays it from the start and then follows it. Both read it here, so a line one of them can
 read the other can too. The file is written one JSON object per line by the run
-(kd_core/run_record.py) but it is a file on disk: a crashed writer leaves a torn line, and
+(kd_core/run/record.py) but it is a file on disk: a crashed writer leaves a torn line, and
 anything else may have been appended. A line that is not a JSON object with a text "kind"
 is skipped and counted, never fatal; a half-written last line (no newline yet) waits.
 

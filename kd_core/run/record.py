@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
-from kd_core.atomic_io import atomic_write_json
-from kd_core.bounded_read import RECORD_MAX_BYTES, BoundedReadError, read_bounded
-from kd_core.event_file import tail_events
 from kd_core.events import Event, describe, event_from_dict
+from kd_core.files.atomic import atomic_write_json
+from kd_core.files.bounded_read import RECORD_MAX_BYTES, BoundedReadError, read_bounded
+from kd_core.run.event_file import tail_events
 
 RUN_DIR = ".kd-run"
 LOCK_FILE = "lock"

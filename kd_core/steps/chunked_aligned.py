@@ -1,4 +1,4 @@
-"""The align loss (kd_core/align_loss.py) in chunks of positions, for large vocabularies.
+"""The align loss (kd_core/losses/aligned.py) in chunks of positions, for large vocabularies.
 
 A one-to-one span's terms live at one position, but a longer span's term depends on the sum
 of its tokens' log-probabilities, which a chunk boundary may cut. So the step makes a first,
@@ -15,8 +15,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from kd_core.align_examples import student_only_mask
-from kd_core.align_loss import (
+from kd_core.examples.aligned import student_only_mask
+from kd_core.examples.batch import Batch
+from kd_core.losses.aligned import (
     MULTI,
     binary_kl,
     chosen_log_q,
@@ -24,11 +25,10 @@ from kd_core.align_loss import (
     span_log_probs,
     student_log_q,
 )
-from kd_core.chunked import ChunkedStep
-from kd_core.data import Batch
-from kd_core.divergences import DivergenceSpec
-from kd_core.losses import ce_loss_sum, combined_loss
-from kd_core.vocab import VocabAlignment
+from kd_core.losses.core import ce_loss_sum, combined_loss
+from kd_core.losses.divergences import DivergenceSpec
+from kd_core.steps.chunked import ChunkedStep
+from kd_core.vocab.plan import VocabAlignment
 
 
 class ChunkedAlignStep(ChunkedStep):
