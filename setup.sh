@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 if [ "$(uname -s)" = "Linux" ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
   # MLX's Linux CPU wheel ships the reference BLAS (32x slower at matmul, measured);
-  # kd preloads OpenBLAS when it is installed (kd_core/blas.py).
+  # kd preloads OpenBLAS when it is installed (kd_core/runtime/blas.py).
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 \

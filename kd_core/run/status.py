@@ -9,7 +9,6 @@ on. Only the file's tail is read: a status costs the same for a 10-step or a 1e6
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from kd_core.events import fmt_loss, fmt_time
 from kd_core.models.identity import SHORT
-from kd_core.run.event_file import tail_events
+from kd_core.run.event_file import parse_event_line, tail_events
 from kd_core.run.record import (
     CONTROL_FILE,
     EVENTS_FILE,
@@ -114,11 +113,8 @@ def read_pair(path: Path, start: int = 0) -> RunPair | None:
     except OSError:
         return None
     for line in head.split(b"\n"):
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(d, dict) and d.get("kind") == "run_started":
+        d = parse_event_line(line)  # the one reading of an event line (run/event_file.py)
+        if d is not None and d["kind"] == "run_started":
             return RunPair(
                 str(d.get("teacher")),
                 str(d.get("teacher_weights") or "not recorded"),
