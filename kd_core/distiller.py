@@ -38,7 +38,7 @@ from kd_core.events import (
 from kd_core.examples.aligned import build_aligned_examples, describe_alignment
 from kd_core.examples.same_vocab import ExampleSet, build_examples
 from kd_core.files.user_dirs import default_cache_dir
-from kd_core.models.identity import ModelIdentity, identify_model
+from kd_core.models.identity import ModelIdentity, identify_model, pair_fields
 from kd_core.models.load import (
     ModelError,
     load_model,
@@ -64,7 +64,7 @@ from kd_core.teacher.teacher_pass import (
     TeacherPass,
     sweep_stale_cache,
 )
-from kd_core.train.checkpoints import CheckpointStore, model_fields, run_fingerprint
+from kd_core.train.checkpoints import CheckpointStore, run_fingerprint
 from kd_core.train.on_policy import StudentSampler
 from kd_core.train.trainer import StudentTrainer, apply_lora
 from kd_core.vocab.plan import VocabAlignment, eos_ids, plan_vocab_alignment
@@ -207,7 +207,7 @@ class TrueKnowledgeDistiller:
             self.sink(Log(warning, "warning"))
         if resume:  # a model replaced in place is refused before any work, nothing written
             for name in domains:
-                fp = model_fields(t_id, s_id)
+                fp = pair_fields(t_id, s_id)
                 CheckpointStore(domain_dir(output, name), name, fp).check_models()
         est = estimate_memory(t_info, s_info, cfg)
         if warning := est.warning(cfg):

@@ -68,6 +68,19 @@ class ModelIdentity:
         return f"{self.path} ({self.short})"
 
 
+def pair_fields(teacher: ModelIdentity, student: ModelIdentity) -> dict[str, str]:
+    """Both models as kd writes them down (the resume fingerprint, kd_summary.json): path,
+    weights hash and tokenizer hash of each."""
+    return {
+        "teacher": teacher.path,
+        "teacher_weights": teacher.weights,
+        "teacher_tokenizer": teacher.tokenizer,
+        "student": student.path,
+        "student_weights": student.weights,
+        "student_tokenizer": student.tokenizer,
+    }
+
+
 def identify_model(path: Path, role: str, memo_dir: Path | None = None) -> ModelIdentity:
     """The identity of the model folder `path` (`role` names it in errors)."""
     memo = _Memo(memo_dir or default_cache_dir())

@@ -18,7 +18,7 @@ from kd_core.config import KDConfig
 from kd_core.domains import check_domain_name
 from kd_core.events import DomainResult
 from kd_core.files.atomic import atomic_write_json
-from kd_core.models.identity import ModelIdentity
+from kd_core.models.identity import ModelIdentity, pair_fields
 
 SUMMARY_FILE = "kd_summary.json"
 
@@ -87,14 +87,7 @@ def write_summary(
                     entry.setdefault("config", loaded.get("config"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             previous = {}
-    models = {
-        "teacher": teacher.path,
-        "teacher_weights": teacher.weights,
-        "teacher_tokenizer": teacher.tokenizer,
-        "student": student.path,
-        "student_weights": student.weights,
-        "student_tokenizer": student.tokenizer,
-    }
+    models = pair_fields(teacher, student)
     mine = {**models, "config": cfg.to_dict()}
     domains = dict(previous) | {r.domain: {**r.to_dict(), **mine} for r in results}
     atomic_write_json(

@@ -29,7 +29,7 @@ import mlx.core as mx
 from kd_core.config import KDConfig
 from kd_core.errors import one_line
 from kd_core.files.atomic import atomic_save_safetensors, atomic_write_json
-from kd_core.models.identity import SHORT, ModelIdentity
+from kd_core.models.identity import SHORT, ModelIdentity, pair_fields
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
@@ -77,18 +77,6 @@ def prompts_hash(prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
-def model_fields(teacher: ModelIdentity, student: ModelIdentity) -> dict[str, str]:
-    """The fingerprint's part that names the two models: path, weights hash, tokenizer hash."""
-    return {
-        "teacher": teacher.path,
-        "teacher_weights": teacher.weights,
-        "teacher_tokenizer": teacher.tokenizer,
-        "student": student.path,
-        "student_weights": student.weights,
-        "student_tokenizer": student.tokenizer,
-    }
-
-
 def run_fingerprint(
     cfg: KDConfig,
     *,
@@ -98,7 +86,7 @@ def run_fingerprint(
     prompts: list[str],
 ) -> dict[str, Any]:
     fp: dict[str, Any] = {
-        **model_fields(teacher, student),
+        **pair_fields(teacher, student),
         "vocab_alignment": vocab_strategy,
         "prompts": prompts_hash(prompts),
     }
