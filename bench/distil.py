@@ -124,7 +124,8 @@ class Distil:
         from kd_core.examples.same_vocab import build_examples
         from kd_core.losses.core import sparse_kd_loss_sum
         from kd_core.models.load import load_model
-        from kd_core.teacher.teacher_pass import TeacherOutputs, load_outputs, soft_targets
+        from kd_core.teacher.cache import TeacherOutputs, load_outputs
+        from kd_core.teacher.teacher_pass import soft_targets
         from kd_core.vocab.plan import plan_vocab_alignment
 
         path = Path(cache)
@@ -199,7 +200,7 @@ class Distil:
         No teacher of that size is built here: the targets are synthetic, the format is real
         (ids no longer fit uint16, so they are stored as uint32).
         """
-        from kd_core.teacher.teacher_pass import TeacherOutputs, save_outputs
+        from kd_core.teacher.cache import TeacherOutputs, save_outputs
 
         rng = np.random.default_rng(0)
         k = KDConfig().top_k

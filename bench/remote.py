@@ -120,7 +120,9 @@ def score_ratio(model: Any, client: Any, seqs: list, plens: list, rounds: int) -
 
 def teacher_pass_ratio(model: Any, tok: Any, client: Any, args: Any) -> dict[str, Any]:
     from kd_core.config import KDConfig
-    from kd_core.teacher.teacher_pass import generate_responses, response_texts, soft_targets
+    from kd_core.generate import generate_responses
+    from kd_core.teacher.cache import response_texts
+    from kd_core.teacher.teacher_pass import soft_targets
 
     prompts = [f"Explain Python topic number {i} in a few words." for i in range(args.prompts)]
     settings = dict(
@@ -171,12 +173,8 @@ def cache_bytes(model: Any, tok: Any, seqs: list, plens: list, vocab: int) -> di
     """Bytes per response token of the cache file the teacher pass would write for these
     sequences (targets, chosen log-probs, texts and offsets), and of its targets alone."""
     from kd_core.config import KDConfig
-    from kd_core.teacher.teacher_pass import (
-        TeacherOutputs,
-        response_texts,
-        save_outputs,
-        soft_targets,
-    )
+    from kd_core.teacher.cache import TeacherOutputs, response_texts, save_outputs
+    from kd_core.teacher.teacher_pass import soft_targets
 
     ids, lps, chosen = soft_targets(
         model, seqs, plens, KDConfig(temperature=TEMPERATURE, top_k=TOP_K)

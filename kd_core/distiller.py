@@ -38,6 +38,7 @@ from kd_core.events import (
 from kd_core.examples.aligned import build_aligned_examples, describe_alignment
 from kd_core.examples.same_vocab import ExampleSet, build_examples
 from kd_core.files.user_dirs import default_cache_dir
+from kd_core.generate import GenerationStopped
 from kd_core.models.identity import ModelIdentity, identify_model, pair_fields
 from kd_core.models.load import (
     ModelError,
@@ -58,12 +59,8 @@ from kd_core.run.outputs import (
     write_summary,
 )
 from kd_core.runtime.distributed import world as get_world
-from kd_core.teacher.teacher_pass import (
-    GenerationStopped,
-    TeacherOutputs,
-    TeacherPass,
-    sweep_stale_cache,
-)
+from kd_core.teacher.cache import TeacherOutputs, sweep_stale_cache
+from kd_core.teacher.teacher_pass import TeacherPass
 from kd_core.train.checkpoints import CheckpointStore, run_fingerprint
 from kd_core.train.on_policy import StudentSampler
 from kd_core.train.trainer import StudentTrainer, apply_lora

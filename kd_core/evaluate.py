@@ -36,17 +36,13 @@ from kd_core.examples.aligned import build_aligned_examples, sampled_example
 from kd_core.examples.batch import forward_inputs
 from kd_core.examples.same_vocab import build_examples
 from kd_core.files.user_dirs import default_cache_dir
+from kd_core.generate import fitted_prompts, sample_batch
 from kd_core.losses.aligned import ONE_TO_ONE, SPAN_KIND
 from kd_core.losses.core import log_softmax
 from kd_core.models.identity import identify_model
 from kd_core.models.load import load_model, release, resolve_model, vocab_size
-from kd_core.teacher.teacher_pass import (
-    TeacherOutputs,
-    TeacherPass,
-    fitted_prompts,
-    response_texts,
-    sample_batch,
-)
+from kd_core.teacher.cache import TeacherOutputs, response_texts
+from kd_core.teacher.teacher_pass import TeacherPass
 from kd_core.train.on_policy import student_to_teacher
 from kd_core.vocab.plan import VocabAlignment, eos_ids, plan_vocab_alignment
 

@@ -208,7 +208,7 @@ class Worker:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        from kd_core.examples.batch import format_prompt
+        from kd_core.generate import format_prompt
 
         prompt = str(req.prompt)
         temp = float(req.temperature)
@@ -284,7 +284,7 @@ class Worker:
 
     # ---- token inspector ----------------------------------------------------------------------
     def inspect(self, req: Inspect) -> None:
-        from kd_core.examples.batch import format_prompt
+        from kd_core.generate import format_prompt
 
         prompt = str(req.prompt)
         answer = [int(t) for t in req.answer][:MAX_INSPECT_POSITIONS]

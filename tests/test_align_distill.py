@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import build_sp_student
 
-from kd_core.teacher.teacher_pass import load_outputs
+from kd_core.teacher.cache import load_outputs
 from kd_core.vocab.spans import align_ends, backend, token_ends
 
 PROMPTS = "Name a colour.\nCount to three.\nSay hello.\nPick a number.\nWrite café 😀.\n"

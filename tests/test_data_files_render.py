@@ -29,7 +29,7 @@ from kd_core.data_files import (
 )
 from kd_core.data_files.formats import classify_row
 from kd_core.data_files.render import backend
-from kd_core.examples.batch import format_prompt
+from kd_core.generate import format_prompt
 
 DEMO = Path(kd_core.__file__).parent / "demo" / "pair" / "teacher"
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizers"

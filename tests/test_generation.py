@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 from mlx_lm import load
 
-import kd_core.teacher.teacher_pass as teacher_mod
+import kd_core.generate as generate_mod
 from kd_core.config import KDConfig
-from kd_core.examples.batch import format_prompt
-from kd_core.teacher.teacher_pass import generate_responses, generation_batch, kv_bytes_per_token
+from kd_core.generate import format_prompt, generate_responses, generation_batch, kv_bytes_per_token
 
 PROMPTS = [f"Explain step {i} of the plan in a few words." for i in range(7)]
 
@@ -21,10 +20,10 @@ def test_kv_bytes_per_token_reads_the_real_cache(tiny_pair):
 
 def test_generation_batch_respects_the_kv_budget(tiny_pair, monkeypatch):
     model, _ = load(str(tiny_pair.teacher))
-    assert generation_batch(model, longest=100) == teacher_mod.GEN_MAX_BATCH
-    monkeypatch.setattr(teacher_mod, "GEN_KV_BUDGET", 3 * 1024 * 100)  # room for 3 sequences
+    assert generation_batch(model, longest=100) == generate_mod.GEN_MAX_BATCH
+    monkeypatch.setattr(generate_mod, "GEN_KV_BUDGET", 3 * 1024 * 100)  # room for 3 sequences
     assert generation_batch(model, longest=100) == 3
-    monkeypatch.setattr(teacher_mod, "GEN_KV_BUDGET", 10)
+    monkeypatch.setattr(generate_mod, "GEN_KV_BUDGET", 10)
     assert generation_batch(model, longest=100) == 1  # never zero
 
 
@@ -33,7 +32,7 @@ def test_every_prompt_answered_in_order_whatever_the_batch(tiny_pair, monkeypatc
     cfg = KDConfig(max_tokens=10, seed=3)
     seen: list[tuple[int, int]] = []
     wide, _ = generate_responses(model, tok, PROMPTS, cfg, lambda d, n, _m: seen.append((d, n)))
-    monkeypatch.setattr(teacher_mod, "GEN_KV_BUDGET", 2 * 1024 * 40)  # two at a time
+    monkeypatch.setattr(generate_mod, "GEN_KV_BUDGET", 2 * 1024 * 40)  # two at a time
     narrow, plens = generate_responses(model, tok, PROMPTS, cfg)
     assert seen[-1] == (len(PROMPTS), len(PROMPTS))
     eos = tok.eos_token_id

@@ -118,7 +118,8 @@ def test_concurrent_trainers_are_batched_and_each_gets_its_own_targets(env) -> N
 
 
 def test_generate_is_seeded_and_equals_the_teacher_pass(env) -> None:
-    from kd_core.teacher.teacher_pass import generate_responses, response_texts
+    from kd_core.generate import generate_responses
+    from kd_core.teacher.cache import response_texts
 
     srv, _, model, tok = env
     client = make_teacher(srv.url, "kd", logprob_dtype="float32", policy=FAST)
@@ -145,7 +146,7 @@ def test_generate_is_seeded_and_equals_the_teacher_pass(env) -> None:
 
 
 def test_text_is_tokenized_by_the_teacher(env) -> None:
-    from kd_core.examples.batch import format_prompt
+    from kd_core.generate import format_prompt
 
     srv, _, model, tok = env
     client = make_teacher(srv.url, "kd", logprob_dtype="float32", policy=FAST)

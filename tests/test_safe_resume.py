@@ -20,7 +20,7 @@ from kd_core.events import Progress, RunFinished
 from kd_core.examples.same_vocab import build_examples
 from kd_core.models.identity import ModelIdentity
 from kd_core.run.control import RunControl
-from kd_core.teacher.teacher_pass import TeacherOutputs
+from kd_core.teacher.cache import TeacherOutputs
 
 pytestmark = pytest.mark.slow
 
@@ -310,7 +310,8 @@ def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path
     from mlx_lm import load
 
     from kd_core.config import KDConfig
-    from kd_core.teacher.teacher_pass import GenerationStopped, TeacherPass
+    from kd_core.generate import GenerationStopped
+    from kd_core.teacher.teacher_pass import TeacherPass
 
     model, tok = load(str(tiny_pair.teacher))
     # Prompts of many lengths: their token budgets differ, so they finish at different steps.
@@ -329,9 +330,9 @@ def test_a_stopped_teacher_pass_keeps_its_finished_responses(tiny_pair, tmp_path
     assert 0 < kept < len(prompts)
     partial = list((tmp_path / "cache" / "teacher").glob("*.partial.safetensors"))
     assert len(partial) == 1
-    from kd_core.teacher.teacher_pass import _load_partial
+    from kd_core.teacher.cache import load_partial
 
-    first = _load_partial(partial[0], tpass.paths("d", prompts)[0])
+    first = load_partial(partial[0], tpass.paths("d", prompts)[0])
     assert len(first) == kept
     generated: list[int] = []
 

@@ -16,7 +16,7 @@ import pytest
 from kd_core.cli import main
 from kd_core.models.identity import IdentityError, ModelIdentity, identify_model
 from kd_core.run.status import read_state, status_lines
-from kd_core.teacher.teacher_pass import CACHE_FORMAT, sweep_stale_cache
+from kd_core.teacher.cache import CACHE_FORMAT, sweep_stale_cache
 
 pytestmark = pytest.mark.slow
 

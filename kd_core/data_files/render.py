@@ -8,7 +8,7 @@ How the mask is built, the same way for every template:
    `completions` row as user = prompt, assistant = completion) and the string is encoded in one
    pass without added special tokens, exactly as `apply_chat_template(tokenize=True)` does (the
    template writes BOS itself). With no template (and for `text` rows) the rendering is plain
-   (`_plain`): the tokenizer adds its own BOS as `kd_core.examples.batch.format_prompt` does,
+   (`_plain`): the tokenizer adds its own BOS as `kd_core.generate.format_prompt` does,
    and each answer ends with the EOS token.
 2. Find each assistant content's character span in the string, in order. Where the template
    writes an answer is seen by rendering the conversation again with a sentinel in place of

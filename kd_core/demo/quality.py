@@ -8,7 +8,7 @@ generator's own fresh samples score ~1.0 and text that only looks like the demo 
 (right words, wrong order) scores low.
 
 The metric is pure stdlib; `sample_answers` (MLX) samples a model's answers the way the
-teacher pass does (kd_core.teacher.teacher_pass.generate_responses: chat template, temperature,
+teacher pass does (kd_core.generate.generate_responses: chat template, temperature,
 seed).
 """
 
@@ -85,8 +85,8 @@ def sample_answers(
 ) -> list[str]:
     """A model's sampled answers, decoded, `per_prompt` per prompt, as the teacher pass does."""
     from kd_core.config import KDConfig
+    from kd_core.generate import generate_responses
     from kd_core.models.load import load_model, release
-    from kd_core.teacher.teacher_pass import generate_responses
 
     model, tok = load_model(Path(model_path), "model", adapter_path=adapter)
     cfg = KDConfig(teacher_temperature=temperature, seed=seed, max_tokens=max_tokens)

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.examples.batch import Example, format_prompt
+from kd_core.examples.batch import Example
+from kd_core.generate import format_prompt
 from kd_core.losses.aligned import MULTI, ONE_TO_ONE, PIECE
-from kd_core.teacher.teacher_pass import TeacherOutputs, response_texts
+from kd_core.teacher.cache import TeacherOutputs, response_texts
 from kd_core.vocab.pieces import PieceMap
 from kd_core.vocab.plan import VocabAlignment, eos_ids
 from kd_core.vocab.spans import AlignedSpan, AlignmentError, align_ends, decoded_ends, token_ends

@@ -10,23 +10,10 @@ uninterrupted one would have.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 PAD_MULTIPLE = 32  # pad lengths to a multiple: fewer distinct shapes, fewer recompiles
-
-
-def format_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of a user prompt ready for the assistant's answer (chat template if any)."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict):  # some transformers versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-    return [int(i) for i in tokenizer.encode(prompt.rstrip() + "\n")]
 
 
 @dataclass

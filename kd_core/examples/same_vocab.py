@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.examples.batch import Example, format_prompt, valid_tokens
-from kd_core.teacher.teacher_pass import TeacherOutputs
+from kd_core.examples.batch import Example, valid_tokens
+from kd_core.generate import format_prompt
+from kd_core.teacher.cache import TeacherOutputs
 from kd_core.vocab.plan import VocabAlignment, eos_ids
 
 

@@ -11,12 +11,11 @@ import os
 from dataclasses import dataclass
 
 from kd_core.config import KDConfig
+from kd_core.generate import GEN_KV_BUDGET, GEN_MAX_BATCH
 from kd_core.models.load import ModelInfo
+from kd_core.teacher.teacher_pass import FWD_CHUNK
 
 GB = 1e9
-GEN_KV_BUDGET = 2 * 2**30  # kd_core.teacher.teacher_pass.GEN_KV_BUDGET
-GEN_MAX_BATCH = 64  # kd_core.teacher.teacher_pass.GEN_MAX_BATCH
-FWD_BATCH = 8  # kd_core.teacher.teacher_pass.FWD_CHUNK
 
 
 def machine_memory_bytes() -> int | None:
@@ -97,7 +96,7 @@ def estimate_memory(
     # Teacher pass: weights, the KV cache of a generation batch, the logits of a forward batch.
     kv_one = 2 * teacher.layers * teacher.hidden_size * gen_len * 2  # one sequence
     kv = min(GEN_KV_BUDGET, kv_one * GEN_MAX_BATCH)
-    fwd = FWD_BATCH * seq * (teacher.vocab_size * 4 * 3 + teacher.hidden_size * 4 * 8)
+    fwd = FWD_CHUNK * seq * (teacher.vocab_size * 4 * 3 + teacher.hidden_size * 4 * 8)
     teacher_gb = (t_w * 1.1 + kv + fwd) / GB
     # Student pass: weights, LoRA + Adam (small), activations kept for the backward pass,
     # full logits and their softmax / gradient (three [B, L, V] float32 tensors).

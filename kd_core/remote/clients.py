@@ -784,7 +784,7 @@ def parse_mlx_lm_pair(
 def _with_prompts(
     tokenizer: Any, prompts: list[str], responses: list[np.ndarray], plens: list[int]
 ) -> list[np.ndarray]:
-    from kd_core.examples.batch import format_prompt
+    from kd_core.generate import format_prompt
 
     seqs = []
     for i, (p, r, n) in enumerate(zip(prompts, responses, plens, strict=True)):

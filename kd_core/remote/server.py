@@ -278,7 +278,7 @@ class TeacherWorker:
         return seqs, plens, req.texts is not None
 
     def _tokenize(self, t: Any) -> tuple[np.ndarray, int]:
-        from kd_core.examples.batch import format_prompt
+        from kd_core.generate import format_prompt
 
         tok = self.tokenizer
         prompt = format_prompt(tok, t.prompt) if t.chat else list(tok.encode(t.prompt))
@@ -293,12 +293,9 @@ class TeacherWorker:
     def _generate(self, req: GenerateRequest, cfg: Any) -> bytes:
         """As the teacher pass does it: prompts formatted and cut to fit, answers sampled
         from the MLX random state seeded with cfg.seed, then soft targets and texts."""
-        from kd_core.teacher.teacher_pass import (
-            fitted_prompts,
-            generate_responses,
-            response_texts,
-            soft_targets,
-        )
+        from kd_core.generate import fitted_prompts, generate_responses
+        from kd_core.teacher.cache import response_texts
+        from kd_core.teacher.teacher_pass import soft_targets
 
         fitted = fitted_prompts(self.tokenizer, req.prompts, cfg)
         seqs, plens = generate_responses(self.model, self.tokenizer, [], cfg, fitted=fitted)

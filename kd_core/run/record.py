@@ -153,7 +153,7 @@ def is_live(output: str | os.PathLike[str]) -> bool:
     return False
 
 
-def _locked_message(output: Path) -> str:
+def locked_message(output: Path) -> str:
     if (damaged := damaged_message(output, live=True)) is not None:
         return damaged
     rec = read_record(output)
@@ -216,7 +216,7 @@ def acquire_lock(output: Path, wait_s: float = LOCK_WAIT_S) -> int:
                 raise
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise RunLockedError(_locked_message(output)) from None
+                raise RunLockedError(locked_message(output)) from None
             time.sleep(0.05)
 
 

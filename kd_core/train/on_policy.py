@@ -34,8 +34,8 @@ import numpy as np
 from kd_core.config import KDConfig
 from kd_core.examples.aligned import sampled_example
 from kd_core.examples.batch import Example
+from kd_core.generate import GEN_MAX_BATCH, sample_batch
 from kd_core.runtime.blas import set_blas_threads
-from kd_core.teacher.teacher_pass import GEN_MAX_BATCH, sample_batch
 from kd_core.vocab.plan import VocabAlignment, eos_ids
 
 
