@@ -66,7 +66,7 @@ def _spec(
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class KDConfig:
     """Hyper-parameters of a distillation run (the seed's fields plus what a real run needs)."""
 
@@ -268,18 +268,32 @@ class KDConfig:
     )
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> KDConfig:
+        # The one check: a KDConfig that exists is valid, and frozen, so it stays valid.
         for f in fields(self):
             _check_value(f.name, getattr(self, f.name))
-        return self
 
     def replace(self, **changes: Any) -> KDConfig:
+        """A copy with `changes`, checked like any new KDConfig."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> KDConfig:
+        """The settings a run recorded (RunStarted, kd_summary.json), read back by a newer
+        kd: fields it no longer has are dropped, fields it did not have yet or that a newer
+        rule refuses take their defaults. Settings a user writes go through kd.toml instead,
+        where every such case is an error."""
+        known = {k: v for k, v in data.items() if k in CONFIG_FIELDS}
+        while True:
+            try:
+                return cls(**known)
+            except (ConfigError, TypeError) as e:
+                name = str(e).split(":", 1)[0]
+                if name not in known:
+                    return cls()
+                del known[name]
 
 
 CONFIG_FIELDS: dict[str, Any] = {f.name: f for f in fields(KDConfig)}
@@ -404,9 +418,7 @@ def spec_from_mapping(
             setattr(spec, key, list(value))
         else:
             raise ConfigError(unknown_key_message(key))
-    for name, value in changes.items():
-        _check_value(name, value)
-    spec.config = replace(base.config, **changes)
+    spec.config = replace(base.config, **changes)  # checked there, once
     return spec
 
 

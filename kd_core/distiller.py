@@ -132,7 +132,7 @@ class TrueKnowledgeDistiller:
         allow_download: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
-        self.config = (config or KDConfig()).validate()
+        self.config = config or KDConfig()
         self.teacher_model_id = teacher_model_id or "demo-teacher"
         self.student_model_id = student_model_id or "demo-student"
         self.world = get_world()
@@ -214,7 +214,7 @@ class TrueKnowledgeDistiller:
                 teacher=str(t_path),
                 student=str(s_path),
                 domains=list(domains),
-                config=cfg.to_dict(),
+                config=cfg,
                 output=str(output),
                 total_steps=cfg.num_iters * len(domains),
                 teacher_weights=t_id.weights,

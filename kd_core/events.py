@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
 
+from kd_core.config import KDConfig
+
 PROTOCOL_VERSION = 2  # 2: RunStarted names the models' weights fingerprints
 
 Phase = Literal["build", "load", "teacher", "student", "eval"]
@@ -82,7 +84,7 @@ class RunStarted(Event):
     teacher: str
     student: str
     domains: list[str]
-    config: dict[str, Any]
+    config: KDConfig  # as JSON, its fields (KDConfig.from_record reads them back)
     output: str
     total_steps: int
     # kd_core/models/identity.py: which weights these paths held when the run began
@@ -247,7 +249,10 @@ def event_from_dict(d: dict[str, Any]) -> Event:
         raise ValueError(f"unknown event kind {d.get('kind')!r}")
     names = {f.name for f in fields(cls)}
     legacy: dict[str, Any] = getattr(cls, "LEGACY", {})
-    return cls(**{**legacy, **{k: v for k, v in d.items() if k in names}})
+    values = {**legacy, **{k: v for k, v in d.items() if k in names}}
+    if cls is RunStarted and isinstance(values.get("config"), dict):
+        values["config"] = KDConfig.from_record(values["config"])
+    return cls(**values)
 
 
 def event_from_json(line: str) -> Event:
@@ -297,8 +302,8 @@ def _run_started(e: RunStarted) -> Description:
     c = e.config
     return Description(
         f"run started · {e.teacher} → {e.student} · {len(e.domains)} domain(s) · "
-        f"{c.get('teacher_mode', 'offline')} · T {c.get('temperature', 0):g} · "
-        f"α {c.get('alpha', 0):g} · r {c.get('lora_rank', 0)} · output {e.output}"
+        f"{c.teacher_mode} · T {c.temperature:g} · "
+        f"α {c.alpha:g} · r {c.lora_rank} · output {e.output}"
     )
 
 

@@ -334,8 +334,8 @@ class RunView:
         known = {d: self.domains[d] for d in e.domains if d in self.domains}
         self.domains = {d: known.get(d) or DomainStatus(d) for d in e.domains}
         self.status = "running"
-        self.config = dict(e.config)
-        self.num_iters = int(e.config.get("num_iters") or 0)
+        self.config = e.config.to_dict()
+        self.num_iters = e.config.num_iters
         self.total_steps = e.total_steps
         self.teacher, self.student, self.output = e.teacher, e.student, e.output
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kd_core.cli import main
@@ -113,3 +115,30 @@ def test_event_protocol_reports_input_errors_as_run_failed(tmp_path, monkeypatch
         assert len(events) == 1 and isinstance(events[0], RunFailed)
         assert events[0].error.startswith(field) and field in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_is_frozen_once_checked() -> None:
+    """Checked once at construction; nothing can change it afterwards (replace makes a new
+    one, checked again)."""
+    import dataclasses
+
+    cfg = KDConfig(temperature=3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.temperature = 50.0  # type: ignore[misc]
+    assert cfg.replace(temperature=4.0).temperature == 4.0 and cfg.temperature == 3.0
+    with pytest.raises(ConfigError, match="temperature"):
+        cfg.replace(temperature=50.0)
+
+
+def test_run_started_carries_the_typed_config_through_json() -> None:
+    from kd_core.events import RunStarted, event_from_json
+
+    cfg = KDConfig(temperature=3.0, divergence="jsd", num_iters=7)
+    e = RunStarted("t", "s", ["thinking"], cfg, "/out", 7, "tw", "sw")
+    back = event_from_json(e.to_json())
+    assert isinstance(back.config, KDConfig) and back.config == cfg
+    # A run recorded by another kd: unknown fields dropped, refused values at their default.
+    old = {**cfg.to_dict(), "retired_field": 1, "top_k": -5}
+    d = {**e.to_dict(), "config": old}
+    again = event_from_json(json.dumps(d)).config
+    assert again.top_k == KDConfig().top_k and again.temperature == 3.0

@@ -93,7 +93,7 @@ async def test_on_policy_steps_show_their_sampling(tmp_path: Path) -> None:
     events = []
     for e in scripted_run(iters=12, finish=False):
         if isinstance(e, RunStarted):
-            config = dict(e.config, divergence="reverse_kl", on_policy_ratio=0.5)
+            config = e.config.replace(divergence="reverse_kl", on_policy_ratio=0.5)
             e = replace(e, config=config)
         if isinstance(e, Step) and e.step % 2 == 0:
             e = replace(e, on_policy=True, sample_tokens_per_second=321.0)

@@ -10,6 +10,7 @@ from typing import Any
 
 from scripted_source import ScriptedEventSource
 
+from kd_core.config import KDConfig
 from kd_core.events import (
     CacheUsed,
     CheckpointSaved,
@@ -80,7 +81,7 @@ def scripted_run(
 ) -> list[Event]:
     """A realistic event stream: (build) → run started → teacher pass with progress and
     cache → student pass steps → checkpoint → domain finished → run finished."""
-    config = dict(CONFIG, num_iters=iters)
+    config = KDConfig(**dict(CONFIG, num_iters=iters))
     events: list[Event] = []
     if build:
         events += [
