@@ -20,8 +20,16 @@ from typing import Any
 import mlx.core as mx
 
 from kd_core.config import ConfigError, KDConfig
+from kd_core.data_files.domain import DataDomain
+from kd_core.data_run import (
+    MIN_ALIGN_COVERAGE,
+    DataPassArgs,
+    DataTargets,
+    checked_data_examples,
+    data_teacher_pass,
+)
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, check_domain_name
-from kd_core.errors import one_line
+from kd_core.errors import NoExamplesError, one_line
 from kd_core.events import (
     CacheUsed,
     DomainFinished,
@@ -60,6 +68,7 @@ from kd_core.run.outputs import (
 )
 from kd_core.runtime.distributed import world as get_world
 from kd_core.teacher.cache import TeacherOutputs, sweep_stale_cache
+from kd_core.teacher.given import GivenPass
 from kd_core.teacher.teacher_pass import TeacherPass
 from kd_core.train.checkpoints import CheckpointStore, run_fingerprint
 from kd_core.train.on_policy import StudentSampler
@@ -67,11 +76,8 @@ from kd_core.train.trainer import StudentTrainer, apply_lora
 from kd_core.vocab.plan import VocabAlignment, eos_ids, plan_vocab_alignment
 from kd_core.vocab.spans import AlignmentError
 
-MIN_ALIGN_COVERAGE = 0.5  # of response characters in spans that reach the KD loss
-
-
-class NoExamplesError(ValueError):
-    """No example of a domain fits (one-line message with the counts)."""
+# A domain is a list of prompts (the teacher answers them) or a data file (issue 25).
+Domain = list[str] | DataDomain
 
 
 # Measured on the demo pair (README, "Cross-tokenizer distillation, measured"): with
@@ -105,7 +111,7 @@ class _Run:
     """What the stages of one run share. Built by keyword; the two identities are required:
     the teacher cache and every checkpoint are keyed by them (kd_core/models/identity.py)."""
 
-    domains: dict[str, list[str]]
+    domains: dict[str, Domain]
     resume: bool
     output: Path
     teacher: _Teacher
@@ -116,6 +122,7 @@ class _Run:
     outputs: dict[str, TeacherOutputs] = field(default_factory=dict)
     results: list[DomainResult] = field(default_factory=list)
     alignment: VocabAlignment | None = None
+    data: dict[str, DataTargets] = field(default_factory=dict)  # the data domains' teacher side
 
 
 class TrueKnowledgeDistiller:
@@ -163,7 +170,7 @@ class TrueKnowledgeDistiller:
         return self.run(domains, resume=resume)
 
     # ---- the pipeline ---------------------------------------------------------------------
-    def run(self, domains: dict[str, list[str]], resume: bool = False) -> list[DomainResult]:
+    def run(self, domains: dict[str, Domain], resume: bool = False) -> list[DomainResult]:
         try:
             run = self._start(domains, resume)
             self._teacher_pass(run)
@@ -179,13 +186,13 @@ class TrueKnowledgeDistiller:
             self.sink(RunFailed(one_line(e), detail=e.__class__.__name__))
             raise
 
-    def _start(self, domains: dict[str, list[str]], resume: bool) -> _Run:
+    def _start(self, domains: dict[str, Domain], resume: bool) -> _Run:
         cfg = self.config
         if not domains:
             raise ValueError("domain: no domains to distil")
         for name, prompts in domains.items():
             check_domain_name(name)
-            if not prompts:
+            if not (prompts.split.train if isinstance(prompts, DataDomain) else prompts):
                 raise ValueError(f"domain: {name!r} has no prompts")
         # Before anything is written: an on-policy run must be able to hold its teacher.
         resident = self._on_policy_teacher() if cfg.on_policy_ratio > 0 else None
@@ -280,7 +287,8 @@ class TrueKnowledgeDistiller:
             )
         tpass = TeacherPass(self.cache_dir, run.teacher_id, cfg)
         for name, prompts in run.domains.items():
-            self.sink(PhaseStarted("teacher", name, len(prompts)))
+            size = len(prompts.split.train) if isinstance(prompts, DataDomain) else len(prompts)
+            self.sink(PhaseStarted("teacher", name, size))
             started = time.perf_counter()
 
             def progress(
@@ -291,16 +299,19 @@ class TrueKnowledgeDistiller:
                 self.sink(Progress("teacher", name, done, total, eta, what))
 
             try:
-                out = tpass.run(
-                    name,
-                    prompts,
-                    cfg.teacher_mode == "offline",
-                    lambda: run.teacher.load(self.sink),
-                    progress,
-                    warn=lambda m: self.sink(Log(m, "warning")),
-                    world=self.world,
-                    should_stop=lambda: self.control.stop_requested,
-                )
+                if isinstance(prompts, DataDomain):
+                    out = self._data_pass(run, tpass, name, prompts, progress)
+                else:
+                    out = tpass.run(
+                        name,
+                        prompts,
+                        cfg.teacher_mode == "offline",
+                        lambda: run.teacher.load(self.sink),
+                        progress,
+                        warn=lambda m: self.sink(Log(m, "warning")),
+                        world=self.world,
+                        should_stop=lambda: self.control.stop_requested,
+                    )
             except GenerationStopped as e:
                 kept = "; the finished responses are kept for the next run" if e.done else ""
                 self.sink(Log(f"{name}: {e}{kept}", "warning"))
@@ -313,6 +324,47 @@ class TrueKnowledgeDistiller:
             )
             if self.control.stop_requested:
                 return
+
+    def _data_pass(
+        self, run: _Run, tpass: TeacherPass, name: str, domain: DataDomain, progress: Any
+    ) -> TeacherOutputs:
+        """A data domain's teacher side (kd_core/data_run.py); the format is named in the log."""
+        split = domain.split
+        self.sink(
+            Log(
+                f"{name}: {domain.train_file}: {domain.format}, {len(domain.source.train.rows)} "
+                f"rows; teacher answers: {domain.answers}; held out: {len(split.held_out)} rows "
+                f"({'valid.jsonl' if split.held_out_from == 'valid' else 'seeded 5%'})"
+            )
+        )
+        args = DataPassArgs(
+            self.config,
+            tpass,
+            GivenPass(self.cache_dir, run.teacher_id, self.config),
+            lambda: self._teacher_tokenizer(run),
+            lambda: run.teacher.load(self.sink),
+            progress,
+            lambda m: self.sink(Log(m, "warning")),
+            lambda: self.control.stop_requested,
+            self.world,
+        )
+        targets = data_teacher_pass(name, domain, args)
+        if targets.given_out is None and targets.generated is None:
+            raise NoExamplesError(
+                f"domain: 0 of {len(split.train)} rows of {name!r} have an answer token within "
+                f"max_seq_length {self.config.max_seq_length}; raise max_seq_length"
+            )
+        run.data[name] = targets
+        return targets.primary
+
+    def _teacher_tokenizer(self, run: _Run) -> Any:
+        """The teacher's tokenizer without its weights (rendering and cache keys need no
+        model); the loaded teacher's when it is in memory."""
+        if run.teacher.tokenizer is None:
+            from mlx_lm.utils import load_tokenizer
+
+            run.teacher.tokenizer = load_tokenizer(run.teacher.path)
+        return run.teacher.tokenizer
 
     def _release_teacher(self, run: _Run) -> tuple[Any, Any]:
         """(teacher model or None, teacher tokenizer). Offline, the teacher is released here:
@@ -334,17 +386,14 @@ class TrueKnowledgeDistiller:
         self.sink(PhaseStarted("student", name, cfg.num_iters))
         student, s_tok = load_model(run.student_path, "student")
         if run.alignment is None:
-            t_vocab = (
-                vocab_size(t_model) if t_model is not None else run.outputs[name].teacher_vocab
-            )
-            run.alignment = plan_vocab_alignment(
-                t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy, cfg.align_targets
-            )
-            self.sink(Log(f"vocabulary: {run.alignment.explanation}"))
-            if cfg.on_policy_ratio > 0 and run.alignment.aligned and run.alignment.pieces is None:
-                self.sink(Log(ALIGNED_ON_POLICY_WARNING, "warning"))
+            run.alignment = self._plan(run, name, t_model, t_tok, s_tok, student)
         prompts = run.domains[name]
-        examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment, t_tok)
+        data_summary = None
+        if isinstance(prompts, DataDomain):
+            examples, data_summary = self._data_examples(run, name, prompts, s_tok, t_tok)
+            prompts = [prompts.key()]  # the fingerprint's "prompts": the data's content
+        else:
+            examples = self._examples(name, prompts, run.outputs[name], s_tok, run.alignment, t_tok)
         mx.random.seed(cfg.seed)  # same LoRA init for the same seed
         n_layers = apply_lora(student, cfg)
         sampler = None
@@ -382,6 +431,28 @@ class TrueKnowledgeDistiller:
         del trainer, student
         release()
         return result
+
+    def _plan(
+        self, run: _Run, name: str, t_model: Any, t_tok: Any, s_tok: Any, student: Any
+    ) -> VocabAlignment:
+        cfg = self.config
+        t_vocab = vocab_size(t_model) if t_model is not None else run.outputs[name].teacher_vocab
+        alignment = plan_vocab_alignment(
+            t_tok, s_tok, t_vocab, vocab_size(student), cfg.vocab_strategy, cfg.align_targets
+        )
+        self.sink(Log(f"vocabulary: {alignment.explanation}"))
+        if cfg.on_policy_ratio > 0 and alignment.aligned and alignment.pieces is None:
+            self.sink(Log(ALIGNED_ON_POLICY_WARNING, "warning"))
+        return alignment
+
+    def _data_examples(
+        self, run: _Run, name: str, domain: DataDomain, s_tok: Any, t_tok: Any
+    ) -> tuple[ExampleSet, dict[str, Any]]:
+        """A data domain's examples (kd_core/data_run.py) and its kd_summary.json block."""
+        assert run.alignment is not None
+        return checked_data_examples(
+            name, domain, run.data[name], (s_tok, t_tok), run.alignment, self.config, self.sink
+        )
 
     def _examples(
         self,

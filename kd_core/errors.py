@@ -7,3 +7,7 @@ def one_line(e: BaseException) -> str:
     """The first line of an exception's message, or its class name when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else e.__class__.__name__
+
+
+class NoExamplesError(ValueError):
+    """No example of a domain fits (one-line message with the counts)."""

@@ -152,7 +152,7 @@ def build_aligned_examples(
         ex.teacher_prompt = seq[:plen]
         _span_targets(ex, spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
         if alignment.pieces is not None:
-            _piece_targets(
+            piece_targets(
                 ex, spans, text, (body, s_ids, s_ends), outputs if not online else None, i,
                 alignment.pieces,
             )  # fmt: skip
@@ -164,7 +164,7 @@ def build_aligned_examples(
         if fit <= 0:
             out.skipped += 1
             continue
-        _count(out.stats, spans, len(text), fit)
+        count_spans(out.stats, spans, len(text), fit)
         out.examples.append(ex)
     return out
 
@@ -183,7 +183,28 @@ def _span_targets(
 ) -> None:
     """Fill ex's per-position span arrays (and, offline, its soft targets at the anchors;
     online `outputs` and `t2s` may be None: the step reads the teacher there)."""
-    R = n_student + int(ended)
+    pairs = [(s.teacher, s.student) for s in spans]
+    if ended:  # the teacher's EOS and the student's: a one-to-one span of their own
+        pairs.append(((n_body, n_body + 1), (n_student, n_student + 1)))
+    fill_span_targets(ex, pairs, n_student + int(ended), outputs, i, t2s, k, online)
+
+
+SpanPair = tuple[tuple[int, int], tuple[int, int]]  # (teacher [t0, t1), student [s0, s1))
+
+
+def fill_span_targets(
+    ex: Example,
+    pairs: list[SpanPair],
+    R: int,
+    outputs: TeacherOutputs | None,
+    i: int,
+    t2s: np.ndarray | None,
+    k: int,
+    online: bool,
+) -> None:
+    """ex's per-position span arrays over its R response positions, from (teacher, student)
+    response-token ranges that cover the same characters; offline, the soft targets at each
+    one-to-one anchor from `outputs` (example i), and each longer span's teacher log P."""
     ex.span_kind = np.zeros(R, np.int8)
     ex.span_len = np.ones(R, np.int32)
     ex.teacher_span_lp = np.zeros(R, np.float32)
@@ -191,9 +212,6 @@ def _span_targets(
     ex.uld_logprobs = np.full((R, k), -np.inf, np.float32)
     ex.topk_ids = np.zeros((R, k), np.int32)
     ex.topk_logprobs = np.full((R, k), -np.inf, np.float32)
-    pairs = [(s.teacher, s.student) for s in spans]
-    if ended:  # the teacher's EOS and the student's: a one-to-one span of their own
-        pairs.append(((n_body, n_body + 1), (n_student, n_student + 1)))
     chosen = None
     if outputs is not None and outputs.chosen_logprobs is not None:
         chosen = outputs.chosen_logprobs[i]
@@ -251,11 +269,11 @@ def sampled_example(
     )
     _span_targets(ex, spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
     if pieces is not None:
-        _piece_targets(ex, spans, text, (t_ids, body, s_ends), None, 0, pieces)
+        piece_targets(ex, spans, text, (t_ids, body, s_ends), None, 0, pieces)
     return ex
 
 
-def _piece_targets(
+def piece_targets(
     ex: Example,
     spans: list[AlignedSpan],
     text: str,
@@ -321,7 +339,7 @@ def _span_rows(
     return rows
 
 
-def _count(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:
+def count_spans(stats: AlignStats, spans: list[AlignedSpan], chars: int, fit: int) -> None:
     stats.chars += chars
     for s in spans:
         stats.spans += 1
