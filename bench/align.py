@@ -88,7 +88,7 @@ def measure(student: str, domain: str, steps: int, iters: int) -> dict[str, Any]
     shapes: dict[str, list[int]] = {"align": [], "project": []}
 
     def one(step: Any, examples: list[Any], s: int, tag: str) -> float:
-        batch = make_batch([examples[i] for i in plan.indices(s)], seq, cfg.top_k)
+        batch = make_batch([examples[i] for i in plan.indices(s)], seq)
         shapes[tag].append(int(batch.inputs.size))
         t0 = time.perf_counter()
         out = step(batch, mx.array(1.0 / max(batch.tokens, 1)), None, True)

@@ -49,7 +49,8 @@ def measure(student: str, domain: str) -> dict[str, Any]:
     mass: dict[int, list[np.ndarray]] = {ONE_TO_ONE: [], MULTI: []}
     kept: dict[int, list[np.ndarray]] = {ONE_TO_ONE: [], MULTI: []}
     tokens = multi_tokens = 0
-    for ex, lp in zip(built.examples, ref.log_probs, strict=True):
+    for example, lp in zip(built.examples, ref.log_probs, strict=True):
+        ex = example.targets  # SpanTargets
         tokens += len(ex.span_kind)
         multi_tokens += int(ex.span_len[ex.span_kind == MULTI].sum())
         for kind in (ONE_TO_ONE, MULTI):

@@ -162,11 +162,11 @@ class Distil:
             examples = build_examples(prompts()[:n], outs, s_tok, align, online=False).examples
             total = count = 0.0
             for s in range(0, len(examples), BATCH):
-                b = make_batch(examples[s : s + BATCH], cfg.max_seq_length, cfg.top_k)
+                b = make_batch(examples[s : s + BATCH], cfg.max_seq_length)
                 kd, valid = sparse_kd_loss_sum(
                     student(mx.array(b.inputs)),
-                    mx.array(b.topk_ids),
-                    mx.array(b.topk_logprobs),
+                    mx.array(b.soft.topk_ids),
+                    mx.array(b.soft.topk_logprobs),
                     cfg.temperature,
                     mx.array(b.mask),
                 )

@@ -47,7 +47,7 @@ from bench.common import (
 )
 from kd_core.steps.chunked import want_chunking
 from kd_core.config import KDConfig
-from kd_core.examples.batch import Example, make_batch
+from kd_core.examples.batch import Example, SoftTargets, Targets, TeacherTokens, make_batch
 from kd_core.demo.tiny import LlamaSize, new_llama
 from kd_core.models.load import load_model, release
 from kd_core.teacher.teacher_pass import soft_targets
@@ -206,11 +206,10 @@ class KDStep(_Student):
             self.sampler = _sampler(pair, self.model, self.cfg)
         self.examples = []
         for r, (ids, lps) in zip(rows, targets, strict=True):
-            ex = Example(r.copy(), PROMPT_LEN, topk_ids=ids, topk_logprobs=lps)
-            ex.teacher_prompt = r[:PROMPT_LEN].copy()
-            if mode == "online":
-                ex.teacher_tokens, ex.teacher_prompt_len = r.copy(), PROMPT_LEN
-            self.examples.append(ex)
+            target: Targets = (
+                TeacherTokens(r.copy(), PROMPT_LEN) if mode == "online" else SoftTargets(ids, lps)
+            )
+            self.examples.append(Example(r.copy(), PROMPT_LEN, r[:PROMPT_LEN].copy(), target))
         self.peak_bytes: list[int] = []
 
     def _trainer(self, iters: int, divergence: str | None = None) -> StudentTrainer:
@@ -252,11 +251,11 @@ class KDStep(_Student):
         (plain CE, no teacher) on the same student and batch. Best of `repeats`."""
         from kd_core.runtime.cpu_streams import StreamSet, row_slices, stream_count
 
-        batch = make_batch(self.examples, self.cfg.max_seq_length, None)
+        batch = make_batch(self.examples, self.cfg.max_seq_length)
         teacher_s = []
         if self.teacher is not None:
             pool = StreamSet(stream_count(self.cfg.cpu_streams, BATCH))
-            x = batch.teacher_inputs
+            x = batch.soft.inputs
             with pool.active():
                 for _ in range(repeats + 1):
                     t0 = time.perf_counter()
@@ -266,13 +265,16 @@ class KDStep(_Student):
                             outs.append(self.teacher(mx.array(x[rows])))
                     mx.eval(outs)
                     teacher_s.append(time.perf_counter() - t0)
-        # alpha = 0 never reads the soft targets: zeros stand in for them.
+        # alpha = 0 never reads the soft targets (CEStep): zeros stand in for them.
         ce_examples = [
             Example(
                 e.tokens,
                 e.prompt_len,
-                topk_ids=np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.int32),
-                topk_logprobs=np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.float32),
+                e.teacher_prompt,
+                SoftTargets(
+                    np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.int32),
+                    np.zeros((len(e.tokens) - e.prompt_len, TOP_K), np.float32),
+                ),
             )
             for e in self.examples
         ]
@@ -372,22 +374,23 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
     per-chunk head + loss + dL/dh (with alpha as configured and with alpha = 0, i.e. CE
     alone), and the body's backward + update. Reads ChunkedStep's parts, so it follows
     kd_core.steps.chunked; returns {"error": ...} if those parts have moved."""
-    from kd_core.steps.chunked import ChunkedStep, split_model
+    from kd_core.steps.chunked import ChunkedCEStep, ChunkedStep, split_model
 
     model, cfg = step.model, step.cfg
     split = split_model(model)
     chunk = want_chunking(cfg.loss_chunk, BATCH, cfg.max_seq_length, step.vocab)
     if split is None or not chunk:
         return {"error": "the model is not split or the loss is not chunked"}
-    b = make_batch(step.examples, cfg.max_seq_length, TOP_K)
+    b = make_batch(step.examples, cfg.max_seq_length)
     inputs, targets, mask = mx.array(b.inputs), mx.array(b.targets), mx.array(b.mask)
-    ids, lps = mx.array(b.topk_ids), mx.array(b.topk_logprobs)
+    ids, lps = mx.array(b.soft.topk_ids), mx.array(b.soft.topk_logprobs)
     inv = mx.array(1.0 / b.tokens, dtype=mx.float32)
     out: dict[str, Any] = {"chunk": chunk}
     for alpha in (cfg.alpha, 0.0):
         opt = optim.Adam(learning_rate=LEARNING_RATE)
         opt.init(model.trainable_parameters())
-        cs = ChunkedStep(model, split, opt, cfg.replace(alpha=alpha), chunk)
+        kind = ChunkedStep if alpha else ChunkedCEStep  # as make_step chooses
+        cs = kind(model, split, opt, cfg.replace(alpha=alpha), chunk)
         if not (hasattr(cs, "_chunk_grad") and hasattr(cs, "_body_backward")):
             return {"error": "kd_core.steps.chunked.ChunkedStep changed; profile not available"}
         runs: list[dict[str, float]] = []
@@ -400,14 +403,10 @@ def profile_chunked(step: KDStep, repeats: int = 1) -> dict[str, Any]:
             hf, grads = h.reshape(n, d), []
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                (loss, _), g = cs._chunk_grad(
-                    hf[s:e],
-                    targets.reshape(n)[s:e],
-                    mask.reshape(n)[s:e],
-                    ids.reshape(n, -1)[s:e],
-                    lps.reshape(n, -1)[s:e],
-                    inv,
-                )
+                per_position = [targets.reshape(n)[s:e], mask.reshape(n)[s:e]]
+                if alpha:
+                    per_position += [ids.reshape(n, -1)[s:e], lps.reshape(n, -1)[s:e]]
+                (loss, _), g = cs._chunk_grad(hf[s:e], inv, *per_position)
                 mx.eval(g, loss)
                 grads.append(g)
             t2 = time.perf_counter()

@@ -206,13 +206,14 @@ def _aligned_reverse_kl(
         for seq, plen, tp in zip(*own, t_prompts, strict=True)
     ]
     teacher, _ = load_model(ref.teacher_path, "teacher")
-    t_seqs = [e.teacher_tokens for e in exs]
-    t_logits = _response_logits(teacher, t_seqs, [e.teacher_prompt_len for e in exs])
+    reads = [e.targets.teacher for e in exs]
+    t_logits = _response_logits(teacher, [r.tokens for r in reads], [r.prompt_len for r in reads])
     release(teacher)
     total, n = 0.0, 0
     for ex, q_full, t_lg in zip(exs, student_lps, t_logits, strict=True):
-        anchors = np.flatnonzero((ex.span_kind[: len(q_full)] & SPAN_KIND) == ONE_TO_ONE)
-        t_pos = ex.teacher_span[anchors, 0]
+        spans = ex.targets
+        anchors = np.flatnonzero((spans.span_kind[: len(q_full)] & SPAN_KIND) == ONE_TO_ONE)
+        t_pos = spans.teacher_span[anchors, 0]
         keep = t_pos < len(t_lg)
         anchors, t_pos = anchors[keep], t_pos[keep]
         p, q, _ = _shared_log_probs(log_softmax_np(t_lg[t_pos]), q_full[anchors], al)
@@ -270,8 +271,9 @@ def compare_aligned(
     kl_sum = agree = ce_sum = 0.0
     n = n_ce = 0
     for ex, t_lp, s_lg in zip(examples, ref.log_probs, student_logits, strict=True):
-        anchors = np.flatnonzero((ex.span_kind[: len(s_lg)] & SPAN_KIND) == ONE_TO_ONE)
-        t_pos = ex.teacher_span[anchors, 0]
+        spans = ex.targets
+        anchors = np.flatnonzero((spans.span_kind[: len(s_lg)] & SPAN_KIND) == ONE_TO_ONE)
+        t_pos = spans.teacher_span[anchors, 0]
         keep = t_pos < len(t_lp)
         anchors, t_pos = anchors[keep], t_pos[keep]
         t, s, s_full = _shared_log_probs(t_lp[t_pos], s_lg[anchors], al)

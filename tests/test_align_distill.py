@@ -167,19 +167,20 @@ def test_a_sampled_answer_is_read_by_the_teacher_in_its_own_tokens(tiny_pair, sp
     ex = sampled_example(s_prompt, [*body, s_tok.eos_token_id], t_prompt, s_tok, t_tok, 4)
     assert list(ex.tokens) == [5, 6, 7, *body, s_tok.eos_token_id] and ex.prompt_len == 3
     t_body = backend(t_tok).encode(text, add_special_tokens=False).ids
-    assert list(ex.teacher_tokens) == [8, 9, *t_body, t_tok.eos_token_id]
-    assert ex.teacher_prompt_len == 2
-    anchors = np.flatnonzero(ex.span_kind > 0)
+    spans = ex.targets
+    assert list(spans.teacher.tokens) == [8, 9, *t_body, t_tok.eos_token_id]
+    assert spans.teacher.prompt_len == 2 and list(ex.teacher_prompt) == [8, 9]
+    anchors = np.flatnonzero(spans.span_kind > 0)
     s_next = t_next = 0
     for a in anchors:  # spans in order, each side's tokens covered once
         assert a == s_next
-        t0, t1 = ex.teacher_span[a]
+        t0, t1 = spans.teacher_span[a]
         assert t0 == t_next and t1 > t0
-        s_next = a + (ex.span_len[a] if ex.span_kind[a] == MULTI else 1)
+        s_next = a + (spans.span_len[a] if spans.span_kind[a] == MULTI else 1)
         t_next = t1
     assert s_next == len(body) + 1 and t_next == len(t_body) + 1
-    assert ex.span_kind[len(body)] == ONE_TO_ONE  # the two EOS
-    assert (ex.span_kind == MULTI).any()  # the single characters do not match the teacher's
+    assert spans.span_kind[len(body)] == ONE_TO_ONE  # the two EOS
+    assert (spans.span_kind == MULTI).any()  # the single characters do not match the teacher's
 
 
 def test_a_sampled_answer_gets_targets_in_the_students_pieces(tiny_pair, sp_student):
@@ -198,11 +199,11 @@ def test_a_sampled_answer_gets_targets_in_the_students_pieces(tiny_pair, sp_stud
     body = backend(s_tok).encode("Name a colour and count to three.", add_special_tokens=False)
     s_prompt, t_prompt = np.array([5, 6, 7], np.int32), np.array([8, 9], np.int32)
     ex = sampled_example(s_prompt, list(body.ids), t_prompt, s_tok, t_tok, 4, pieces)
-    piece = np.flatnonzero(ex.span_kind >= PIECE)
+    piece = np.flatnonzero(ex.targets.span_kind >= PIECE)
     assert len(piece) > len(body.ids) // 2
-    inner = np.flatnonzero(ex.span_kind == PIECE)
-    assert ex.piece_prefix and set(ex.piece_prefix) == set(inner.tolist())
-    assert all(ex.teacher_span[j, 1] - ex.teacher_span[j, 0] == 1 for j in piece)
+    inner = np.flatnonzero(ex.targets.span_kind == PIECE)
+    assert ex.targets.piece_prefix and set(ex.targets.piece_prefix) == set(inner.tolist())
+    assert all(ex.targets.teacher_span[j, 1] - ex.targets.teacher_span[j, 0] == 1 for j in piece)
 
 
 def test_project_still_available_by_name(tiny_pair, sp_student, tmp_path):

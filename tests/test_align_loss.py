@@ -128,8 +128,7 @@ def test_one_to_one_with_every_token_shared_is_todays_offline_loss(case):
     kd, ce = _mine(zm, c)
     arr = lambda a, dt=mx.float32: mx.array(np.asarray(a), dtype=dt)  # noqa: E731
     kd0, ce0 = offline_sums(
-        zm, arr(targets, mx.int32), arr(mask), arr(ids, mx.int32), arr(lps), 0.5, T,
-        DivergenceSpec(),
+        zm, arr(targets, mx.int32), arr(mask), arr(ids, mx.int32), arr(lps), T, DivergenceSpec(),
     )  # fmt: skip
     assert float(kd) == pytest.approx(float(kd0), rel=1e-5)
     assert float(ce) == pytest.approx(float(ce0), rel=1e-5)
@@ -144,7 +143,7 @@ def test_chunked_align_step_equals_the_whole_one(tiny_pair, alpha):
     from mlx_lm import load
 
     from kd_core.config import KDConfig
-    from kd_core.examples.batch import Example, make_batch
+    from kd_core.examples.batch import Example, SpanTargets, make_batch
     from kd_core.runtime.cpu_streams import StreamSet
     from kd_core.steps.chunked_aligned import ChunkedAlignStep
     from kd_core.steps.fused import AlignStep, make_step
@@ -164,20 +163,23 @@ def test_chunked_align_step_equals_the_whole_one(tiny_pair, alpha):
     examples = []
     for _ in range(3):
         toks = rng.integers(1, vocab, size=int(rng.integers(20, 30))).astype(np.int32)
-        ex = Example(toks, 6)
         R = len(toks) - 6
         kind, span_len, j = np.zeros(R, np.int8), np.ones(R, np.int32), 0
         while j < R:  # spans of 1 to 3 student tokens, back to back
             n = min(int(rng.integers(1, 4)), R - j)
             kind[j], span_len[j] = (ONE_TO_ONE if n == 1 and rng.random() < 0.6 else MULTI), n
             j += n
-        ex.span_kind, ex.span_len = kind, span_len
-        ex.teacher_span_lp = rng.uniform(-5, -0.2, R).astype(np.float32)
-        ex.topk_ids = np.stack([rng.permutation(shared)[:K] for _ in range(R)]).astype(np.int32)
-        ex.topk_logprobs = np.sort(rng.uniform(-4, -1, (R, K)))[:, ::-1].astype(np.float32)
-        ex.uld_logprobs = np.sort(rng.uniform(-6, -3, (R, K)))[:, ::-1].astype(np.float32)
-        examples.append(ex)
-    b = make_batch(examples, cfg.max_seq_length, K)
+        targets = SpanTargets(
+            span_kind=kind,
+            span_len=span_len,
+            teacher_span_lp=rng.uniform(-5, -0.2, R).astype(np.float32),
+            topk_ids=np.stack([rng.permutation(shared)[:K] for _ in range(R)]).astype(np.int32),
+            topk_logprobs=np.sort(rng.uniform(-4, -1, (R, K)))[:, ::-1].astype(np.float32),
+            uld_logprobs=np.sort(rng.uniform(-6, -3, (R, K)))[:, ::-1].astype(np.float32),
+            teacher_span=np.zeros((R, 2), np.int32),
+        )
+        examples.append(Example(toks, 6, toks[:6], targets))
+    b = make_batch(examples, cfg.max_seq_length)
     inv = mx.array(1.0 / b.tokens)
     opt = optim.Adam(learning_rate=1e-3)
     opt.init(model.trainable_parameters())

@@ -14,11 +14,11 @@ from mlx_lm import load
 from kd_core.config import KDConfig
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Step
-from kd_core.examples.batch import Example, make_batch
+from kd_core.examples.batch import Example, SoftTargets, make_batch
 from kd_core.losses.core import teacher_topk
 from kd_core.runtime.cpu_streams import StreamSet
-from kd_core.steps.chunked import ChunkedStep, split_model, want_chunking
-from kd_core.steps.fused import OfflineStep, make_step
+from kd_core.steps.chunked import ChunkedCEStep, ChunkedStep, split_model, want_chunking
+from kd_core.steps.fused import CEStep, OfflineStep, make_step
 from kd_core.train.trainer import apply_lora
 
 
@@ -32,7 +32,8 @@ def _examples(vocab: int, n: int = 4, k: int = 8) -> list[Example]:
         ids, lps = teacher_topk(
             mx.array(rng.normal(size=(r, vocab)).astype(np.float32) * 2), k, 2.0
         )
-        out.append(Example(toks, plen, np.array(ids), np.array(lps)))
+        targets = SoftTargets(np.array(ids), np.array(lps))
+        out.append(Example(toks, plen, toks[:plen], targets))
     return out
 
 
@@ -67,13 +68,16 @@ def test_chunked_gradients_equal_fused(tiny_pair, tmp_path, alpha, divergence):
     model.load_weights([(k, mx.random.normal(v.shape) * 0.01) for k, v in params], strict=False)
     opt = optim.Adam(learning_rate=cfg.learning_rate)
     opt.init(model.trainable_parameters())
-    b = make_batch(ex, cfg.max_seq_length, 8)
+    b = make_batch(ex, cfg.max_seq_length)
     inv = mx.array(1.0 / b.tokens)
-    fused = OfflineStep(model, opt, cfg, lambda g: g, StreamSet(1))
+    # The same choice make_step makes unchunked: OfflineStep, or CEStep at alpha = 0.
+    fused = make_step(model, opt, cfg.replace(loss_chunk=-1), StreamSet(1), vocab=vocab)
+    assert isinstance(fused, CEStep if alpha == 0.0 else OfflineStep)
     out1 = fused(b, inv, None, False)
     l1, kd1, ce1, g1 = out1.loss, out1.kd, out1.ce, out1.grad
     chunked = make_step(model, opt, cfg, StreamSet(1), vocab=vocab)
-    assert isinstance(chunked, ChunkedStep) and chunked.chunk == 24
+    assert isinstance(chunked, ChunkedCEStep if alpha == 0.0 else ChunkedStep)
+    assert chunked.chunk == 24
     out2 = chunked(b, inv, None, False)
     l2, kd2, ce2, g2 = out2.loss, out2.kd, out2.ce, out2.grad
     assert l2.item() == pytest.approx(l1.item(), rel=1e-5)

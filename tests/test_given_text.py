@@ -172,11 +172,12 @@ def test_aligned_given_text_meets_on_the_answer_characters(tiny_pair, sp_student
             want[sp.start : sp.stop_end] = True
         assert np.array_equal(covered, want)
         # Every KD span pairs the same characters of the same answer on both sides.
-        anchors = np.flatnonzero(ex.span_kind & SPAN_KIND)
+        spans = ex.targets
+        anchors = np.flatnonzero(spans.span_kind & SPAN_KIND)
         assert len(anchors) > 0
         for j in anchors:
-            t0, t1 = ex.teacher_span[j]
-            s_chars = _turn_chars(s, ex.prompt_len + j, ex.prompt_len + j + ex.span_len[j])
+            t0, t1 = spans.teacher_span[j]
+            s_chars = _turn_chars(s, ex.prompt_len + j, ex.prompt_len + j + spans.span_len[j])
             t_chars = _turn_chars(g.rendered, g.prompt_len + t0, g.prompt_len + t1)
             assert s_chars == t_chars
 

@@ -181,7 +181,7 @@ def test_offline_loss_hand_written_gradient_equals_autodiff(t, k, alpha, pad, sh
     args = (mx.array(targets), mx.array(mask), mx.array(ids), mx.array(lps))
 
     def fused(z):
-        kd, ce = offline_sums(z, *args, alpha, t, DivergenceSpec())
+        kd, ce = offline_sums(z, *args, t, DivergenceSpec())
         return alpha * kd + (1 - alpha) * ce, (kd, ce)
 
     (l_ref, (kd_ref, ce_ref)), g_ref = mx.value_and_grad(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.examples.batch import Example
+from kd_core.examples.batch import Example, SpanTargets, TeacherTokens
 from kd_core.generate import format_prompt
 from kd_core.losses.aligned import MULTI, ONE_TO_ONE, PIECE
 from kd_core.teacher.cache import TeacherOutputs, response_texts
@@ -148,16 +148,16 @@ def build_aligned_examples(
             if keep < len(s_prompt):
                 s_prompt, was_cut = s_prompt[-keep:], True
         out.cut += was_cut
-        ex = Example(np.concatenate([s_prompt, np.array(resp_s, np.int32)]), len(s_prompt))
-        ex.teacher_prompt = seq[:plen]
-        _span_targets(ex, spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
+        targets = _span_targets(spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
         if alignment.pieces is not None:
             piece_targets(
-                ex, spans, text, (body, s_ids, s_ends), outputs if not online else None, i,
+                targets, spans, text, (body, s_ids, s_ends), outputs if not online else None, i,
                 alignment.pieces,
             )  # fmt: skip
         if online:
-            ex.teacher_tokens, ex.teacher_prompt_len = seq, plen
+            targets.teacher = TeacherTokens(seq, plen)
+        tokens = np.concatenate([s_prompt, np.array(resp_s, np.int32)])
+        ex = Example(tokens, len(s_prompt), seq[:plen], targets)
         fit = len(resp_s)
         if max_seq_length is not None:
             fit = min(len(ex.tokens), max_seq_length) - len(s_prompt)
@@ -170,7 +170,6 @@ def build_aligned_examples(
 
 
 def _span_targets(
-    ex: Example,
     spans: list[AlignedSpan],
     n_body: int,
     n_student: int,
@@ -180,20 +179,19 @@ def _span_targets(
     t2s: np.ndarray | None,
     k: int,
     online: bool,
-) -> None:
-    """Fill ex's per-position span arrays (and, offline, its soft targets at the anchors;
-    online `outputs` and `t2s` may be None: the step reads the teacher there)."""
+) -> SpanTargets:
+    """The per-position span arrays (and, offline, the soft targets at the anchors; online
+    `outputs` and `t2s` may be None: the step reads the teacher there)."""
     pairs = [(s.teacher, s.student) for s in spans]
     if ended:  # the teacher's EOS and the student's: a one-to-one span of their own
         pairs.append(((n_body, n_body + 1), (n_student, n_student + 1)))
-    fill_span_targets(ex, pairs, n_student + int(ended), outputs, i, t2s, k, online)
+    return fill_span_targets(pairs, n_student + int(ended), outputs, i, t2s, k, online)
 
 
 SpanPair = tuple[tuple[int, int], tuple[int, int]]  # (teacher [t0, t1), student [s0, s1))
 
 
 def fill_span_targets(
-    ex: Example,
     pairs: list[SpanPair],
     R: int,
     outputs: TeacherOutputs | None,
@@ -201,35 +199,38 @@ def fill_span_targets(
     t2s: np.ndarray | None,
     k: int,
     online: bool,
-) -> None:
-    """ex's per-position span arrays over its R response positions, from (teacher, student)
+) -> SpanTargets:
+    """The per-position span arrays over R response positions, from (teacher, student)
     response-token ranges that cover the same characters; offline, the soft targets at each
     one-to-one anchor from `outputs` (example i), and each longer span's teacher log P."""
-    ex.span_kind = np.zeros(R, np.int8)
-    ex.span_len = np.ones(R, np.int32)
-    ex.teacher_span_lp = np.zeros(R, np.float32)
-    ex.teacher_span = np.zeros((R, 2), np.int32)
-    ex.uld_logprobs = np.full((R, k), -np.inf, np.float32)
-    ex.topk_ids = np.zeros((R, k), np.int32)
-    ex.topk_logprobs = np.full((R, k), -np.inf, np.float32)
+    st = SpanTargets(
+        span_kind=np.zeros(R, np.int8),
+        span_len=np.ones(R, np.int32),
+        teacher_span_lp=np.zeros(R, np.float32),
+        topk_ids=np.zeros((R, k), np.int32),
+        topk_logprobs=np.full((R, k), -np.inf, np.float32),
+        uld_logprobs=np.full((R, k), -np.inf, np.float32),
+        teacher_span=np.zeros((R, 2), np.int32),
+    )
     chosen = None
     if outputs is not None and outputs.chosen_logprobs is not None:
         chosen = outputs.chosen_logprobs[i]
     for (t0, t1), (s0, s1) in pairs:
-        ex.teacher_span[s0] = (t0, t1)
+        st.teacher_span[s0] = (t0, t1)
         if t1 - t0 == 1 and s1 - s0 == 1:
-            ex.span_kind[s0] = ONE_TO_ONE
+            st.span_kind[s0] = ONE_TO_ONE
             if not online:
                 assert outputs is not None and t2s is not None
                 ids_s, lp_m, rest = split_topk(
                     outputs.topk_ids[i][t0], outputs.topk_logprobs[i][t0], t2s
                 )
-                ex.topk_ids[s0], ex.topk_logprobs[s0], ex.uld_logprobs[s0] = ids_s, lp_m, rest
+                st.topk_ids[s0], st.topk_logprobs[s0], st.uld_logprobs[s0] = ids_s, lp_m, rest
         else:
-            ex.span_kind[s0] = MULTI
-            ex.span_len[s0] = s1 - s0
+            st.span_kind[s0] = MULTI
+            st.span_len[s0] = s1 - s0
             if chosen is not None:
-                ex.teacher_span_lp[s0] = float(chosen[t0:t1].sum())
+                st.teacher_span_lp[s0] = float(chosen[t0:t1].sum())
+    return st
 
 
 def sampled_example(
@@ -260,21 +261,17 @@ def sampled_example(
     spans = align_ends(text, t_ids, t_ends, body, s_ends).spans if t_ids and body else []
     t_resp = t_ids + ([t_eos[0]] if ended else [])
     t_prompt = np.asarray(teacher_prompt, np.int32)
-    ex = Example(
-        np.concatenate([student_prompt, np.array(response, np.int32)]).astype(np.int32),
-        len(student_prompt),
-        teacher_tokens=np.concatenate([t_prompt, np.array(t_resp, np.int32)]).astype(np.int32),
-        teacher_prompt_len=len(t_prompt),
-        teacher_prompt=t_prompt,
-    )
-    _span_targets(ex, spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
+    targets = _span_targets(spans, len(t_ids), len(body), ended, None, 0, None, top_k, True)
     if pieces is not None:
-        piece_targets(ex, spans, text, (t_ids, body, s_ends), None, 0, pieces)
-    return ex
+        piece_targets(targets, spans, text, (t_ids, body, s_ends), None, 0, pieces)
+    t_tokens = np.concatenate([t_prompt, np.array(t_resp, np.int32)]).astype(np.int32)
+    targets.teacher = TeacherTokens(t_tokens, len(t_prompt))
+    tokens = np.concatenate([student_prompt, np.array(response, np.int32)]).astype(np.int32)
+    return Example(tokens, len(student_prompt), t_prompt, targets)
 
 
 def piece_targets(
-    ex: Example,
+    st: SpanTargets,
     spans: list[AlignedSpan],
     text: str,
     tokens: tuple[list[int], list[int], list[int]],
@@ -288,7 +285,7 @@ def piece_targets(
     span's own terms (flag PIECE). `tokens` = (teacher ids, student ids, the student tokens'
     character ends) of the text. Offline (`outputs` given) the targets are computed now
     from the cache's top-k; online the step computes them from the teacher's forward and
-    `ex.piece_prefix`."""
+    `st.piece_prefix`."""
     t_ids, s_ids, s_ends = tokens
     rows: list[tuple[int, int, str]] = []  # (student position, teacher position, prefix)
     for sp in spans:
@@ -298,19 +295,19 @@ def piece_targets(
     if not rows:
         return
     js = np.array([r[0] for r in rows])
-    ex.span_kind[js] = (ex.span_kind[js] | PIECE).astype(np.int8)
+    st.span_kind[js] = (st.span_kind[js] | PIECE).astype(np.int8)
     for j, t0, _ in rows:
-        if ex.span_kind[j] == PIECE:  # inside a span: its one teacher position
-            ex.teacher_span[j] = (t0, t0 + 1)
+        if st.span_kind[j] == PIECE:  # inside a span: its one teacher position
+            st.teacher_span[j] = (t0, t0 + 1)
     if outputs is None:
-        ex.piece_prefix = {j: r for j, _, r in rows if r}
+        st.piece_prefix = {j: r for j, _, r in rows if r}
         return
     t0s = np.array([r[1] for r in rows])
     ids_s, lp_s = pieces.project(
         outputs.topk_ids[i][t0s], outputs.topk_logprobs[i][t0s], [r[2] for r in rows]
     )
-    ex.topk_ids[js], ex.topk_logprobs[js] = ids_s, lp_s
-    ex.uld_logprobs[js] = -np.inf
+    st.topk_ids[js], st.topk_logprobs[js] = ids_s, lp_s
+    st.uld_logprobs[js] = -np.inf
 
 
 def _span_rows(

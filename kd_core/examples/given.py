@@ -31,8 +31,8 @@ from kd_core.examples.aligned import (
     one_to_one_map,
     piece_targets,
 )
-from kd_core.examples.batch import Example
-from kd_core.examples.same_vocab import ExampleSet
+from kd_core.examples.batch import Example, Targets, TeacherTokens
+from kd_core.examples.same_vocab import ExampleSet, student_soft_targets
 from kd_core.teacher.cache import TeacherOutputs
 from kd_core.teacher.given import GivenRow
 from kd_core.vocab.plan import VocabAlignment, eos_ids
@@ -58,17 +58,13 @@ def given_examples(
         if not valid.any():
             out.skipped += 1
             continue
-        ex = Example(np.where(ok, mapped, eos).astype(np.int32), plen, valid=valid)
-        ex.teacher_prompt = seq[:plen]
+        targets: Targets
         if online:
-            ex.teacher_tokens, ex.teacher_prompt_len = seq, plen
+            targets = TeacherTokens(seq, plen)
         else:
-            ids_t = outputs.topk_ids[i]
-            ids_s = t2s[np.minimum(ids_t, len(t2s) - 1)]
-            keep = (ids_s >= 0) & (ids_t < len(t2s))
-            ex.topk_ids = np.where(keep, ids_s, 0).astype(np.int32)
-            ex.topk_logprobs = np.where(keep, outputs.topk_logprobs[i], -np.inf).astype(np.float32)
-        out.examples.append(ex)
+            targets = student_soft_targets(outputs.topk_ids[i], outputs.topk_logprobs[i], t2s)
+        tokens = np.where(ok, mapped, eos).astype(np.int32)
+        out.examples.append(Example(tokens, plen, seq[:plen], targets, valid))
     return out
 
 
@@ -184,20 +180,22 @@ def given_aligned_examples(
     k = outputs.topk_ids[0].shape[1] if outputs.topk_ids else top_k
     out = AlignedExamples()
     for i, (g, s) in enumerate(zip(given, student, strict=True)):
-        ex, row = _aligned_row(g, s, outputs, i, max_seq_length)
-        if ex is None:
+        student_side, row = _aligned_row(g, s, outputs, i, max_seq_length)
+        if student_side is None:
             out.skipped += 1
             continue
-        R = len(ex.tokens) - ex.prompt_len
-        fill_span_targets(ex, row.pairs, R, None if online else outputs, i, t2s, k, online)
+        ids, s0, valid = student_side
+        R = len(ids) - s0
+        targets = fill_span_targets(row.pairs, R, None if online else outputs, i, t2s, k, online)
         if alignment.pieces is not None and row.body_spans:
             t_resp = [int(x) for x in outputs.sequences[i][outputs.prompt_lens[i] :]]
-            s_resp = [int(x) for x in ex.tokens[ex.prompt_len :]]
+            s_resp = [int(x) for x in ids[s0:]]
             tokens = (t_resp, s_resp, [int(x) for x in row.s_ends])
             src = None if online else outputs
-            piece_targets(ex, row.body_spans, row.text, tokens, src, i, alignment.pieces)
+            piece_targets(targets, row.body_spans, row.text, tokens, src, i, alignment.pieces)
         if online:
-            ex.teacher_tokens, ex.teacher_prompt_len = g.sequence, g.prompt_len
+            targets.teacher = TeacherTokens(g.sequence, g.prompt_len)
+        ex = Example(ids, s0, g.sequence[: g.prompt_len], targets, valid)
         out.cut += g.cut or row.dropped
         count_spans(out.stats, row.body_spans, row.chars, R)
         out.examples.append(ex)
@@ -206,7 +204,9 @@ def given_aligned_examples(
 
 def _aligned_row(
     g: GivenRow, s: Rendered, outputs: TeacherOutputs, i: int, max_seq_length: int
-) -> tuple[Example | None, _Row]:
+) -> tuple[tuple[np.ndarray, int, np.ndarray] | None, _Row]:
+    """The student's side of a row (its ids, where its response starts, the trained mask
+    over the response), or None when no turn fits; and the turns' spans."""
     t_tr = np.zeros(len(g.rendered.ids), bool)
     t_tr[g.prompt_len : len(g.sequence)] = g.trained
     s_tr = s.trained.copy()
@@ -229,6 +229,4 @@ def _aligned_row(
             valid[at[at >= 0]] = True
     if not valid.any():
         return None, row
-    ex = Example(s.ids[: len(kept)].astype(np.int32), s0, valid=valid)
-    ex.teacher_prompt = g.sequence[: g.prompt_len]
-    return ex, row
+    return (s.ids[: len(kept)].astype(np.int32), s0, valid), row

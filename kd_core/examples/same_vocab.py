@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kd_core.examples.batch import Example, valid_tokens
+from kd_core.examples.batch import Example, SoftTargets, Targets, TeacherTokens, valid_tokens
 from kd_core.generate import format_prompt
 from kd_core.teacher.cache import TeacherOutputs
 from kd_core.vocab.plan import VocabAlignment, eos_ids
@@ -62,21 +62,24 @@ def build_examples(
                 s_prompt = s_prompt[-keep:]
                 was_cut = True
         out.cut += was_cut
-        ex = Example(np.concatenate([s_prompt, mapped]), len(s_prompt), valid=valid)
-        ex.teacher_prompt = seq[:plen]
+        targets: Targets
         if online:
-            ex.teacher_tokens = seq
-            ex.teacher_prompt_len = plen
+            targets = TeacherTokens(seq, plen)
         else:
-            ids_t = outputs.topk_ids[i]
-            ids_s = t2s[np.minimum(ids_t, len(t2s) - 1)]
-            keep_ids = (ids_s >= 0) & (ids_t < len(t2s))
-            ex.topk_ids = np.where(keep_ids, ids_s, 0).astype(np.int32)
-            ex.topk_logprobs = np.where(keep_ids, outputs.topk_logprobs[i], -np.inf).astype(
-                np.float32
-            )
+            targets = student_soft_targets(outputs.topk_ids[i], outputs.topk_logprobs[i], t2s)
+        ex = Example(np.concatenate([s_prompt, mapped]), len(s_prompt), seq[:plen], targets, valid)
         if max_seq_length is not None and valid_tokens(ex, max_seq_length) == 0:
             out.skipped += 1
             continue
         out.examples.append(ex)
     return out
+
+
+def student_soft_targets(ids_t: np.ndarray, lps: np.ndarray, t2s: np.ndarray) -> SoftTargets:
+    """The teacher's top-k in student ids; a token the student lacks is a padding slot."""
+    ids_s = t2s[np.minimum(ids_t, len(t2s) - 1)]
+    keep = (ids_s >= 0) & (ids_t < len(t2s))
+    return SoftTargets(
+        np.where(keep, ids_s, 0).astype(np.int32),
+        np.where(keep, lps, -np.inf).astype(np.float32),
+    )

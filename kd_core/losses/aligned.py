@@ -97,7 +97,6 @@ def align_loss_sums(
     student_only: mx.array,
     temperature: float,
     spec: DivergenceSpec,
-    alpha: float = 1.0,
 ) -> tuple[mx.array, mx.array]:
     """(KD sum, CE sum) over a batch. `mask` [B, L] marks the student's response tokens (CE);
     `kind` [B, L] 0 / ONE_TO_ONE / MULTI at span anchors; `span_len` [B, L] the span's student
@@ -105,8 +104,6 @@ def align_loss_sums(
     `topk_ids` / `topk_logprobs` [B, L, k] the teacher's matched top-k in student ids (-inf =
     not a bucket); `uld_logprobs` [B, L, k] its unmatched top-k; `student_only` [V]."""
     ce, _ = ce_loss_sum(logits, targets, mask=mask)
-    if alpha == 0.0:
-        return mx.array(0.0), ce
     log_q = student_log_q(logits, temperature)
     local = one_to_one_terms(log_q, kind, topk_ids, topk_logprobs, uld_logprobs, student_only, spec)
     lq_chosen = chosen_log_q(log_q, targets) * mask

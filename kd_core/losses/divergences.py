@@ -189,18 +189,14 @@ def offline_sums(
     mask: mx.array,
     topk_ids: mx.array,
     topk_logprobs: mx.array,
-    alpha: float,
     temperature: float,
     spec: DivergenceSpec,
 ) -> tuple[mx.array, mx.array]:
     """(KD sum, CE sum) of the offline loss for any divergence (the fused and chunked steps
-    call this); KD is skipped when alpha = 0 (plain CE). The same values as
+    call this; alpha = 0 never comes here: kd_core/steps/fused.CEStep). The same values as
     `sparse_divergence_sum` + `ce_loss_sum` (the readable reference), with a hand-written
     gradient: autodiff of the two made two zero-filled [.., V] tensors for the gathers and
     two separate soft-max passes."""
-    if alpha == 0.0:
-        ce, _ = ce_loss_sum(logits, targets, mask=mask)
-        return mx.array(0.0), ce
     kd, ce, _, _ = fused_offline(float(temperature), spec)(
         logits, targets, mask, topk_ids.astype(mx.int32), topk_logprobs
     )

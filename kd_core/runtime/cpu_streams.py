@@ -20,12 +20,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import fields, replace
 from typing import Any
 
 import mlx.core as mx
 
-from kd_core.examples.batch import Batch
 from kd_core.runtime.blas import set_blas_threads
 
 
@@ -52,19 +50,6 @@ def row_slices(rows: int, parts: int) -> list[slice]:
         out.append(slice(start, stop))
         start = stop
     return out
-
-
-def shard_batch(batch: Batch, rows: slice) -> Batch:
-    """The batch restricted to some rows (every per-row array sliced the same way)."""
-
-    return replace(
-        batch,
-        **{
-            f.name: getattr(batch, f.name)[rows]
-            for f in fields(batch)
-            if getattr(batch, f.name) is not None
-        },
-    )
 
 
 class StreamSet:

@@ -25,8 +25,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from kd_core.config import KDConfig
-from kd_core.examples.batch import Batch
-from kd_core.losses.core import combined_loss
+from kd_core.examples.batch import Batch, BatchSoftTargets
+from kd_core.losses.core import ce_loss_sum, combined_loss
 from kd_core.losses.divergences import DivergenceSpec, offline_sums
 from kd_core.runtime.cpu_streams import StreamSet, row_slices
 from kd_core.steps.protocol import StepOutput, add_trees
@@ -116,19 +116,20 @@ class ChunkedStep:
         """The loss of a chunk of flattened positions (h [C, D], the rest [C, ...])."""
         cfg = self.cfg
         kd, ce = offline_sums(
-            self.split.head(h), targets, mask, ids, lps, cfg.alpha, cfg.temperature,
-            DivergenceSpec.of(cfg),
-        )  # fmt: skip
+            self.split.head(h), targets, mask, ids, lps, cfg.temperature, DivergenceSpec.of(cfg)
+        )
         return combined_loss(kd, ce, cfg.alpha) * inv, (kd, ce)
 
     def position_arrays(self, batch: Batch, hs: list[mx.array]) -> list[mx.array]:
         """The per-position inputs of `_chunk_loss` after h and inv, each [B, L, ...] (hs: the
         shards' final hidden states, for a subclass that needs a first pass over them)."""
+        soft = batch.soft
+        assert isinstance(soft, BatchSoftTargets)
         return [
             mx.array(batch.targets),
             mx.array(batch.mask),
-            mx.array(batch.topk_ids),
-            mx.array(batch.topk_logprobs),
+            mx.array(soft.topk_ids),
+            mx.array(soft.topk_logprobs),
         ]
 
     def _hidden(self, inputs: mx.array, shards: list[slice]) -> list[mx.array]:
@@ -181,3 +182,15 @@ class ChunkedStep:
     def adjust(self, loss: mx.array, kd: mx.array, inv: mx.array) -> tuple[mx.array, mx.array]:
         """The reported loss and KD when a chunk's loss is a gradient surrogate (align)."""
         return loss, kd
+
+
+class ChunkedCEStep(ChunkedStep):
+    """alpha = 0 at a large vocabulary: plain CE, in chunks of positions (see CEStep)."""
+
+    def _chunk_loss(self, h, inv, targets, mask):
+        ce, _ = ce_loss_sum(self.split.head(h), targets, mask=mask)
+        kd = mx.array(0.0)
+        return combined_loss(kd, ce, self.cfg.alpha) * inv, (kd, ce)
+
+    def position_arrays(self, batch: Batch, hs: list[mx.array]) -> list[mx.array]:
+        return [mx.array(batch.targets), mx.array(batch.mask)]

@@ -16,7 +16,7 @@ from typing import Any
 import mlx.core as mx
 
 from kd_core.examples.aligned import student_only_mask
-from kd_core.examples.batch import Batch
+from kd_core.examples.batch import Batch, BatchSpans
 from kd_core.losses.aligned import (
     MULTI,
     binary_kl,
@@ -60,6 +60,8 @@ class ChunkedAlignStep(ChunkedStep):
         return mx.concatenate(out)
 
     def position_arrays(self, batch: Batch, hs: list[mx.array]) -> list[mx.array]:
+        spans = batch.soft
+        assert isinstance(spans, BatchSpans) and spans.topk_ids is not None
         targets, mask = mx.array(batch.targets), mx.array(batch.mask)
         B, L = targets.shape
         parts, first = [], 0
@@ -68,10 +70,10 @@ class ChunkedAlignStep(ChunkedStep):
             parts.append(self._chosen(h.reshape(-1, h.shape[-1]), rows))
             first += h.shape[0]
         lq = mx.concatenate(parts).reshape(B, L) * mask
-        kind = mx.array(batch.span_kind).astype(mx.int32)
+        kind = mx.array(spans.span_kind).astype(mx.int32)
         multi = (kind == MULTI).astype(mx.float32)
-        span_len = mx.maximum(mx.array(batch.span_len), 1)
-        t_lp = mx.array(batch.teacher_span_lp)
+        span_len = mx.maximum(mx.array(spans.span_len), 1)
+        t_lp = mx.array(spans.teacher_span_lp)
 
         def span_terms(lq_: mx.array) -> mx.array:
             return (multi * binary_kl(t_lp, span_log_probs(lq_, span_len))).sum()
@@ -82,9 +84,9 @@ class ChunkedAlignStep(ChunkedStep):
             targets,
             mask,
             kind,
-            mx.array(batch.topk_ids),
-            mx.array(batch.topk_logprobs),
-            mx.array(batch.uld_logprobs),
+            mx.array(spans.topk_ids),
+            mx.array(spans.topk_logprobs),
+            mx.array(spans.uld_logprobs),
             d_lq,  # d (span terms) / d log Q_T(token): g of the span, at each of its tokens
         ]
 

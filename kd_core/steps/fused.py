@@ -10,6 +10,8 @@ applies the (all-process) gradient and `grad` comes back None. Every step comput
 KD + (1 - alpha) * CE through `losses.combined_loss`, KD being the configured divergence
 (kd_core/losses/divergences.py; forward KL by default).
 
+- CEStep:      alpha = 0, plain CE (no teacher, no soft targets), chosen once by make_step;
+  ChunkedCEStep the same in chunks of positions.
 - OfflineStep: KD against the cached top-k soft targets, one compiled value_and_grad.
 - OnlineStep:  the teacher's full distribution, its forward outside the compiled student step.
 - ChunkedStep (kd_core/steps/chunked.py): the offline loss in chunks of positions, for
@@ -31,12 +33,14 @@ import mlx.nn as nn
 import numpy as np
 
 from kd_core.config import KDConfig
-from kd_core.examples.batch import Batch
-from kd_core.losses.aligned import align_loss_sums
-from kd_core.losses.core import ce_loss_sum, combined_loss
+from kd_core.examples.aligned import one_to_one_map, student_only_mask
+from kd_core.examples.batch import Batch, BatchSoftTargets, BatchSpans, BatchTeacher
+from kd_core.losses.aligned import PIECE, align_loss_sums
+from kd_core.losses.core import ce_loss_sum, combined_loss, log_softmax, topk_of
 from kd_core.losses.divergences import DivergenceSpec, divergence_sum, offline_sums, online_sums
-from kd_core.runtime.cpu_streams import StreamSet, row_slices, shard_batch
-from kd_core.steps.chunked import ChunkedStep, split_model, want_chunking
+from kd_core.runtime.cpu_streams import StreamSet, row_slices
+from kd_core.steps.chunked import ChunkedCEStep, ChunkedStep, split_model, want_chunking
+from kd_core.steps.chunked_aligned import ChunkedAlignStep
 from kd_core.steps.protocol import StepOutput, TrainStep, add_trees
 from kd_core.vocab.plan import VocabAlignment, align_vocab_sizes
 
@@ -82,9 +86,7 @@ class _CompiledStep:
         self, batch: Batch, inv_count: mx.array, prev_grad: Any, do_update: bool
     ) -> StepOutput:
         n = self.streams.n
-        parts = (
-            [batch] if n == 1 else [shard_batch(batch, s) for s in row_slices(len(batch.inputs), n)]
-        )
+        parts = [batch] if n == 1 else [batch.rows(s) for s in row_slices(len(batch.inputs), n)]
         loss = kd = ce = mx.array(0.0)
         grad = prev_grad
         for i, part in enumerate(parts):
@@ -98,16 +100,29 @@ class _CompiledStep:
         return StepOutput(loss, kd, ce, grad)
 
 
+class CEStep(_CompiledStep):
+    """alpha = 0: plain CE fine-tuning on the response tokens, whatever the mode or the pair.
+    Chosen once, in make_step: no teacher runs and no soft target is read."""
+
+    def loss_sums(self, logits, targets, mask, extra):
+        return mx.array(0.0), ce_loss_sum(logits, targets, mask=mask)[0]
+
+    def extra(self, batch: Batch) -> tuple[mx.array, ...]:
+        return ()
+
+
 class OfflineStep(_CompiledStep):
     """KD against the cached top-k soft targets (+ tail), CE on the response tokens."""
 
     def loss_sums(self, logits, targets, mask, extra):
         ids, lps = extra
         cfg = self.cfg
-        return offline_sums(logits, targets, mask, ids, lps, cfg.alpha, cfg.temperature, self.spec)
+        return offline_sums(logits, targets, mask, ids, lps, cfg.temperature, self.spec)
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:
-        return mx.array(batch.topk_ids), mx.array(batch.topk_logprobs)
+        soft = batch.soft
+        assert isinstance(soft, BatchSoftTargets)
+        return mx.array(soft.topk_ids), mx.array(soft.topk_logprobs)
 
 
 class OnlineStep(_CompiledStep):
@@ -129,8 +144,6 @@ class OnlineStep(_CompiledStep):
 
     def loss_sums(self, logits, targets, mask, extra):
         cfg = self.cfg
-        if cfg.alpha == 0.0:  # alpha = 0 is exactly plain CE fine-tuning
-            return mx.array(0.0), ce_loss_sum(logits, targets, mask=mask)[0]
         (t_logits,) = extra
         strategy = self.alignment.strategy if self.alignment else "truncate"
         t_al, s_al = align_vocab_sizes(t_logits, logits, strategy, self.alignment)
@@ -142,10 +155,10 @@ class OnlineStep(_CompiledStep):
         return kd, ce
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:
-        if self.cfg.alpha == 0.0:
-            return (mx.array(0.0),)  # the teacher is not needed for plain CE
-        logits = self.teacher(mx.array(batch.teacher_inputs))
-        idx = mx.array(batch.teacher_index)[..., None]
+        reads = batch.soft
+        assert isinstance(reads, BatchTeacher)
+        logits = self.teacher(mx.array(reads.inputs))
+        idx = mx.array(reads.index)[..., None]
         return (mx.stop_gradient(mx.take_along_axis(logits, idx, axis=1)),)
 
 
@@ -165,8 +178,6 @@ class AlignStep(_CompiledStep):
         alignment: VocabAlignment,
         teacher: nn.Module | None = None,
     ) -> None:
-        from kd_core.examples.aligned import one_to_one_map, student_only_mask
-
         self.teacher, self.pieces = teacher, alignment.pieces
         self.t2s = mx.array(one_to_one_map(alignment).astype(np.int32))
         self.student_only = mx.array(student_only_mask(alignment))
@@ -174,42 +185,40 @@ class AlignStep(_CompiledStep):
 
     def loss_sums(self, logits, targets, mask, extra):
         cfg = self.cfg
-        return align_loss_sums(logits, targets, mask, *extra, cfg.temperature, self.spec, cfg.alpha)
+        return align_loss_sums(logits, targets, mask, *extra, cfg.temperature, self.spec)
 
     def extra(self, batch: Batch) -> tuple[mx.array, ...]:
-        kind, span_len = mx.array(batch.span_kind), mx.array(batch.span_len)
+        spans = batch.soft
+        assert isinstance(spans, BatchSpans)
+        kind, span_len = mx.array(spans.span_kind), mx.array(spans.span_len)
         if self.teacher is None:
             targets = (
-                mx.array(batch.teacher_span_lp),
-                mx.array(batch.topk_ids),
-                mx.array(batch.topk_logprobs),
-                mx.array(batch.uld_logprobs),
+                mx.array(spans.teacher_span_lp),
+                mx.array(spans.topk_ids),
+                mx.array(spans.topk_logprobs),
+                mx.array(spans.uld_logprobs),
             )
-        elif self.cfg.alpha == 0.0:  # plain CE: the teacher is not needed
-            shape = batch.uld_logprobs.shape
-            empty = mx.full(shape, -mx.inf)
-            targets = (mx.zeros(shape[:2]), mx.zeros(shape, mx.int32), empty, empty)
         else:
-            targets = self._teacher_targets(batch)
+            targets = self._teacher_targets(spans)
         return (kind, span_len, *targets, self.student_only)
 
-    def _teacher_targets(self, batch: Batch) -> tuple[mx.array, ...]:
-        from kd_core.losses.core import log_softmax, topk_of
-
-        k = batch.uld_logprobs.shape[-1]
-        log_p = log_softmax(self.teacher(mx.array(batch.teacher_inputs)), self.cfg.temperature)
+    def _teacher_targets(self, spans: BatchSpans) -> tuple[mx.array, ...]:
+        reads = spans.teacher
+        assert reads is not None and reads.targets is not None and spans.teacher_span is not None
+        k = spans.uld_logprobs.shape[-1]
+        log_p = log_softmax(self.teacher(mx.array(reads.inputs)), self.cfg.temperature)
         log_p = mx.stop_gradient(log_p)
-        chosen = mx.take_along_axis(log_p, mx.array(batch.teacher_targets)[..., None], axis=-1)
+        chosen = mx.take_along_axis(log_p, mx.array(reads.targets)[..., None], axis=-1)
         chosen = chosen[..., 0]
         cs = mx.cumsum(chosen, axis=1)
-        span = mx.array(batch.teacher_span)
+        span = mx.array(spans.teacher_span)
         first, last = span[..., 0], mx.maximum(span[..., 1] - 1, span[..., 0])
         span_lp = (
             mx.take_along_axis(cs, last, axis=1)
             - mx.take_along_axis(cs, first, axis=1)
             + mx.take_along_axis(chosen, first, axis=1)
         )
-        at = mx.take_along_axis(log_p, mx.array(batch.teacher_index)[..., None], axis=1)
+        at = mx.take_along_axis(log_p, mx.array(reads.index)[..., None], axis=1)
         ids_t, vals = topk_of(at, k)
         s = mx.take(self.t2s, ids_t)
         matched = s >= 0
@@ -217,22 +226,20 @@ class AlignStep(_CompiledStep):
         lp_m = mx.where(matched, vals, -mx.inf)
         rest = -mx.sort(-mx.where(matched, -mx.inf, vals), axis=-1)
         if self.pieces is not None:
-            ids_s, lp_m, rest = self._piece_targets(batch, ids_t, vals, ids_s, lp_m, rest)
+            ids_s, lp_m, rest = self._piece_targets(spans, ids_t, vals, ids_s, lp_m, rest)
         return span_lp, ids_s, lp_m, rest
 
-    def _piece_targets(self, batch: Batch, ids_t, vals, ids_s, lp_m, rest):
+    def _piece_targets(self, spans: BatchSpans, ids_t, vals, ids_s, lp_m, rest):
         """The projected targets (kd_core/vocab/pieces.py) at the PIECE positions. They need
         the tokens' text, so the teacher's top-k there comes to the host: one sync per step,
         next to the teacher's forward that the step waits for anyway."""
-        from kd_core.losses.aligned import PIECE
-
-        rows = np.argwhere(batch.span_kind >= PIECE)
+        rows = np.argwhere(spans.span_kind >= PIECE)
         if len(rows) == 0:
             return ids_s, lp_m, rest
         b, j = rows[:, 0], rows[:, 1]
         picked = mx.array(b), mx.array(j)
         t_ids, t_lps = np.array(ids_t[picked]), np.array(vals[picked])
-        read = batch.piece_prefix or [{}] * len(batch.inputs)  # per row: position -> part read
+        read = spans.piece_prefix or [{}] * len(spans.span_kind)  # per row: position -> part read
         prefixes = [read[r].get(c, "") for r, c in rows]
         p_ids, p_lps = self.pieces.project(t_ids, t_lps, prefixes)
         ids_np, lp_np, rest_np = np.array(ids_s), np.array(lp_m), np.array(rest)
@@ -253,8 +260,10 @@ def make_step(
     warn: Callable[[str], None] = lambda _: None,
     on_policy: bool = False,
 ) -> TrainStep:
-    """The step for this run: online when a teacher is given; chunked when the logits of a
-    step would be large (offline only); the fused offline step otherwise.
+    """The step for this run, chosen once: plain CE when alpha = 0 (no teacher, no soft
+    targets); else online when a teacher is given; chunked when the logits of a step would be
+    large (offline only); the fused offline step otherwise; the align steps for a pair of
+    tokenizers.
 
     on_policy: the step of the student's own samples — the online step (teacher forward on
     the student's text, full distribution; two tokenizers: the align step at the span anchors)
@@ -263,14 +272,19 @@ def make_step(
         if teacher is None:
             raise ValueError("on_policy_ratio: on-policy steps need the teacher in memory")
         cfg = policy_config(cfg)
+    ce_only = cfg.alpha == 0.0
+    if ce_only:
+        teacher = None  # plain CE reads no teacher, online or not
     chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
     split = split_model(model) if chunk and teacher is None else None
     if chunk and teacher is None and split is None:
         warn("this model cannot be split into body and head; computing the loss unchunked")
+    if ce_only:
+        if split is not None:
+            return ChunkedCEStep(model, split, optimizer, cfg, chunk, reduce, streams)
+        return CEStep(model, optimizer, cfg, reduce, streams)
     if alignment is not None and alignment.aligned:
         if split is not None:
-            from kd_core.steps.chunked_aligned import ChunkedAlignStep
-
             return ChunkedAlignStep(
                 model, split, optimizer, cfg, chunk, reduce, streams, alignment=alignment
             )

@@ -33,7 +33,7 @@ import numpy as np
 
 from kd_core.config import KDConfig
 from kd_core.examples.aligned import sampled_example
-from kd_core.examples.batch import Example
+from kd_core.examples.batch import Example, TeacherTokens
 from kd_core.generate import GEN_MAX_BATCH, sample_batch
 from kd_core.runtime.blas import set_blas_threads
 from kd_core.vocab.plan import VocabAlignment, eos_ids
@@ -107,8 +107,6 @@ class StudentSampler:
     ) -> tuple[list[list[Example]], SampleStats]:
         """The micro-batches' prompts answered by the student, grouped as given."""
         flat = [e for m in micro for e in m]
-        if any(e.teacher_prompt is None for e in flat):
-            raise ValueError("on-policy steps need each example's prompt in teacher ids")
         prompts = [[int(t) for t in e.tokens[: e.prompt_len]] for e in flat]
         budgets = [
             max(1, min(self.cfg.max_tokens, self.cfg.max_seq_length - max(len(p), len(t))))
@@ -139,7 +137,6 @@ class StudentSampler:
         return out, SampleStats(sum(len(r) for r in responses), seconds)
 
     def _example(self, e: Example, response: list[int]) -> Example:
-        assert e.teacher_prompt is not None
         if self.aligned:
             return sampled_example(
                 e.tokens[: e.prompt_len],
@@ -159,8 +156,7 @@ class StudentSampler:
         return Example(
             np.concatenate([e.tokens[: e.prompt_len], resp]).astype(np.int32),
             e.prompt_len,
-            valid=valid,
-            teacher_tokens=np.concatenate([t_prompt, t_resp]),
-            teacher_prompt_len=len(t_prompt),
-            teacher_prompt=t_prompt,
+            t_prompt,
+            TeacherTokens(np.concatenate([t_prompt, t_resp]), len(t_prompt)),
+            valid,
         )

@@ -130,7 +130,6 @@ class StudentTrainer:
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
         self.online = cfg.teacher_mode == "online" and teacher is not None
-        self.top_k = None if self.online else examples[0].topk_ids.shape[1]
         self.teacher, self.alignment = teacher, alignment
         # On-policy steps (cfg.on_policy_ratio) need the sampler and the resident teacher.
         self.sampler = sampler if cfg.on_policy_ratio > 0 else None
@@ -311,12 +310,11 @@ class StudentTrainer:
         micro, n_tok, sampled = self._plan_step(step)
         step_fn = self.step_fn if sampled is None else self.policy_step
         assert step_fn is not None
-        top_k = self.top_k if sampled is None else None
         inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
         total = StepOutput(mx.array(0.0), mx.array(0.0), mx.array(0.0), None)
         for m, mine in enumerate(micro):
             out = step_fn(
-                make_batch(mine, cfg.max_seq_length, top_k), inv, total.grad, m == len(micro) - 1
+                make_batch(mine, cfg.max_seq_length), inv, total.grad, m == len(micro) - 1
             )
             total = StepOutput(
                 total.loss + out.loss, total.kd + out.kd, total.ce + out.ce, out.grad
