@@ -1,7 +1,8 @@
 """KDConfig: every hyper-parameter of a run, validated, read from and written to kd.toml.
 
-`kd.toml` holds KDConfig's fields by name at the top level plus the run's `teacher`,
-`student`, `domains` and `domain_files`. CLI flags use the same names in kebab-case.
+`kd.toml` holds KDConfig's fields by name at the top level plus the run's keys (RUN_KEYS:
+teacher, student, domains, domain_files, data, and the two chat-template tables). CLI flags use
+the same names in kebab-case.
 Every error is one line that names the field and what is allowed (ConfigError).
 """
 
@@ -41,6 +42,8 @@ VocabStrategy = Literal["auto", "truncate", "project", "align"]
 AlignTargets = Literal["pieces", "shared"]
 LrSchedule = Literal["constant", "cosine"]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"]
+TeacherAnswers = Literal["auto", "given", "generate", "both"]
+TrainOn = Literal["all_assistant", "last"]
 
 
 def _spec(
@@ -258,6 +261,23 @@ class KDConfig:
         0, "Random seed (teacher sampling, data order, LoRA init).", lo=0, hi=2**32 - 1
     )
 
+    # A data file (`data` in kd.toml, `--data`; kd_core/data_files)
+    teacher_answers: TeacherAnswers = _spec(
+        "auto",
+        "Data files: given = the teacher scores the file's own answers (no sampling); generate "
+        "= it writes its own; both = the union; auto = given if the file has answers.",
+        choices=get_args(TeacherAnswers),
+        group="data",
+    )
+    train_on: TrainOn = _spec(
+        "all_assistant",
+        "Data files: chat turns trained: all_assistant or last; only assistant tokens.",
+        choices=get_args(TrainOn),
+        group="data",
+    )
+    prompt_key: str = _spec("prompt", "Data files: a row's prompt key.", group="data")
+    completion_key: str = _spec("completion", "Data files: its answer key.", group="data")
+
     # Reporting and outputs
     steps_per_report: int = _spec(
         10, "Steps between printed reports.", lo=1, hi=10**7, group="output"
@@ -297,7 +317,8 @@ class KDConfig:
 
 
 CONFIG_FIELDS: dict[str, Any] = {f.name: f for f in fields(KDConfig)}
-RUN_KEYS = ("teacher", "student", "domains", "domain_files")
+RUN_KEYS = ("teacher", "student", "domains", "domain_files", "data")
+RUN_KEYS += ("teacher_chat_template_kwargs", "student_chat_template_kwargs")
 """Keys of kd.toml that are not KDConfig fields: what to distil."""
 
 
@@ -389,6 +410,10 @@ class RunSpec:
     domains: list[str] = field(default_factory=list)
     domain_files: list[str] = field(default_factory=list)
     config: KDConfig = field(default_factory=KDConfig)
+    data: str | None = None  # a data PATH or hf:NAME[:split]: one more domain (issue 25)
+    # kd.toml's tables of arguments to each model's chat template (enable_thinking = false)
+    teacher_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    student_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def spec_from_mapping(
@@ -397,12 +422,12 @@ def spec_from_mapping(
     """Build a RunSpec from a parsed kd.toml mapping, over `base` (defaults if None)."""
     base = base or RunSpec()
     changes: dict[str, Any] = {}
-    spec = RunSpec(
-        base.teacher, base.student, list(base.domains), list(base.domain_files), base.config
-    )
+    spec = replace(base, domains=list(base.domains), domain_files=list(base.domain_files))
     for key, value in data.items():
         if key in CONFIG_FIELDS:
             changes[key] = value
+        elif key in RUN_KEYS[-3:]:
+            setattr(spec, key, _run_value(key, value))
         elif key in ("teacher", "student"):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{key}: expected a model folder or hub id (text), got {value!r}")
@@ -420,6 +445,16 @@ def spec_from_mapping(
             raise ConfigError(unknown_key_message(key))
     spec.config = replace(base.config, **changes)  # checked there, once
     return spec
+
+
+def _run_value(key: str, value: Any) -> Any:
+    """`data` (text) or a chat-template table (a TOML table), checked."""
+    if key == "data" and isinstance(value, str) and value.strip():
+        return value
+    if key != "data" and isinstance(value, dict):
+        return dict(value)
+    want = "a data folder, .jsonl file or hf:NAME" if key == "data" else f"a table: [{key}]"
+    raise ConfigError(f"{key}: expected {want}, got {value!r}")
 
 
 def _read_config(p: Path) -> tuple[str, dict[str, Any]]:
@@ -487,7 +522,12 @@ def spec_to_mapping(spec: RunSpec) -> dict[str, Any]:
         data["domains"] = list(spec.domains)
     if spec.domain_files:
         data["domain_files"] = list(spec.domain_files)
+    if spec.data:
+        data["data"] = spec.data
     data.update(spec.config.to_dict())
+    for key in RUN_KEYS[-2:]:  # the template tables: after every top-level key
+        if getattr(spec, key):
+            data[key] = dict(getattr(spec, key))
     return data
 
 

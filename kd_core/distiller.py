@@ -425,6 +425,7 @@ class TrueKnowledgeDistiller:
         result.teacher_cache = str(run.outputs[name].path)
         result.examples_cut, result.examples_skipped = examples.cut, examples.skipped
         result.vocab_alignment = examples.vocab_alignment or {"strategy": run.alignment.strategy}
+        result.data = data_summary
         run.results.append(result)
         self.sink(DomainFinished(name, result))
         self._write_summary(run)

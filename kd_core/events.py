@@ -48,6 +48,7 @@ class DomainResult:
     examples_cut: int = 0  # prompts cut from the front to fit max_seq_length
     examples_skipped: int = 0  # examples left out: no response token fits
     vocab_alignment: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None  # a data file's domain: what was read and trained
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

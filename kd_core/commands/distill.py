@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from kd_core.commands.exits import (
 from kd_core.commands.launch import launch_distributed
 from kd_core.commands.parser import spec_from_args
 from kd_core.commands.printers import JsonLinesPrinter, TextPrinter, tee
+from kd_core.commands.run_domains import spec_domains
 from kd_core.config import RunSpec, save_toml
-from kd_core.distiller import TrueKnowledgeDistiller
-from kd_core.domains import resolve_domains
+from kd_core.distiller import Domain, TrueKnowledgeDistiller
 from kd_core.errors import one_line
 from kd_core.events import Event, RunFailed
 from kd_core.run.control import RunControl
@@ -35,7 +36,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     launching = bool(args.distributed or args.hostfile) and "MLX_RANK" not in os.environ
     try:
         spec = spec_from_args(args)
-        domains = resolve_domains(spec.domains, spec.domain_files)
+        domains = spec_domains(spec, args.allow_download)
         if args.distributed is not None and args.distributed < 1:
             raise UsageError(
                 f"--distributed: expected a whole number from 1, got {args.distributed}"
@@ -61,7 +62,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _recorded(
-    args: argparse.Namespace, spec: RunSpec, domains: dict[str, list[str]], record: Any
+    args: argparse.Namespace, spec: RunSpec, domains: dict[str, Domain], record: Any
 ) -> int:
     """The run, its exit status written to its record however it ends."""
     status = EXIT_FAILED
@@ -80,7 +81,7 @@ def _recorded(
 
 
 def _distill(
-    args: argparse.Namespace, spec: RunSpec, domains: dict[str, list[str]], record: Any
+    args: argparse.Namespace, spec: RunSpec, domains: dict[str, Domain], record: Any
 ) -> int:
     sink: Callable[[Event], None]
     if args.events == "jsonl":
@@ -148,12 +149,14 @@ def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
     record = RunWriter.open(output, ["kd", *args.argv], args.resume, extra)
     record.created_output = not existed  # a refused run then leaves no folder behind
     try:
-        saved = RunSpec(
-            _absolute(spec.teacher),
-            _absolute(spec.student),
-            list(spec.domains),
-            [str(Path(f).expanduser().absolute()) for f in spec.domain_files],
-            spec.config.replace(output=str(output)),
+        saved = replace(
+            spec,
+            teacher=_absolute(spec.teacher),
+            student=_absolute(spec.student),
+            domains=list(spec.domains),
+            domain_files=[str(Path(f).expanduser().absolute()) for f in spec.domain_files],
+            config=spec.config.replace(output=str(output)),
+            data=_absolute(spec.data),
         )
         record.config_path.unlink(missing_ok=True)  # written anew, not edited in place
         save_toml(saved, record.config_path)

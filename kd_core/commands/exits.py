@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kd_core.config import ConfigError
+from kd_core.data_files import DataFileError
 from kd_core.distiller import NoExamplesError
 from kd_core.domains import DomainError
 from kd_core.models.load import ModelError
@@ -25,6 +26,7 @@ class UsageError(Exception):
 INPUT_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
     ConfigError,
+    DataFileError,
     DomainError,
     ModelError,
     VocabError,

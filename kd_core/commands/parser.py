@@ -64,6 +64,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow fetching a named hub model that is not in the local cache",
     )
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="your own data as one more domain (named after it): a folder with train.jsonl "
+        "(+ valid.jsonl, test.jsonl) or one .jsonl file of chat ('messages'), completions "
+        "('prompt' + 'completion'), text ('text') or prompts rows, or hf:NAME[:split] from the "
+        'local Hugging Face cache (the same as data = "..." in kd.toml)',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +222,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         spec.teacher = args.teacher
     if args.student:
         spec.student = args.student
+    if getattr(args, "data", None):
+        spec.data = args.data
     if getattr(args, "domain_file", None):
         spec.domain_files = list(spec.domain_files) + list(args.domain_file)
     if getattr(args, "all", False):

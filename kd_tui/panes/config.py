@@ -20,6 +20,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from kd_core.config import CONFIG_FIELDS, ConfigError, allowed_text, coerce_value, field_help
 from kd_core.files.toml_file import same_value
 from kd_tui.messages import StateChanged
+from kd_tui.panes.data_field import DATA_ALLOWED, DataRow, check_data
 from kd_tui.state import app_state
 from kd_tui.widgets import set_text
 
@@ -29,6 +30,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("teacher", "Teacher pass"),
     ("lora", "LoRA"),
     ("training", "Training"),
+    ("data", "Your data"),
     ("output", "Reporting and outputs"),
 )
 
@@ -164,17 +166,15 @@ class ConfigPane(Container):
         if self.built:
             return
         self.built = True
-        cfg = app_state(self).spec.config
+        spec = app_state(self).spec
         groups = []
         for group, title in all_groups():
-            box = Vertical(
-                *(
-                    FieldRow(name, getattr(cfg, name), self.bad_text.get(name))
-                    for name in fields_of(group)
-                ),
-                classes="config-group",
-                id=f"group-{group}",
-            )
+            rows: list[Vertical] = [DataRow(spec.data)] if group == "data" else []
+            rows += [
+                FieldRow(name, getattr(spec.config, name), self.bad_text.get(name))
+                for name in fields_of(group)
+            ]
+            box = Vertical(*rows, classes="config-group", id=f"group-{group}")
             box.border_title = title
             groups.append(box)
         await self.query_one("#config-fields", VerticalScroll).mount_all(groups)
@@ -187,6 +187,24 @@ class ConfigPane(Container):
     def _input_changed(self, event: Input.Changed) -> None:
         event.stop()
         self.set_field(self._name_of(event.input.id), event.value)
+
+    @on(Input.Changed, ".data-editor")
+    def _data_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        try:
+            value = check_data(event.value)
+        except ValueError as e:
+            self.errors["data"] = str(e)
+            self._show_field("data", str(e))
+            return
+        self.errors.pop("data", None)
+        self._show_field("data", None)
+        state = app_state(self)
+        if state.spec.data != value:
+            state.spec.data = value
+            self.dirty = True
+            self._announce_soon()
+        self._show_status()
 
     @on(Select.Changed, ".field-editor")
     def _select_changed(self, event: Select.Changed) -> None:
@@ -226,8 +244,9 @@ class ConfigPane(Container):
         """The field's note: its error, or what it accepts (the row turns red on error)."""
         if self.ready:
             note = self.query_one(f"#err-{name}", Static)
-            set_text(note, error or allowed_text(name), layout=True)  # errors may wrap
-            self.query_one(f"#row-{name}", FieldRow).set_class(error is not None, "-invalid")
+            allowed = DATA_ALLOWED if name == "data" else allowed_text(name)
+            set_text(note, error or allowed, layout=True)  # errors may wrap
+            self.query_one(f"#row-{name}").set_class(error is not None, "-invalid")
         self._show_status()
 
     def _announce_soon(self) -> None:
@@ -267,7 +286,12 @@ class ConfigPane(Container):
         if not self.ready:  # not built yet: the fields will be made from the state
             self._show_status()
             return
-        cfg = app_state(self).spec.config
+        spec = app_state(self).spec
+        data_input = self.query_one("#cfg-data", Input)
+        if "data" not in self.errors and (data_input.value.strip() or None) != spec.data:
+            with data_input.prevent(Input.Changed):
+                data_input.value = spec.data or ""
+        cfg = spec.config
         for name in CONFIG_FIELDS:
             value = getattr(cfg, name)
             if name in self.errors and same_value(value, self._error_base.get(name)):

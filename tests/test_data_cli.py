@@ -1,0 +1,99 @@
+"""`kd distill --data` (issue 25): chat, completions, text and prompts-only files each train end
+to end through the CLI, the format is named in the log, `data = "..."` in kd.toml is the same,
+and a bad row is one line naming the file and the line, with nothing trained or written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--iters", "2", "--batch-size", "2", "--max-seq-length", "64", "--max-tokens", "8"]
+FAST += ["--steps-per-save", "100", "--learning-rate", "0.01", "--top-k", "8"]
+
+ROWS = {
+    "chat": [
+        {
+            "messages": [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": f"Count to {i}"},
+                {"role": "assistant", "content": " ".join(str(j) for j in range(i + 1))},
+            ],
+            "tools": [{"type": "function", "function": {"name": "count"}}],
+        }
+        for i in range(8)
+    ],
+    "completions": [{"prompt": f"Double {i}", "completion": f"{2 * i}."} for i in range(8)],
+    "text": [{"text": f"The number {i} comes before {i + 1}."} for i in range(8)],
+    "prompts": [{"prompt": f"Say {i} twice"} for i in range(8)],
+}
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def kd(tiny_pair, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "kd_core", "--teacher", str(tiny_pair.teacher)]
+    cmd += ["--student", str(tiny_pair.student), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("fmt", ["chat", "completions", "text", "prompts"])
+def test_each_format_trains_through_the_cli(tiny_pair, tmp_path, fmt):
+    data = write_rows(tmp_path / fmt / "train.jsonl", ROWS[fmt])
+    write_rows(tmp_path / fmt / "valid.jsonl", ROWS[fmt][:2])
+    out = tmp_path / "out"
+    proc = kd(tiny_pair, tmp_path, "--data", str(data.parent), "--output", str(out), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{data}: {fmt}, 8 rows" in proc.stdout
+    answers = "generate" if fmt == "prompts" else "given"
+    assert f"teacher answers: {answers}" in proc.stdout
+    summary = json.loads((out / "kd_summary.json").read_text())
+    block = summary["domains"][fmt]["data"]
+    assert block["format"] == fmt and block["rows"] == 8 and block["examples"] == 8
+    assert block["given_or_generated"] == answers
+    assert block["held_out"] == {
+        "from": "valid", "path": str(tmp_path / fmt / "valid.jsonl"), "rows": 2, "lines": [1, 2]
+    }  # fmt: skip
+    assert (out / fmt / "adapters.safetensors").is_file()
+
+
+def test_data_key_in_kd_toml_with_template_tables(tiny_pair, tmp_path):
+    data = write_rows(tmp_path / "pairs.jsonl", ROWS["completions"] * 3)
+    (tmp_path / "kd.toml").write_text(
+        f'data = "{data}"\nteacher_answers = "both"\n\n'
+        "[student_chat_template_kwargs]\nenable_thinking = false\n"
+    )
+    out = tmp_path / "out"
+    proc = kd(tiny_pair, tmp_path, "--output", str(out), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    block = json.loads((out / "kd_summary.json").read_text())["domains"]["pairs"]["data"]
+    assert block["given_or_generated"] == "both"
+    # 24 rows, 5% seeded held out: duplicates are held out together (8 distinct rows x 3).
+    held = block["held_out"]
+    assert held["from"] == "seeded" and held["rows"] == 3 and len(held["lines"]) == 3
+    assert block["examples"] == 2 * (24 - 3)  # the given answers and the teacher's own
+    recorded = (out / ".kd-run" / "kd.toml").read_text()
+    assert f'data = "{data}"' in recorded and "[student_chat_template_kwargs]" in recorded
+
+
+def test_bad_row_is_one_line_naming_file_and_line_and_nothing_is_written(tiny_pair, tmp_path):
+    rows = [json.dumps(r) for r in ROWS["completions"]]
+    rows[4] = json.dumps({"prompt": "Double 4", "answer": "8."})
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    proc = kd(tiny_pair, tmp_path, "--data", str(data), "--output", str(out), *FAST)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and f"{data} line 5" in err[0], proc.stderr
+    assert "a prompts row in a completions file" in err[0]
+    assert not out.exists()

@@ -1,0 +1,71 @@
+"""The dashboard on your own data (issue 25): the Config pane's `data` row is checked as you
+type, and a run started from the dashboard trains the data file (the real detached trainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+from tui_support import open_config, wait_until
+
+from kd_tui.app import KDApp
+from kd_tui.panes.config import ConfigPane
+
+pytestmark = pytest.mark.anyio
+RUN_TIMEOUT = 90.0
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_CONFIG_DIR", str(tmp_path / "kd-config"))
+
+
+def _data(tmp_path: Path) -> Path:
+    rows = [{"prompt": f"Double {i}", "completion": f"It is {2 * i}."} for i in range(10)]
+    path = tmp_path / "doubles.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def test_data_row_checks_the_path_as_you_type(tmp_path: Path) -> None:
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    data = _data(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_config(pilot, app)
+        pane = app.query_one(ConfigPane)
+        box = app.query_one("#cfg-data", Input)
+        box.value = str(tmp_path / "missing.jsonl")
+        await pilot.pause()
+        assert "data" in pane.errors and "does not exist" in pane.errors["data"]
+        assert app.state.spec.data is None
+        box.value = str(data)
+        await pilot.pause()
+        assert "data" not in pane.errors and app.state.spec.data == str(data)
+        assert pane.save()
+        assert f'data = "{data}"' in (tmp_path / "kd.toml").read_text()
+
+
+@pytest.mark.slow
+async def test_train_a_data_file_from_the_dashboard(tiny_pair, tmp_path: Path) -> None:
+    data = _data(tmp_path)
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    spec = app.state.spec
+    spec.teacher, spec.student = str(tiny_pair.teacher), str(tiny_pair.student)
+    spec.domains = []
+    spec.config = spec.config.replace(
+        output=str(tmp_path / "out"), num_iters=3, batch_size=2, steps_per_save=3
+    )
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_config(pilot, app)
+        app.query_one("#cfg-data", Input).value = str(data)
+        await pilot.pause()
+        await pilot.press("t")
+        await wait_until(pilot, lambda: not app.running, timeout=RUN_TIMEOUT)
+        view = app.train_pane.view
+        assert view.status == "finished", view.error
+        summary = json.loads((tmp_path / "out" / "kd_summary.json").read_text())
+        block = summary["domains"]["doubles"]["data"]
+        assert block["format"] == "completions" and block["given_or_generated"] == "given"
+        assert (tmp_path / "out" / "doubles" / "adapters.safetensors").is_file()
