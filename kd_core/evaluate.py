@@ -61,7 +61,7 @@ class TeacherReference:
     teacher_path: Path  # loaded again to score the students' own answers
 
 
-def _response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> list[np.ndarray]:
+def response_logits(model: Any, seqs: list[np.ndarray], plens: list[int]) -> list[np.ndarray]:
     """Logits at the positions that predict each response token, per example (float32)."""
     out: list[np.ndarray] = []
     for start in range(0, len(seqs), EVAL_CHUNK):
@@ -83,7 +83,7 @@ def teacher_reference(
     cache = default_cache_dir()
     tpass = TeacherPass(cache, identify_model(t_path, "teacher", cache), cfg)
     out = tpass.run(f"{domain}-heldout", prompts, False, lambda: (model, tok))
-    logits = _response_logits(model, out.sequences, out.prompt_lens)
+    logits = response_logits(model, out.sequences, out.prompt_lens)
     vocab = int(logits[0].shape[-1]) if logits else 0
     lps = [np.array(log_softmax(mx.array(lg))).astype(np.float16) for lg in logits]
     release(model)
@@ -111,13 +111,13 @@ def measure(
     else:
         examples = build_examples(ref.prompts, ref.outputs, s_tok, al, online=True).examples
     seqs = [e.tokens for e in examples]
-    logits = _response_logits(model, seqs, [e.prompt_len for e in examples])
+    logits = response_logits(model, seqs, [e.prompt_len for e in examples])
     compare = compare_aligned if al.strategy == "align" else compare_distributions
     figures: dict[str, float] = compare(ref, examples, logits, al)
     figures["bits_per_char"] = bits_per_char(ref, examples, logits)
     del logits
     own = sample_answers(model, s_tok, ref.prompts, cfg)
-    own_lps = [log_softmax_np(x) for x in _response_logits(model, *own)]
+    own_lps = [log_softmax_np(x) for x in response_logits(model, *own)]
     release(model)
     figures["reverse_kl_on_student_samples"] = reverse_kl_on_samples(
         ref, own, own_lps, al, cfg, s_tok
@@ -169,7 +169,7 @@ def reverse_kl_on_samples(
         t_resp = np.where(t_resp >= 0, t_resp, 0)
         t_seqs.append(np.concatenate([np.array(t_prompt, np.int32), t_resp]).astype(np.int32))
     teacher, _ = load_model(ref.teacher_path, "teacher")
-    t_logits = _response_logits(teacher, t_seqs, [len(p) for p in t_prompts])
+    t_logits = response_logits(teacher, t_seqs, [len(p) for p in t_prompts])
     release(teacher)
     total, n = 0.0, 0
     for q_full, t_lg, valid in zip(student_lps, t_logits, valids, strict=True):
@@ -207,7 +207,7 @@ def _aligned_reverse_kl(
     ]
     teacher, _ = load_model(ref.teacher_path, "teacher")
     reads = [e.targets.teacher for e in exs]
-    t_logits = _response_logits(teacher, [r.tokens for r in reads], [r.prompt_len for r in reads])
+    t_logits = response_logits(teacher, [r.tokens for r in reads], [r.prompt_len for r in reads])
     release(teacher)
     total, n = 0.0, 0
     for ex, q_full, t_lg in zip(exs, student_lps, t_logits, strict=True):
@@ -282,8 +282,9 @@ def compare_aligned(
         n += len(anchors)
         full = log_softmax_np(s_lg).astype(np.float64)
         targets = ex.tokens[ex.prompt_len :][: len(s_lg)]
-        ce_sum -= float(full[np.arange(len(targets)), targets].sum())
-        n_ce += len(targets)
+        valid = np.ones(len(targets), bool) if ex.valid is None else ex.valid[: len(targets)]
+        ce_sum -= float(full[np.arange(len(targets)), targets][valid].sum())  # given: answers
+        n_ce += int(valid.sum())
     return {
         "kl": kl_sum / max(n, 1),
         "top1_agreement": agree / max(n, 1),

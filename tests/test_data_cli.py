@@ -97,3 +97,27 @@ def test_bad_row_is_one_line_naming_file_and_line_and_nothing_is_written(tiny_pa
     assert len(err) == 1 and f"{data} line 5" in err[0], proc.stderr
     assert "a prompts row in a completions file" in err[0]
     assert not out.exists()
+
+
+def test_eval_data_scores_the_held_out_given_answers(tiny_pair, tmp_path):
+    """`kd eval --data` scores valid.jsonl's given answers: the teacher against itself is at
+    KL 0 and agrees on every top-1; a student is not."""
+    folder = tmp_path / "chat"
+    write_rows(folder / "train.jsonl", ROWS["chat"])
+    write_rows(folder / "valid.jsonl", ROWS["chat"][:3])
+    report = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "kd_core", "eval", "--data", str(folder)]
+    cmd += ["--teacher", str(tiny_pair.teacher), "--max-seq-length", "64", "--json", str(report)]
+    same = subprocess.run(
+        [*cmd, "--student", str(tiny_pair.teacher)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert same.returncode == 0, same.stderr
+    assert "held-out rows 3 (valid.jsonl)" in same.stdout
+    base = json.loads(report.read_text())["base"]
+    assert base["rows"] == 3 and base["kl"] < 2e-3 and base["top1_agreement"] == 1.0
+    other = subprocess.run(
+        [*cmd, "--student", str(tiny_pair.student)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert other.returncode == 0, other.stderr
+    figures = json.loads(report.read_text())["base"]
+    assert figures["kl"] > 0.05 and 0 < figures["bits_per_char"] < 20

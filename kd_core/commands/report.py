@@ -11,7 +11,9 @@ from typing import Any
 from kd_core.commands.exits import UsageError
 from kd_core.commands.parser import spec_from_args
 from kd_core.commands.printers import TextPrinter
+from kd_core.commands.run_domains import data_domain
 from kd_core.config import KDConfig, RunSpec, load_toml
+from kd_core.data_files.domain import DataDomain
 from kd_core.demo import SP_NAME, ensure_demo_pair, ensure_sp_student
 from kd_core.evaluate import (
     compare_kd_vs_ce,
@@ -21,6 +23,7 @@ from kd_core.evaluate import (
     parse_methods,
     teacher_reference,
 )
+from kd_core.evaluate_data import compare_on_data, evaluate_data
 from kd_core.files.atomic import atomic_write_json
 from kd_core.models.load import resolve_model
 from kd_core.run.outputs import check_output_dir
@@ -90,7 +93,7 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     cfg = spec.config
-    domains = spec.domains or ["thinking"]
+    domains = spec.domains or ([] if spec.data else ["thinking"])
     if args.methods is not None and not args.compare:
         raise UsageError("--methods: goes with --compare")
     # Given but empty ('' or ',,') is an error, not the default comparison.
@@ -98,6 +101,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:  # before the work, not after it
         check_output_dir(Path(args.json).expanduser().parent, "json")
     report: dict[str, Any] = {}
+    if spec.data:  # your own data: its held-out rows (and the named domains only if named)
+        dom = data_domain(spec, args.allow_download)
+        assert dom is not None
+        report[dom.name] = _eval_data(spec, dom, args)
+        domains = list(spec.domains)
     for domain in domains:
         if args.compare:
             report[domain] = _compare(spec, domain, args, methods)
@@ -115,10 +123,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(format_table(rows))
             report[domain] = rows
     if args.json:
-        data = report[domains[0]] if len(domains) == 1 else report
+        data = next(iter(report.values())) if len(report) == 1 else report
         atomic_write_json(Path(args.json), data)
         print(f"wrote {args.json}")
     return 0
+
+
+def _eval_data(spec: RunSpec, dom: DataDomain, args: argparse.Namespace) -> dict[str, Any]:
+    """`kd eval --data`: the base student (+ --adapter), or --compare's KD and CE-only."""
+    cfg = spec.config
+    split = dom.split
+    where = "valid.jsonl" if split.held_out_from == "valid" else "the seeded 5%"
+    head = f"data {dom.spec} · {dom.format} · held-out rows {len(split.held_out)} ({where})"
+    if args.methods is not None:
+        raise UsageError("--methods: not with --data yet; --compare trains kd and ce_only")
+    if args.compare:
+        out = check_output_dir(Path(cfg.output) / "compare")
+        sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
+        res = compare_on_data(spec.teacher, spec.student, dom, cfg, out, args.allow_download, sink)
+        s = res["summary"]
+        print(f"{head} · {cfg.num_iters} steps · seed {cfg.seed} · alpha {cfg.alpha:g}")
+        print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
+        print(
+            f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
+            f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
+        )
+        return res
+    adapters: dict[str, str | Path | None] = {"base": None}
+    if args.adapter:
+        _warn_other_base(Path(args.adapter), spec.student or "demo-student", args.allow_download)
+        adapters["adapter"] = args.adapter
+    rows = evaluate_data(spec.teacher, spec.student, dom, cfg, adapters, args.allow_download)
+    print(head)
+    print(format_table(rows))
+    return rows
 
 
 def _compare(
