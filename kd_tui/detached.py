@@ -3,8 +3,8 @@
 A run is its own process in its own session (`kd distill`, started here or anywhere else)
 that owns its output folder (kd_core/run/record.py: lock, run.json, events.jsonl, control).
 `DetachedRun` follows such a folder: it replays the event file from its start and then
-tails it (a half-written last line waits for its newline), queueing events for the UI as
-TrainerProcess does (steps wait for the Train pane's redraw; anything else wakes the UI).
+tails it (a half-written last line waits for its newline), queueing events for the UI
+(steps wait for the Train pane's redraw; anything else wakes the UI).
 Control words are appended to the folder's control file, which the trainer polls. Closing
 the source stops the following, never the run.
 

@@ -1,6 +1,6 @@
 """A scripted event source for the dashboard's tests: replays a list of engine events.
 
-It stands in for kd_tui.engine.TrainerProcess behind the same EventSource protocol, so UI
+It stands in for kd_tui.detached.DetachedRun behind the same EventSource protocol, so UI
 tests run without a trainer; tests/test_tui_e2e.py runs the real trainer from the UI.
 """
 

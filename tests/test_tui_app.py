@@ -186,13 +186,10 @@ def test_command_line_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_trainer_command_for_a_multi_process_run(tmp_path):
-    from kd_tui.engine import trainer_command
+    from kd_tui.detached import detached_command
 
-    one = trainer_command(tmp_path / "kd.toml")
-    assert "--distributed" not in one
-    two = trainer_command(
-        tmp_path / "kd.toml", resume=True, processes=2, control_file=tmp_path / "control"
-    )
+    one = detached_command(tmp_path / "kd.toml")
+    assert "--distributed" not in one and "--resume" not in one
+    two = detached_command(tmp_path / "kd.toml", resume=True, processes=2)
     assert two[two.index("--distributed") + 1] == "2"
-    assert two[two.index("--control-file") + 1] == str(tmp_path / "control")
-    assert "--resume" in two
+    assert "--resume" in two and two[two.index("--config") + 1] == str(tmp_path / "kd.toml")

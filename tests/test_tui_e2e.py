@@ -1,6 +1,6 @@
 """End to end: training the tiny local pair from the dashboard with the real trainer, a
-detached `kd distill` that owns its output folder (kd_tui/detached.py; TrainerProcess, the
-child on a pipe, was the source before), controlled through the folder's control file."""
+detached `kd distill` that owns its output folder (kd_tui/detached.py), controlled through
+the folder's control file."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Train pane with a scripted event source: plot buffer, progress, summary, failure, controls.
-Also the pure parts (RunView, LossSeries) and the TrainerProcess's failure synthesis."""
+Also the pure parts (RunView, LossSeries), the event source's queue and the trainer's
+one-line error."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +11,9 @@ from scripted_source import ScriptedEventSource
 from textual.widgets import Label, ProgressBar, RichLog, Static
 from tui_support import failing_run, run_script_to_end, scripted_app, scripted_run, wait_until
 
-from kd_core.config import RunSpec
 from kd_core.events import Paused, PhaseStarted, Progress, RunFailed, RunFinished, Step, fmt_time
-from kd_tui.engine import TrainerProcess, one_line_error, trainer_command
+from kd_tui.detached import DetachedRun
+from kd_tui.engine import one_line_error
 from kd_tui.run_view import LossSeries, RunView
 from kd_tui.widgets.loss_plot import LossPlot
 
@@ -291,36 +291,13 @@ def test_progress_event_sets_phase() -> None:
     assert v.phase == "build" and (v.phase_done, v.phase_total) == (2, 5)
 
 
-# ---- TrainerProcess -----------------------------------------------------------------------
-def test_trainer_command_and_error_line() -> None:
-    cmd = trainer_command(Path("/tmp/x.toml"), resume=True)
-    assert cmd[:4] == [sys.executable, "-m", "kd_core", "distill"]
-    assert "--control-stdin" in cmd and cmd[-1] == "--resume"
-    assert "jsonl" in cmd
+# ---- the event source's queue ------------------------------------------------------------
+def test_the_trainers_error_line() -> None:
     assert one_line_error(["noise", "kd: error: domain: bad", ""], 2) == "domain: bad"
     assert "signal 9" in one_line_error([], -9)
 
 
-async def test_trainer_process_reports_an_early_error(tmp_path: Path) -> None:
-    """A trainer that dies before its first event still ends the run with its reason."""
-    app = scripted_app([], tmp_path / "kd.toml")
-    async with app.run_test(size=(100, 30)) as pilot:
-        proc = TrainerProcess(app)
-        app.engine = proc
-        app.state.spec = RunSpec(domains=["no-such-domain"])
-        app.state.spec.config = app.state.spec.config.replace(output=str(tmp_path / "out"))
-        app.start_run()
-        await wait_until(pilot, lambda: not app.running, timeout=60)
-        view = app.train_pane.view
-        assert view.status == "failed"
-        assert view.error is not None and "no-such-domain" in view.error
-        assert "\n" not in view.error
-        # The RunFailed event (kd distill --events jsonl) can arrive before the process exits.
-        await wait_until(pilot, lambda: proc.returncode is not None, timeout=60)
-        assert proc.returncode == 2
-
-
-def test_trainer_process_queues_steps_and_wakes_on_other_events() -> None:
+def test_the_source_queues_steps_and_wakes_on_other_events() -> None:
     """Steps wait in the queue (no UI wake-up each); other events wake the UI; order holds;
     a finished run's late words are dropped once a new run started."""
 
@@ -333,15 +310,15 @@ def test_trainer_process_queues_steps_and_wakes_on_other_events() -> None:
             return True
 
     app = FakeApp()
-    proc = TrainerProcess(app)  # type: ignore[arg-type]
-    proc._run_id, proc._active = 1, True
+    source = DetachedRun(app)  # type: ignore[arg-type]
+    source._gen, source._active = 1, True
     events = scripted_run(iters=3)
     for e in events:
-        proc._post(e, run_id=1)
+        source._post([e], gen=1)
     steps = sum(isinstance(e, Step) for e in events)
     assert len(app.posted) == len(events) - steps  # one wake-up per non-step event
-    assert proc.drain() == events and proc.drain() == []
-    assert not proc.running  # the terminal event ended the run
-    proc._run_id, proc._active = 2, True
-    proc._post(RunFailed("old run exited"), run_id=1)  # the previous child's last word
-    assert proc.drain() == [] and proc.running
+    assert source.drain() == events and source.drain() == []
+    assert not source.running  # the terminal event ended the run
+    source._gen, source._active = 2, True
+    source._post([RunFailed("old run exited")], gen=1)  # an earlier follow's last word
+    assert source.drain() == [] and source.running

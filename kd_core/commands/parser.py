@@ -137,7 +137,7 @@ def _add_process_flags(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--control-stdin",
         action="store_true",
-        help="read pause/resume/stop lines on stdin (used by kd-tui)",
+        help="read pause/resume/stop lines on stdin (a parent process driving the run)",
     )
     d.add_argument(
         "--control-file",
