@@ -24,6 +24,7 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane, Tabs
 
 import themes
 from kd_core.config import ConfigError, RunSpec
+from kd_core.domains import planned_domains
 from kd_core.events import (
     Event,
     Paused,
@@ -358,12 +359,8 @@ class KDApp(App[None]):
 
     def _earlier_checkpoints(self) -> list[Path]:
         """Checkpoint folders a fresh start (not a resume) would delete."""
-        from kd_core.domains import BUILTIN_DOMAINS
-
         spec = self.state.spec
-        names = list(spec.domains) or (
-            [Path(f).stem for f in spec.domain_files] or list(BUILTIN_DOMAINS)
-        )
+        names = planned_domains(spec.domains, spec.domain_files, spec.data)
         output = Path(spec.config.output).expanduser()
         return sorted(c for name in names for c in (output / name).glob("checkpoint_*"))
 

@@ -64,3 +64,21 @@ def test_missing_file_and_unknown_domain(tmp_path):
 def test_names_are_not_paths(name):
     with pytest.raises(DomainError):
         check_domain_name(name)
+
+
+def test_one_rule_for_the_domains_a_run_trains(tmp_path):
+    """planned_domains is what resolve_domains trains and what the dashboard shows: the names
+    asked, else the domain files' stems, else the built-ins; the data's domain after them,
+    alone when nothing else is named."""
+    from kd_core.domains import BUILTIN_DOMAINS, planned_domains, resolve_domains
+
+    f = tmp_path / "mine.txt"
+    f.write_text("Say hello.\n")
+    data = tmp_path / "notes"
+    data.mkdir()
+    assert planned_domains([]) == list(BUILTIN_DOMAINS) == list(resolve_domains([]))
+    assert planned_domains([], [str(f)]) == ["mine"] == list(resolve_domains([], [str(f)]))
+    assert planned_domains(["task"], [str(f)]) == ["task"]
+    assert planned_domains([], None, str(data)) == ["notes"]
+    assert planned_domains([], [str(f)], str(data)) == ["mine", "notes"]
+    assert planned_domains(["task"], None, str(tmp_path / "rows.jsonl")) == ["task", "rows"]

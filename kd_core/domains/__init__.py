@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kd_core.data_files.domain import domain_name
 from kd_core.domains.prompt_file import (
     PromptEntry,
     PromptFile,
@@ -81,6 +82,22 @@ def domain_from_file(path: str | Path) -> tuple[str, list[str]]:
     return check_domain_name(p.stem), read_prompts_file(p)
 
 
+def planned_domains(
+    names: list[str], domain_files: list[str] | None = None, data: str | None = None
+) -> list[str]:
+    """The domains a run trains, in order, by name, reading no file: the names asked, else
+    the domain files' (their stems), else every built-in; then the data's domain (`data`,
+    kd_core/data_files), which alone is distilled when nothing else is named. The one rule:
+    `resolve_domains`, `kd distill` and the dashboard's panes all ask here."""
+    if names:
+        base = list(names)
+    elif domain_files:
+        base = list(dict.fromkeys(Path(f).expanduser().stem for f in domain_files))
+    else:
+        base = [] if data else list(BUILTIN_DOMAINS)
+    return base + ([domain_name(data)] if data else [])
+
+
 def resolve_domains(
     names: list[str], domain_files: list[str] | None = None
 ) -> dict[str, list[str]]:
@@ -98,7 +115,7 @@ def resolve_domains(
                 "rename one of them"
             )
         custom[name], source[name] = prompts, p
-    wanted = list(names) or (list(custom) if custom else list(BUILTIN_DOMAINS))
+    wanted = planned_domains(names, domain_files)
     out: dict[str, list[str]] = {}
     for name in wanted:
         check_domain_name(name)

@@ -35,6 +35,7 @@ from kd_core.domains import (
     PromptFile,
     check_domain_name,
     open_prompt_file,
+    planned_domains,
     write_prompt_file,
 )
 from kd_core.errors import one_line
@@ -226,10 +227,8 @@ class DomainsPane(Container):
         return list(BUILTIN_DOMAINS) + list(self.custom)
 
     def effective_domains(self) -> list[str]:
-        """What a run trains (kd_core.domains.resolve_domains' rule when none is named)."""
-        if self.spec.domains:
-            return list(self.spec.domains)
-        return list(self.custom) if self.custom else list(BUILTIN_DOMAINS)
+        """What a run trains (kd_core.domains.planned_domains: the one rule)."""
+        return planned_domains(self.spec.domains, self.spec.domain_files, self.spec.data)
 
     @on(SelectionList.SelectedChanged, "#dom-list")
     def _picked(self) -> None:

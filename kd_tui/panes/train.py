@@ -17,6 +17,7 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, RichLog, Static
 
 from kd_core.config import RunSpec
+from kd_core.domains import planned_domains
 from kd_core.events import (
     PHASE_WORDS,
     Event,
@@ -41,17 +42,6 @@ FLUSH_SECONDS = 0.25
 MAX_FLUSH_SECONDS = 1.0
 CPU_BUDGET = 0.04
 LEVEL_COLORS = {"warning": "warning", "error": "error", "success": "success"}
-
-
-def planned_domains(spec: RunSpec) -> list[str]:
-    """The domains a run of `spec` will train, as `kd distill` picks them."""
-    if spec.domains:
-        return list(spec.domains)
-    if spec.domain_files:
-        return [Path(f).stem for f in spec.domain_files]
-    from kd_core.domains import BUILTIN_DOMAINS
-
-    return list(BUILTIN_DOMAINS)
 
 
 def show(widget: Static, visible: bool) -> None:
@@ -115,7 +105,11 @@ class TrainPane(Container):
     # ---- the app calls these ------------------------------------------------------------
     def begin_run(self, resume: bool, spec: RunSpec | None = None) -> None:
         spec = spec or app_state(self).spec
-        self.view.reset(planned_domains(spec), spec.config.to_dict(), keep_series=resume)
+        self.view.reset(
+            planned_domains(spec.domains, spec.domain_files, spec.data),
+            spec.config.to_dict(),
+            keep_series=resume,
+        )
         self.view.status = "running"
         self.view.phase_message = "starting the trainer…"
         self.query_one(LossPlot).set_series(self.view.series, self.view.boundaries)
@@ -171,7 +165,11 @@ class TrainPane(Container):
     # ---- drawing ------------------------------------------------------------------------
     def _show_idle_domains(self) -> None:
         spec = app_state(self).spec
-        self.view.reset(planned_domains(spec), spec.config.to_dict(), keep_series=True)
+        self.view.reset(
+            planned_domains(spec.domains, spec.domain_files, spec.data),
+            spec.config.to_dict(),
+            keep_series=True,
+        )
 
     def flush(self, force: bool = False) -> None:
         """Redraw from the RunView if it changed (called by the timer)."""

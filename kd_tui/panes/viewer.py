@@ -29,7 +29,7 @@ from textual.suggester import SuggestFromList
 from textual.widget import Widget
 from textual.widgets import Input, Static
 
-from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS
+from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, planned_domains
 from kd_tui.inference import InferenceClient
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.panes.paths import PathSuggester
@@ -334,9 +334,7 @@ class ViewerPane(Container):
 
     def _domains(self) -> list[str]:
         spec = self.state.spec
-        if spec.domains:
-            return list(spec.domains)
-        return [Path(f).stem for f in spec.domain_files] or list(BUILTIN_DOMAINS)
+        return planned_domains(spec.domains, spec.domain_files, spec.data)
 
     def _heldout(self) -> list[str]:
         out: list[str] = []
