@@ -76,6 +76,18 @@ def fit_prompt(ids: list[int], budget: int) -> tuple[list[int], bool]:
     return (ids[-budget:], True) if len(ids) > budget else (ids, False)
 
 
+def student_prompt(
+    tokenizer: Any, prompt: str, response_len: int, max_seq_length: int | None
+) -> tuple[np.ndarray, bool]:
+    """The student's formatting of a prompt, cut from the front (fit_prompt) so that it and a
+    response of `response_len` tokens fit max_seq_length; and whether it was cut."""
+    ids = format_prompt(tokenizer, prompt)
+    cut = False
+    if max_seq_length is not None:
+        ids, cut = fit_prompt(ids, max(1, max_seq_length - response_len))
+    return np.array(ids, np.int32), cut
+
+
 def fitted_prompts(
     tokenizer: Any, prompts: list[str], cfg: KDConfig
 ) -> list[tuple[list[int], bool]]:

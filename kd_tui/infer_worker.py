@@ -230,7 +230,14 @@ class Worker:
             texts[slot.name] = ""
         mx.random.seed(int(req.seed))
         self.emit(Status(id=self.rid, message="generating"))
-        # Round-robin: one token per model in turn, so the three answers grow side by side.
+        self._round_robin(streams, tokens, texts)
+        self.emit(Finished(id=self.rid))
+
+    def _round_robin(
+        self, streams: dict[str, Any], tokens: dict[str, list[int]], texts: dict[str, str]
+    ) -> None:
+        """One token per model in turn, so the answers grow side by side; each ends with Done
+        (finish_reason "cancelled" for those a cancel cut short)."""
         active = list(streams)
         try:
             while active:
@@ -267,7 +274,6 @@ class Worker:
                         finish_reason="cancelled",
                     )
                 )
-        self.emit(Finished(id=self.rid))
 
     def _token(
         self, name: str, r: Any, tokens: dict[str, list[int]], texts: dict[str, str]

@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 from kd_core.commands.exits import UsageError
 from kd_core.config import (
     CONFIG_FIELDS,
-    KDConfig,
     RunSpec,
     allowed_text,
     coerce_value,
@@ -217,17 +216,19 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         raw = getattr(args, name, None)
         if raw is not None:
             changes[name] = coerce_value(name, raw)
-    spec.config = KDConfig(**{**spec.config.to_dict(), **changes})
-    if args.teacher:
-        spec.teacher = args.teacher
-    if args.student:
-        spec.student = args.student
-    if getattr(args, "data", None):
-        spec.data = args.data
+    spec.config = spec.config.replace(**changes)
+    _apply_run_flags(spec, args)
+    return spec
+
+
+def _apply_run_flags(spec: RunSpec, args: argparse.Namespace) -> None:
+    """What to distil, from the flags over kd.toml's: models, data, domains."""
+    for name in ("teacher", "student", "data"):
+        if getattr(args, name, None):
+            setattr(spec, name, getattr(args, name))
     if getattr(args, "domain_file", None):
         spec.domain_files = list(spec.domain_files) + list(args.domain_file)
     if getattr(args, "all", False):
         spec.domains = list(BUILTIN_DOMAINS)
     elif getattr(args, "domain", None):
         spec.domains = list(args.domain)
-    return spec

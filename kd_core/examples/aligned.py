@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kd_core.examples.batch import Example, SpanTargets, TeacherTokens
-from kd_core.generate import format_prompt
+from kd_core.generate import student_prompt
 from kd_core.losses.aligned import MULTI, ONE_TO_ONE, PIECE
 from kd_core.teacher.cache import TeacherOutputs, response_texts
 from kd_core.vocab.pieces import PieceMap
@@ -141,13 +141,8 @@ def build_aligned_examples(
         if not resp_s:
             out.skipped += 1
             continue
-        s_prompt = np.array(format_prompt(student_tokenizer, prompt), np.int32)
-        was_cut = bool(outputs.prompt_cut[i]) if outputs.prompt_cut else False
-        if max_seq_length is not None and len(s_prompt) + len(resp_s) > max_seq_length:
-            keep = max(1, max_seq_length - len(resp_s))  # the assistant marker is at the end
-            if keep < len(s_prompt):
-                s_prompt, was_cut = s_prompt[-keep:], True
-        out.cut += was_cut
+        s_prompt, cut = student_prompt(student_tokenizer, prompt, len(resp_s), max_seq_length)
+        out.cut += cut or bool(outputs.prompt_cut and outputs.prompt_cut[i])
         targets = _span_targets(spans, len(body), len(s_ids), ended, outputs, i, t2s, k, online)
         if alignment.pieces is not None:
             piece_targets(

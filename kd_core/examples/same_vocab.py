@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kd_core.examples.batch import Example, SoftTargets, Targets, TeacherTokens, valid_tokens
-from kd_core.generate import format_prompt
+from kd_core.generate import student_prompt
 from kd_core.teacher.cache import TeacherOutputs
 from kd_core.vocab.plan import VocabAlignment, eos_ids
 
@@ -55,13 +55,8 @@ def build_examples(
         valid = mapped >= 0
         out.unmapped += int((~valid).sum())
         mapped = np.where(valid, mapped, eos).astype(np.int32)
-        s_prompt = np.array(format_prompt(student_tokenizer, prompt), np.int32)
-        if max_seq_length is not None and len(s_prompt) + len(mapped) > max_seq_length:
-            keep = max(1, max_seq_length - len(mapped))  # the assistant marker is at the end
-            if keep < len(s_prompt):
-                s_prompt = s_prompt[-keep:]
-                was_cut = True
-        out.cut += was_cut
+        s_prompt, cut = student_prompt(student_tokenizer, prompt, len(mapped), max_seq_length)
+        out.cut += was_cut or cut
         targets: Targets
         if online:
             targets = TeacherTokens(seq, plen)

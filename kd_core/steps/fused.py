@@ -39,7 +39,13 @@ from kd_core.losses.aligned import PIECE, align_loss_sums
 from kd_core.losses.core import ce_loss_sum, combined_loss, log_softmax, topk_of
 from kd_core.losses.divergences import DivergenceSpec, divergence_sum, offline_sums, online_sums
 from kd_core.runtime.cpu_streams import StreamSet, row_slices
-from kd_core.steps.chunked import ChunkedCEStep, ChunkedStep, split_model, want_chunking
+from kd_core.steps.chunked import (
+    ChunkedCEStep,
+    ChunkedStep,
+    SplitModel,
+    split_model,
+    want_chunking,
+)
 from kd_core.steps.chunked_aligned import ChunkedAlignStep
 from kd_core.steps.protocol import StepOutput, TrainStep, add_trees
 from kd_core.vocab.plan import VocabAlignment, align_vocab_sizes
@@ -275,10 +281,7 @@ def make_step(
     ce_only = cfg.alpha == 0.0
     if ce_only:
         teacher = None  # plain CE reads no teacher, online or not
-    chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
-    split = split_model(model) if chunk and teacher is None else None
-    if chunk and teacher is None and split is None:
-        warn("this model cannot be split into body and head; computing the loss unchunked")
+    chunk, split = _chunking(model, cfg, vocab, offline=teacher is None, warn=warn)
     if ce_only:
         if split is not None:
             return ChunkedCEStep(model, split, optimizer, cfg, chunk, reduce, streams)
@@ -294,6 +297,18 @@ def make_step(
     if split is not None:
         return ChunkedStep(model, split, optimizer, cfg, chunk, reduce, streams)
     return OfflineStep(model, optimizer, cfg, reduce, streams)
+
+
+def _chunking(
+    model: nn.Module, cfg: KDConfig, vocab: int, offline: bool, warn: Callable[[str], None]
+) -> tuple[int, SplitModel | None]:
+    """Positions per chunk and the model's body/head split, when the step's logits would be
+    large and the targets are offline (an online teacher's full logits are not chunked)."""
+    chunk = want_chunking(cfg.loss_chunk, cfg.batch_size, cfg.max_seq_length, vocab)
+    split = split_model(model) if chunk and offline else None
+    if chunk and offline and split is None:
+        warn("this model cannot be split into body and head; computing the loss unchunked")
+    return chunk, split
 
 
 def policy_config(cfg: KDConfig) -> KDConfig:

@@ -116,19 +116,8 @@ def plan_vocab_alignment(
     mismatched = [i for i in range(n_tok) if t_str[i] != s_str[i]]
     # Ids past a tokenizer's own vocabulary are padding rows of the embedding (never produced);
     # one side defining extra tokens past the other's range is fine: they fall outside [0, n).
-    truncate_ok = n_tok > 0 and not mismatched
-    if strategy in ("auto", "truncate") and truncate_ok:
-        t2s = np.full(teacher_size, -1, dtype=np.int64)
-        t2s[:n] = np.arange(n)
-        ids = np.arange(n, dtype=np.int64)
-        same = teacher_size == student_size
-        how = (
-            "identical vocabularies"
-            if same
-            else f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
-            f"compared over the shared {n} ids"
-        )
-        return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how, None)
+    if strategy in ("auto", "truncate") and n_tok > 0 and not mismatched:
+        return _truncate_alignment(teacher_size, student_size)
     if strategy == "truncate":
         i = mismatched[0] if mismatched else n_tok
         example = (
@@ -140,33 +129,39 @@ def plan_vocab_alignment(
             f"vocab_strategy: 'truncate' would pair unrelated tokens ({example}; "
             f"{len(mismatched)} of {n_tok} shared ids differ); use vocab_strategy = 'project'"
         )
-    return _project_alignment(
-        teacher_tokenizer,
-        student_tokenizer,
-        t_str,
-        s_str,
-        teacher_size,
-        student_size,
-        "project" if strategy == "project" else "align",
-        targets,
+    kind: Literal["project", "align"] = "project" if strategy == "project" else "align"
+    t2s = _string_map(t_str, s_str, teacher_size, student_size)
+    # End-of-sequence is the same event whatever its spelling.
+    t_eos, s_eos = eos_ids(teacher_tokenizer), eos_ids(student_tokenizer)
+    if t_eos and s_eos:
+        for e in t_eos:
+            if e < teacher_size:
+                t2s[e] = s_eos[0]
+    pieces = None
+    if kind == "align" and targets == "pieces":
+        pieces = PieceMap(teacher_tokenizer, student_tokenizer, t2s)
+    return _projected(kind, t_str, t2s, teacher_size, student_size, pieces)
+
+
+def _truncate_alignment(teacher_size: int, student_size: int) -> VocabAlignment:
+    """One tokenizer: ids mean the same tokens over the shared range."""
+    n = min(teacher_size, student_size)
+    t2s = np.full(teacher_size, -1, dtype=np.int64)
+    t2s[:n] = np.arange(n)
+    ids = np.arange(n, dtype=np.int64)
+    how = (
+        "identical vocabularies"
+        if teacher_size == student_size
+        else f"same tokenizer, {teacher_size} vs {student_size} embedding rows: "
+        f"compared over the shared {n} ids"
     )
+    return VocabAlignment("truncate", teacher_size, student_size, ids, ids, t2s, how, None)
 
 
-def _project_alignment(
-    teacher_tokenizer: Any,
-    student_tokenizer: Any,
-    t_str: list[str | None],
-    s_str: list[str | None],
-    teacher_size: int,
-    student_size: int,
-    strategy: Literal["project", "align"],
-    targets: AlignTargets,
-) -> VocabAlignment:
-    """Match teacher ids to student ids through their normalised token strings.
-
-    project: the student reads the teacher's ids mapped one by one (unmapped ones masked).
-    align: the student reads the teacher's text in its own tokens (kd_core/losses/aligned.py);
-    the map then names the tokens both vocabularies share, for the exact part of the loss."""
+def _string_map(
+    t_str: list[str | None], s_str: list[str | None], teacher_size: int, student_size: int
+) -> np.ndarray:
+    """[teacher_size] the student id of the same normalised token string, else -1."""
     s_index: dict[str, int] = {}
     for i, tok in enumerate(s_str[:student_size]):
         key = _normalise(tok)
@@ -177,12 +172,22 @@ def _project_alignment(
         key = _normalise(tok)
         if key is not None and key in s_index:
             t2s[i] = s_index[key]
-    # End-of-sequence is the same event whatever its spelling.
-    t_eos, s_eos = eos_ids(teacher_tokenizer), eos_ids(student_tokenizer)
-    if t_eos and s_eos:
-        for e in t_eos:
-            if e < teacher_size:
-                t2s[e] = s_eos[0]
+    return t2s
+
+
+def _projected(
+    strategy: Literal["project", "align"],
+    t_str: list[str | None],
+    t2s: np.ndarray,
+    teacher_size: int,
+    student_size: int,
+    pieces: PieceMap | None,
+) -> VocabAlignment:
+    """The plan of two tokenizers matched through their token strings.
+
+    project: the student reads the teacher's ids mapped one by one (unmapped ones masked).
+    align: the student reads the teacher's text in its own tokens (kd_core/losses/aligned.py);
+    the map then names the tokens both vocabularies share, for the exact part of the loss."""
     # Keep the map one-to-one so both sides index the same shared space.
     t_ids, s_ids, seen = [], [], set()
     for t, s in enumerate(t2s):
@@ -207,19 +212,8 @@ def _project_alignment(
             f"different tokenizers: {len(t_ids)} tokens in common ({covered:.0%} of the "
             "teacher's); teacher ids are projected onto student ids by token string"
         )
-    pieces = None
-    if strategy == "align" and targets == "pieces":
-        pieces = PieceMap(teacher_tokenizer, student_tokenizer, t2s)
-    return VocabAlignment(
-        strategy,
-        teacher_size,
-        student_size,
-        np.array(t_ids, np.int64),
-        np.array(s_ids, np.int64),
-        t2s,
-        how,
-        pieces,
-    )
+    t_arr, s_arr = np.array(t_ids, np.int64), np.array(s_ids, np.int64)
+    return VocabAlignment(strategy, teacher_size, student_size, t_arr, s_arr, t2s, how, pieces)
 
 
 def align_vocab_sizes(

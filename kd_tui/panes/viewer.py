@@ -482,6 +482,10 @@ class ViewerPane(Container):
             if isinstance(r, ErrorReply) and r.id is None:
                 self._status(r.message, error=True)  # e.g. an unreadable line
             return  # a reply to a request we no longer wait for
+        self._generation_reply(r)
+
+    def _generation_reply(self, r: Reply) -> None:
+        """A reply to the generation this pane waits for: a token, an answer's end, ..."""
         match r:
             case Status():
                 self._status(r.message)
