@@ -19,6 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from kd_core import demo
 from kd_core.config import ConfigError, KDConfig
 from kd_core.data_files.domain import DataDomain
 from kd_core.data_run import (
@@ -546,8 +547,6 @@ class TrueKnowledgeDistiller:
     def _resolve_pair(self, teacher: bool = True, student: bool = True) -> tuple[Path, Path]:
         """Resolve both models (or one: the other is then Path()); a first use of the demo
         pair builds it, with progress."""
-        from kd_core import demo
-
         started = time.perf_counter()
         announced: list[bool] = []
 

@@ -30,6 +30,7 @@ from kd_core.demo.build import (
     verify,
 )
 from kd_core.demo.sp import SP_FOLDER, SP_NAME, SpRecipe, build_sp_student
+from kd_core.files.user_dirs import default_cache_dir
 
 SHIPPED = Path(__file__).resolve().parent / "pair"
 SHIPPED_SP = Path(__file__).resolve().parent / "student_sp"
@@ -40,8 +41,6 @@ _progress_hook: BuildProgress | None = None
 
 
 def demo_root() -> Path:
-    from kd_core.files.user_dirs import default_cache_dir
-
     return default_cache_dir() / "demo"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kd_core.demo.corpus import build_corpus, echo_corpus
 from kd_core.demo.tiny import LlamaSize, eos_id, new_llama, save_model, train_tokenizer
 from kd_core.files.atomic import atomic_write_json
 
@@ -95,7 +96,7 @@ def verify(folder: Path) -> bool:
         return False
 
 
-def _encode_examples(
+def encode_examples(
     tok_folder: Path, triples: list[tuple[str, str, str]], max_len: int
 ) -> list[tuple[np.ndarray, int]]:
     """Token ids exactly as the engine will see them: chat-formatted prompt, response, EOS."""
@@ -113,7 +114,7 @@ def _encode_examples(
     return out
 
 
-def _train(
+def train_lm(
     size: LlamaSize,
     vocab: int,
     data: list[tuple[np.ndarray, int]],
@@ -175,7 +176,9 @@ def _train(
     return model, config
 
 
-def _save(model: Any, config: dict, folder: Path, tok: Path, eos: int, recipe: DemoRecipe) -> None:
+def save_demo_model(
+    model: Any, config: dict, folder: Path, tok: Path, eos: int, recipe: DemoRecipe
+) -> None:
     save_model(model, config, folder, tok, eos, dtype=recipe.dtype)
 
 
@@ -187,8 +190,6 @@ def build_demo_pair(
     The weights are written in recipe.dtype (float16: the form shipped in the repository);
     `unpack` makes the float32 copy that is used (MLX's CPU matmul is ~20x slower in float16).
     """
-    from kd_core.demo.corpus import build_corpus, echo_corpus
-
     progress = progress or (lambda what, done, total: None)
     total = recipe.teacher_steps + recipe.student_steps + 2
     tmp = folder.with_name(folder.name + f".building-{random.randrange(1 << 30):08x}")
@@ -200,11 +201,11 @@ def build_demo_pair(
         )
         train_tokenizer((f"{p}\n{r}" for _, p, r in triples), recipe.vocab_size, tmp / "tokenizer")
         progress("tokenizer", 1, total)
-        data = _encode_examples(tmp / "tokenizer", triples, recipe.max_len)
+        data = encode_examples(tmp / "tokenizer", triples, recipe.max_len)
         eos = eos_id(tmp / "tokenizer")
         progress("corpus", 2, total)
         done = 2
-        t_model, t_cfg = _train(
+        t_model, t_cfg = train_lm(
             recipe.teacher,
             recipe.vocab_size,
             data,
@@ -213,14 +214,14 @@ def build_demo_pair(
             recipe.seed + 1,
             lambda i: progress("teacher", done + i, total),
         )
-        _save(t_model, t_cfg, tmp / "teacher", tmp / "tokenizer", eos, recipe)
+        save_demo_model(t_model, t_cfg, tmp / "teacher", tmp / "tokenizer", eos, recipe)
         done += recipe.teacher_steps
         # The student learns the words and to copy, not the domains (see echo_corpus).
         if recipe.student_data == "echo":
-            data = _encode_examples(
+            data = encode_examples(
                 tmp / "tokenizer", echo_corpus(triples, recipe.seed), recipe.max_len
             )
-        s_model, s_cfg = _train(
+        s_model, s_cfg = train_lm(
             recipe.student,
             recipe.vocab_size,
             data,
@@ -229,23 +230,23 @@ def build_demo_pair(
             recipe.seed + 2,
             lambda i: progress("student", done + i, total),
         )
-        _save(s_model, s_cfg, tmp / "student", tmp / "tokenizer", eos, recipe)
+        save_demo_model(s_model, s_cfg, tmp / "student", tmp / "tokenizer", eos, recipe)
         shutil.rmtree(tmp / "tokenizer")
-        _write_manifest(tmp, {"recipe": asdict(recipe), "key": recipe.key()})
-        _replace(tmp, folder)
+        write_manifest(tmp, {"recipe": asdict(recipe), "key": recipe.key()})
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return DemoPair(folder / "teacher", folder / "student", folder)
 
 
-def _write_manifest(folder: Path, extra: dict[str, Any]) -> None:
+def write_manifest(folder: Path, extra: dict[str, Any]) -> None:
     # written last: a folder without a complete manifest is never trusted (see verify)
     files = {str(p.relative_to(folder)): _sha256(p) for p in _files(folder)}
     atomic_write_json(folder / MANIFEST, {**extra, "files": files})
 
 
-def _replace(tmp: Path, folder: Path) -> None:
+def replace_folder(tmp: Path, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -273,8 +274,8 @@ def unpack(src: Path, folder: Path) -> DemoPair:
                 mx.save_safetensors(str(out), weights, metadata={"format": "mlx"})
             else:
                 shutil.copyfile(src / rel, out)
-        _write_manifest(tmp, {"unpacked_from": manifest(src).get("key"), "source": str(src)})
-        _replace(tmp, folder)
+        write_manifest(tmp, {"unpacked_from": manifest(src).get("key"), "source": str(src)})
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -612,7 +612,7 @@ _EXTRA: dict[str, Callable[[random.Random], str]] = {
 }
 
 
-def _extra_prompts(domain: str, rng: random.Random, n: int, exclude: set[str]) -> list[str]:
+def extra_prompts(domain: str, rng: random.Random, n: int, exclude: set[str]) -> list[str]:
     """n distinct template prompts not already among the domain files' prompts."""
     out: list[str] = []
     seen = set(exclude)
@@ -652,7 +652,7 @@ def build_corpus(
                 out.append((domain, prompt, respond(domain, prompt, sample_rng())))
     for domain in DOMAIN_NAMES:
         gen = random.Random(master.getrandbits(64))
-        for prompt in _extra_prompts(domain, gen, extra_prompts_per_domain, exclude):
+        for prompt in extra_prompts(domain, gen, extra_prompts_per_domain, exclude):
             out.append((domain, prompt, respond(domain, prompt, sample_rng())))
     return out
 

@@ -21,7 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kd_core.demo.corpus import DOMAIN_NAMES, _extra_prompts, load_domain_file, respond
+from kd_core.config import KDConfig
+from kd_core.demo.corpus import DOMAIN_NAMES, extra_prompts, load_domain_file, respond
+from kd_core.generate import generate_responses
+from kd_core.models.load import load_model, release
 
 N = 3
 REFERENCE_SEED = 1_000_003  # not a build seed: the reference is fresh generator text
@@ -51,7 +54,7 @@ def reference_ngrams(domain: str, n: int = N) -> frozenset[tuple[str, ...]]:
     for prompt in data["train"] + data["heldout"]:
         for _ in range(REFERENCE_SAMPLES):
             found.update(ngrams(respond(domain, prompt, random.Random(rng.getrandbits(64))), n))
-    for prompt in _extra_prompts(domain, rng, REFERENCE_EXTRA_PROMPTS, set()):
+    for prompt in extra_prompts(domain, rng, REFERENCE_EXTRA_PROMPTS, set()):
         for _ in range(4):
             found.update(ngrams(respond(domain, prompt, random.Random(rng.getrandbits(64))), n))
     return frozenset(found)
@@ -84,10 +87,6 @@ def sample_answers(
     max_tokens: int = 128,
 ) -> list[str]:
     """A model's sampled answers, decoded, `per_prompt` per prompt, as the teacher pass does."""
-    from kd_core.config import KDConfig
-    from kd_core.generate import generate_responses
-    from kd_core.models.load import load_model, release
-
     model, tok = load_model(Path(model_path), "model", adapter_path=adapter)
     cfg = KDConfig(teacher_temperature=temperature, seed=seed, max_tokens=max_tokens)
     many = [p for p in prompts for _ in range(per_prompt)]

@@ -27,13 +27,14 @@ from pathlib import Path
 from kd_core.demo.build import (
     DemoRecipe,
     ProgressFn,
-    _encode_examples,
-    _replace,
-    _save,
-    _train,
-    _write_manifest,
+    encode_examples,
     rebuild_main,
+    replace_folder,
+    save_demo_model,
+    train_lm,
+    write_manifest,
 )
+from kd_core.demo.corpus import build_corpus, echo_corpus
 from kd_core.demo.tiny import SP_BYTE_TOKENS, SPECIAL_TOKENS, eos_id, train_sp_tokenizer
 
 SP_NAME = "demo-student-sp"
@@ -70,8 +71,6 @@ def build_sp_student(
 ) -> Path:
     """Tokenizer and student into `folder`/student, with a manifest (the folder is replaced
     atomically at the end). Weights in recipe.base.dtype (float16), as the pair's."""
-    from kd_core.demo.corpus import build_corpus, echo_corpus
-
     base = recipe.base
     progress = progress or (lambda what, done, total: None)
     total = base.student_steps + 2
@@ -86,10 +85,10 @@ def build_sp_student(
         progress("tokenizer", 1, total)
         # demo-student's text (see build_demo_pair): the words and copying, not the domains
         text = echo_corpus(triples, base.seed) if base.student_data == "echo" else triples
-        data = _encode_examples(tok, text, recipe.max_len)
+        data = encode_examples(tok, text, recipe.max_len)
         progress("corpus", 2, total)
         train_recipe = replace(base, max_len=recipe.max_len)
-        model, config = _train(
+        model, config = train_lm(
             base.student,
             recipe.vocab_size,
             data,
@@ -98,10 +97,10 @@ def build_sp_student(
             base.seed + 2,  # demo-student's seed: the same initial draw
             lambda i: progress("student-sp", 2 + i, total),
         )
-        _save(model, config, tmp / SP_FOLDER, tok, eos_id(tok), base)
+        save_demo_model(model, config, tmp / SP_FOLDER, tok, eos_id(tok), base)
         shutil.rmtree(tok)
-        _write_manifest(tmp, {"recipe": asdict(recipe), "key": recipe.key()})
-        _replace(tmp, folder)
+        write_manifest(tmp, {"recipe": asdict(recipe), "key": recipe.key()})
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
