@@ -4,7 +4,7 @@
 
 Builds a small local teacher/student pair (no network) in a child process, fills the
 teacher cache once, then alternates the same run headless (`kd distill --events jsonl`,
-the CLI) and from the dashboard (KDApp with the real TrainerProcess, Train tab on screen,
+the CLI) and from the dashboard (KDApp with its real event source, DetachedRun, Train tab on screen,
 run by Textual's headless test driver at 120x40). Throughput: the trainer's own tokens/s for
 the student pass (DomainFinished); headless and dashboard runs alternate and the ratio is
 the median over adjacent pairs (this machine's load drifts). Lag: a separate dashboard run

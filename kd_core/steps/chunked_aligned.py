@@ -36,6 +36,8 @@ class ChunkedAlignStep(ChunkedStep):
         self.student_only = mx.array(student_only_mask(alignment))
         self._span_kd = mx.array(0.0)
         super().__init__(*args, **kw)
+        # T^2, once for this path: on each chunk's terms and on the span terms' value alike.
+        self.kd_scale = self.cfg.temperature**2
 
     def _chunk_loss(self, h, inv, targets, mask, kind, ids, lps, uld, weight):
         cfg = self.cfg
@@ -46,7 +48,7 @@ class ChunkedAlignStep(ChunkedStep):
         local = one_to_one_terms(log_q, kind, ids, lps, uld, self.student_only, spec).sum()
         lq = chosen_log_q(log_q, targets) * mask
         surrogate = (weight * (lq - mx.stop_gradient(lq))).sum()  # value 0, gradient g
-        kd = (cfg.temperature**2) * (local + surrogate)
+        kd = self.kd_scale * (local + surrogate)
         return combined_loss(kd, ce, cfg.alpha) * inv, (kd, ce)
 
     def _chosen(self, h: mx.array, targets: mx.array) -> mx.array:
@@ -79,7 +81,7 @@ class ChunkedAlignStep(ChunkedStep):
             return (multi * binary_kl(t_lp, span_log_probs(lq_, span_len))).sum()
 
         value, d_lq = mx.value_and_grad(span_terms)(lq)
-        self._span_kd = value * (self.cfg.temperature**2)
+        self._span_kd = value * self.kd_scale
         return [
             targets,
             mask,
