@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
-import hmac
-import ipaddress
 import secrets
 import shlex
 import signal
@@ -39,24 +36,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from kd_core.remote.access import (
+    ServeError,
+    bind_sockets,
+    check_token,
+    is_local,
+    token_matches,
+)
+
 COOKIE = "kd_token"
 TEMPLATES = Path(__file__).with_name("serve_templates")
 Handler = Callable[[Any], Awaitable[Any]]
-MIN_TOKEN_CHARS = 16  # 16 characters of even one case of letters is over 75 bits
-
-
-class ServeError(ValueError):
-    """A setting `--serve` cannot start with (one line; kd-tui exits 2)."""
-
-
-def is_local(host: str) -> bool:
-    """Whether binding `host` keeps the server to this machine (loopback only)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def dashboard_command(args: argparse.Namespace) -> str:
@@ -67,32 +57,6 @@ def dashboard_command(args: argparse.Namespace) -> str:
     if args.attach:
         cmd += ["--attach", str(Path(args.attach).absolute())]
     return shlex.join(cmd)
-
-
-def check_token(token: str) -> None:
-    """Refuse a token that a client could match without knowing it (ServeError)."""
-    if not token.strip():
-        raise ServeError(
-            f"--token: empty or blank; give {MIN_TOKEN_CHARS} or more characters, or leave --token "
-            "out to have one generated"
-        )
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise ServeError(
-            "--token: no whitespace or control characters; letters, digits and punctuation only"
-        )
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ServeError(
-            f"--token: {len(token)} characters is too short to be safe; give "
-            f"{MIN_TOKEN_CHARS} or more, or leave --token out to have one generated"
-        )
-
-
-def token_matches(given: str, token: str) -> bool:
-    """Constant-time comparison. On bytes: compare_digest refuses str with non-ASCII
-    characters (a TypeError, so a 500 instead of a 403), and a query may hold anything."""
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
-    )
 
 
 def request_token(request: Any) -> str:
@@ -128,61 +92,6 @@ def token_middleware(token: str | None) -> Any:
         return response
 
     return check
-
-
-def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address `host` names, all on one port (the one the
-    system picked when `port` is 0). Bound here, not by aiohttp: a bad address or a port in
-    use is then one line, and the real port is known before the URL is printed."""
-    if not 0 <= port <= 65535:
-        raise ServeError(f"--port: expected a whole number from 0 to 65535, got {port}")
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (OSError, UnicodeError) as e:
-        why = getattr(e, "strerror", None) or e.__class__.__name__
-        raise ServeError(f"--host: cannot resolve {host!r} ({why})") from None
-    socks: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, addr in dict.fromkeys(infos):
-            if socks:  # the others share the first one's port (port 0 picked it)
-                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
-            sock = _bound(family, kind, proto, addr)
-            if sock is not None:
-                socks.append(sock)
-    except OSError as e:
-        for sock in socks:
-            sock.close()
-        where = f"{host}:{port}"
-        if e.errno == errno.EADDRINUSE:
-            raise ServeError(
-                f"--port: {where} is in use; pick another --port (0: any free one)"
-            ) from None
-        raise ServeError(f"--host: cannot listen on {where} ({e.strerror or e})") from None
-    if not socks:
-        raise ServeError(f"--host: cannot listen on {host}:{port} (no usable address)")
-    return socks
-
-
-def _bound(family: int, kind: int, proto: int, addr: tuple[Any, ...]) -> socket.socket | None:
-    """A socket bound to `addr` and listening; None when the address family is not enabled
-    here (EADDRNOTAVAIL: e.g. ::1 for localhost without IPv6), as asyncio does."""
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
-        if family == socket.AF_INET6:
-            # "::" would otherwise take IPv4 too, and 0.0.0.0 on the same port then fails.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRNOTAVAIL:
-            return None
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 def make_server(command: str, host: str, port: int, token: str | None) -> Any:

@@ -245,10 +245,11 @@ def test_token_is_checked_before_any_work_on_every_route(env) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"host": "0.0.0.0"}, "token: required to serve on 0.0.0.0 (a non-loopback address)"),
-        ({"host": "0.0.0.0", "token": "short"}, "token: must be at least 16 characters"),
-        ({"token": " " * 20}, "token: must be at least 16 characters and not blank"),
-        ({"port": 70000}, "port: 70000 is not a whole number from 0 to 65535"),
+        ({"host": "0.0.0.0"}, "--token: required to serve on 0.0.0.0 (a non-loopback address)"),
+        ({"host": "0.0.0.0", "token": "short"}, "--token: 5 characters is too short to be safe"),
+        ({"token": " " * 20}, "--token: empty or blank"),
+        ({"token": "sixteen chars ok"}, "--token: no whitespace or control characters"),
+        ({"port": 70000}, "--port: expected a whole number from 0 to 65535, got 70000"),
     ],
 )
 def test_refused_at_start_before_loading(tiny_pair, kwargs, message) -> None:
@@ -270,17 +271,17 @@ def cli(*args: str) -> subprocess.Popen:
     [
         (
             ["--port", "http"],
-            "kd serve-teacher: port: 'http' is not a whole number from 0 to 65535",
+            "kd serve-teacher: --port: expected a whole number from 0 to 65535, got 'http'",
         ),
         (
             ["--host", "no-such-host.invalid"],
-            "kd serve-teacher: host: cannot resolve 'no-such-host.invalid'",
+            "kd serve-teacher: --host: cannot resolve 'no-such-host.invalid'",
         ),
         (
             ["--host", "0.0.0.0", "--token", "too-short"],
-            "kd serve-teacher: token: must be at least 16",
+            "kd serve-teacher: --token: 9 characters is too short to be safe",
         ),
-        (["--port", "{busy}"], "kd serve-teacher: port: {busy} on 127.0.0.1 is in use"),
+        (["--port", "{busy}"], "kd serve-teacher: --port: 127.0.0.1:{busy} is in use"),
     ],
 )
 def test_cli_refusals_are_one_line_exit_2(tiny_pair, args, message) -> None:

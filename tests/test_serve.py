@@ -29,9 +29,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
+from kd_core.remote.access import is_local
 from kd_core.run.record import is_live, run_dir
 from kd_core.run.status import read_state
-from kd_tui.serve import is_local
 
 STARTUP_S = 60.0
 RUN_TIMEOUT = 120.0
@@ -199,7 +199,8 @@ def test_a_blank_short_or_spaced_token_is_refused_before_anything_listens(
 
 
 def test_the_token_middleware_refuses_an_empty_token() -> None:
-    from kd_tui.serve import ServeError, token_middleware
+    from kd_core.remote.access import ServeError
+    from kd_tui.serve import token_middleware
 
     pytest.importorskip("aiohttp", reason="aiohttp is not installed")
     for token in ("", "   ", "short"):

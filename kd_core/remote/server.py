@@ -17,9 +17,6 @@ route runs: no token 401, a wrong one 403, and the teacher does no work for eith
 from __future__ import annotations
 
 import asyncio
-import errno
-import hmac
-import ipaddress
 import json
 import queue
 import secrets
@@ -35,6 +32,14 @@ from typing import Any
 import numpy as np
 
 from kd_core.errors import one_line
+from kd_core.remote.access import (
+    ServeError,
+    bind_sockets,
+    check_port,
+    is_local,
+    require_token,
+    token_matches,
+)
 from kd_core.remote.protocol import (
     MAX_TOP_K,
     GenerateRequest,
@@ -50,63 +55,10 @@ from kd_core.remote.protocol import (
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-MIN_TOKEN_LEN = 16
 BATCH_WINDOW_S = 0.005  # how long the worker waits for more score requests to join a batch
 MAX_BATCH = 16  # score requests merged into one soft_targets call
 MAX_REQUEST_TOKENS = 1 << 20  # tokens one request may carry (a bound on the worker's memory)
 MAX_BODY_BYTES = 512 << 20
-
-
-class ServeError(ValueError):
-    """The server cannot start (one line naming the setting and what is allowed)."""
-
-
-def is_local(host: str) -> bool:
-    """Whether binding `host` keeps the server to this machine (loopback only)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_token(token: str | None, host: str) -> None:
-    if token is None:
-        if not is_local(host):
-            raise ServeError(f"token: required to serve on {host} (a non-loopback address)")
-        return
-    if not token.strip() or len(token) < MIN_TOKEN_LEN:
-        raise ServeError(f"token: must be at least {MIN_TOKEN_LEN} characters and not blank")
-
-
-def check_port(port: Any) -> int:
-    if isinstance(port, str):
-        port = int(port) if port.strip().isdigit() else port
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ServeError(f"port: {port!r} is not a whole number from 0 to 65535")
-    return port
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: any free port), one-line errors."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        raise ServeError(f"host: cannot resolve {host!r} to an address of this machine") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise ServeError(f"port: {port} on {host} is in use") from None
-        raise ServeError(f"host: cannot listen on {host}:{port} ({one_line(e)})") from None
-    sock.setblocking(False)
-    return sock
 
 
 # --- the MLX thread -----------------------------------------------------------------------
@@ -350,8 +302,6 @@ def token_middleware(token: str | None) -> Any:
     """Every route, unknown ones too, passes here first: no token 401, a wrong one 403."""
     from aiohttp import web
 
-    expected = token.encode() if token is not None else b""
-
     @web.middleware
     async def check(request: web.Request, handler: Any) -> Any:
         if token is not None:
@@ -363,7 +313,7 @@ def token_middleware(token: str | None) -> Any:
                     "token",
                     **{"WWW-Authenticate": "Bearer"},
                 )
-            if not hmac.compare_digest(given.encode(), expected):
+            if not token_matches(given, token):
                 return _error(403, "token: wrong token", "token")
         return await handler(request)
 
@@ -459,7 +409,7 @@ class TeacherServer:
         batch_window_s: float = BATCH_WINDOW_S,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        check_token(token, host)  # before anything else: a refused bind loads nothing
+        require_token(token, host)  # before anything else: a refused bind loads nothing
         self.host, self.port, self.token = host, check_port(port), token
         from kd_core.models.load import ModelError, resolve_model
 
@@ -481,29 +431,31 @@ class TeacherServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> TeacherServer:
-        sock = bind_socket(self.host, self.port)
-        self.port = sock.getsockname()[1]
+        socks = bind_sockets(self.host, self.port)
+        self.port = socks[0].getsockname()[1]
         self.worker.start()
         self.worker.ready.wait()
         if self.worker.error is not None:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise ServeError(f"model: {self.worker.error}")
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self._serve, args=(sock, started), name="kd-teacher-http", daemon=True
+            target=self._serve, args=(socks, started), name="kd-teacher-http", daemon=True
         )
         self._thread.start()
         started.wait()
         return self
 
-    def _serve(self, sock: socket.socket, started: threading.Event) -> None:
+    def _serve(self, socks: list[socket.socket], started: threading.Event) -> None:
         from aiohttp import web
 
         loop = asyncio.new_event_loop()
         self._loop = loop
         runner = web.AppRunner(build_app(self.worker, self.token), access_log=None)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.SockSite(runner, sock).start())
+        for sock in socks:  # every address the host names (localhost: 127.0.0.1 and ::1)
+            loop.run_until_complete(web.SockSite(runner, sock).start())
         started.set()
         try:
             loop.run_forever()
