@@ -69,6 +69,10 @@ def mlx_facts() -> dict[str, Any]:
     }
 
 
+# The trainer requires the run's fingerprint (its checkpoints are checked against it on a
+# resume); a bench trains in a fresh folder and never resumes, so it names itself.
+BENCH_FINGERPRINT = {"run": "bench/steps.py: a fresh folder each time, never resumed"}
+
 class Builder:
     """Writes the model folders the benchmarks load (mlx-lm and Hugging Face read them)."""
 
@@ -225,6 +229,7 @@ class KDStep(_Student):
             domain="bench",
             teacher=self.teacher,
             sampler=self.sampler,
+            fingerprint=BENCH_FINGERPRINT,
         )
 
     def steps(self, n: int, divergence: str | None = None) -> dict[str, Any]:
@@ -286,6 +291,7 @@ class KDStep(_Student):
             self.work / "profile-ce",
             adapter_config(cfg, len(self.model.layers), "student", "none", "bench"),
             domain="bench",
+            fingerprint=BENCH_FINGERPRINT,
         )
         trainer.train()
         ce_s = [row["step_time"] for row in trainer.metrics[1:]]
