@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kd_core.demo import demo_model_path
 from kd_core.errors import one_line
 
 # demo-student-sp: demo-student with a SentencePiece-style tokenizer of its own (kd_core.demo.sp)
@@ -55,8 +56,6 @@ def resolve_model(name: str | None, role: str = "model", allow_download: bool = 
     local cache; a download only if allowed.
     """
     if name is None or name in DEMO_NAMES:
-        from kd_core.demo import demo_model_path
-
         which = name or ("demo-teacher" if role == "teacher" else "demo-student")
         return demo_model_path(which)
     path = Path(name).expanduser()
