@@ -69,3 +69,40 @@ async def test_train_a_data_file_from_the_dashboard(tiny_pair, tmp_path: Path) -
         block = summary["domains"]["doubles"]["data"]
         assert block["format"] == "completions" and block["given_or_generated"] == "given"
         assert (tmp_path / "out" / "doubles" / "adapters.safetensors").is_file()
+
+
+async def test_domains_tab_adds_a_data_folder_and_shows_each_models_rendering(
+    tmp_path: Path,
+) -> None:
+    """A folder typed in the Domains tab becomes the run's data; the pane shows its format,
+    rows, split and the first row as each model's template writes it, answers highlighted."""
+    from textual.widgets import Static
+
+    from kd_tui.panes.domains import DomainsPane
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(_data(tmp_path).read_text())
+    (folder / "valid.jsonl").write_text('{"prompt": "Double 9", "completion": "It is 18."}\n')
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        pane = app.query_one(DomainsPane)
+        box = app.query_one("#dom-add", Input)
+        box.focus()
+        box.value = str(folder)
+        await pilot.press("enter")
+        assert app.state.spec.data == str(folder)
+        assert pane.effective_domains() == ["mine"]
+        await wait_until(pilot, lambda: pane.preview is not None, timeout=60)
+        assert "error" not in pane.preview, pane.preview
+        assert pane.preview["format"] == "completions" and pane.preview["rows"] == 10
+        teacher = pane.preview["examples"]["teacher"]
+        ((start, end),) = teacher["trained"]
+        assert teacher["text"][start:end].startswith("It is 0.")
+        desc = str(app.query_one("#dom-desc", Static).render())
+        assert "completions · 10 rows" in desc and "1 held out (valid.jsonl)" in desc
+        assert "teacher reads" in desc and "student reads" in desc
+        assert app.focused is app.query_one("#dom-list")
+        await pilot.press("delete")
+        assert app.state.spec.data is None

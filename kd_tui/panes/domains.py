@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.widgets import Input, Label, OptionList, SelectionList, Static, TextArea
 from textual.widgets.selection_list import Selection
 
+from kd_core.data_files import DataFileError, read_data
+from kd_core.data_files.domain import domain_name
 from kd_core.domains import (
     BUILTIN_DOMAINS,
     DOMAIN_PROMPTS,
@@ -39,7 +41,9 @@ from kd_core.domains import (
     write_prompt_file,
 )
 from kd_core.errors import one_line
+from kd_tui.data_preview import data_preview
 from kd_tui.messages import StateChanged
+from kd_tui.panes.data_domain import describe_data, list_label
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
 
@@ -149,6 +153,9 @@ class DomainsPane(Container):
         self._syncing = False
         self._cursor: dict[str, int] = {}  # the highlighted prompt of each domain
         self._editing: tuple[str, int] | None = None  # whose prompt the editor holds
+        # The data file (kd.toml's `data`) as kd_tui.data_preview read it, and for what.
+        self.preview: dict[str, Any] | None = None
+        self._preview_key: str | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dom-left"):
@@ -182,8 +189,9 @@ class DomainsPane(Container):
         return app_state(self).spec
 
     def reload(self) -> None:
-        """Rebuild the list from the run spec (built-ins + its domain files). A domain with
-        unsaved edits keeps them (and the file they were made on)."""
+        """Rebuild the list from the run spec (built-ins + its domain files + its data). A
+        domain with unsaved edits keeps them (and the file they were made on)."""
+        self._refresh_preview()
         previous, self.custom, self.clash = self.custom, {}, None
         for f in self.spec.domain_files:
             c = load_custom(f)
@@ -208,6 +216,9 @@ class DomainsPane(Container):
             for name, c in self.custom.items():
                 extra = "⚠ unreadable" if c.error else f"custom · {len(c.entries)} prompts"
                 lst.add_option(Selection(self._label(name, extra), name, name in picked))
+            if self.data_name:
+                label = self._label(self.data_name, list_label(self.preview))
+                lst.add_option(Selection(label, self.data_name, True))
         finally:
             self._syncing = False
         self._update_note()
@@ -223,8 +234,15 @@ class DomainsPane(Container):
         text.append(f"  {extra}", style="dim")
         return text
 
+    @property
+    def data_name(self) -> str | None:
+        """The domain kd.toml's `data` makes (its folder's or file's name), if any."""
+        return domain_name(self.spec.data) if self.spec.data else None
+
     def all_names(self) -> list[str]:
-        return list(BUILTIN_DOMAINS) + list(self.custom)
+        return (
+            list(BUILTIN_DOMAINS) + list(self.custom) + ([self.data_name] if self.data_name else [])
+        )
 
     def effective_domains(self) -> list[str]:
         """What a run trains (kd_core.domains.planned_domains: the one rule)."""
@@ -237,7 +255,10 @@ class DomainsPane(Container):
         selected = set(self.query_one("#dom-list", SelectionList).selected)
         if selected == set(self.effective_domains()):
             return  # a rebuild of the list (its events arrive later), not a user's change
-        self.spec.domains = [n for n in self.all_names() if n in selected]
+        if self.data_name and self.data_name not in selected:
+            self.spec.data = None  # unpicked: the data leaves the run (add it again by path)
+        names = [n for n in self.all_names() if n in selected and n != self.data_name]
+        self.spec.domains = names if names or not self.spec.data else []
         self._update_note()
         self.post_message(StateChanged("domains"))
 
@@ -266,6 +287,9 @@ class DomainsPane(Container):
     def show(self, name: str) -> None:
         self.current = name
         held = self.query_one("#dom-heldout", TextArea)
+        if name == self.data_name:
+            self._show_data(name)
+            return
         if name in BUILTIN_DOMAINS:
             d = DOMAIN_PROMPTS[name]
             rows = [prompt_label(i, p) for i, p in enumerate(d["examples"], 1)]
@@ -291,6 +315,44 @@ class DomainsPane(Container):
         if rows:
             prompts.highlighted = min(self._cursor.get(name, 0), len(rows) - 1)
         self._show_prompt()
+
+    def _show_data(self, name: str) -> None:
+        """The data domain: what the preview read (and a new read when the file, the pair or
+        the data settings changed)."""
+        p = self.preview
+        self.query_one("#dom-desc", Static).update(describe_data(name, self.spec.data or "", p))
+        rows = [prompt_label(i, t) for i, t in enumerate((p or {}).get("prompts", []), 1)]
+        self.query_one("#dom-prompts", PromptList).set_options(rows)
+        held = "\n".join((p or {}).get("held_out_rows", []))
+        self.query_one("#dom-heldout", TextArea).load_text(held)
+        self.query_one("#dom-train-label", Label).update("Training rows (read-only)")
+        self.query_one("#dom-keys", Static).update("delete (in the list) drops it from the run")
+        self._show_prompt()
+
+    def _refresh_preview(self) -> None:
+        spec = self.spec
+        if not spec.data:
+            self.preview = self._preview_key = None
+            return
+        kwargs = {"teacher": spec.teacher_chat_template_kwargs}
+        kwargs["student"] = spec.student_chat_template_kwargs
+        args = (spec.data, spec.teacher or "demo-teacher", spec.student or "demo-student")
+        key = repr((args, spec.config.to_dict(), kwargs))
+        if key != self._preview_key:
+            self._preview_key, self.preview = key, None
+            self._read_preview(key, *args, spec.config.to_dict(), kwargs)
+
+    @work(thread=True, exclusive=True, group="data-preview", exit_on_error=False)
+    def _read_preview(self, key: str, data: str, t: str, s: str, cfg: Any, kw: Any) -> None:
+        result = data_preview(data, t, s, cfg, kw)
+        self.app.call_from_thread(self._preview_read, key, result)
+
+    def _preview_read(self, key: str, result: dict[str, Any]) -> None:
+        if key == self._preview_key:
+            self.preview = result
+            self.reload()  # the list is rebuilt: keep the highlight where the user left it
+            if self.current in (names := self.all_names()):
+                self.query_one("#dom-list", SelectionList).highlighted = names.index(self.current)
 
     def _prompt_texts(self) -> list[str]:
         if self.current in BUILTIN_DOMAINS:
@@ -447,6 +509,9 @@ class DomainsPane(Container):
         if not raw:
             return
         path = Path(raw).expanduser()
+        if self._add_data(path):
+            event.input.value = ""
+            return
         try:
             name = check_domain_name(path.stem)
             prompts = open_prompt_file(path).prompts
@@ -481,11 +546,42 @@ class DomainsPane(Container):
         self.post_message(StateChanged("domains"))
         self.notify(f"added domain {name!r}: {len(prompts)} prompts", timeout=3)
 
+    def _add_data(self, path: Path) -> bool:
+        """A folder, or a file whose rows carry answers (chat, completions, text), becomes the
+        run's data (kd.toml's `data`); a prompts file stays a custom domain (False)."""
+        try:
+            if not path.is_dir():
+                try:
+                    if not read_data(path).train.has_answers:
+                        return False
+                except DataFileError:
+                    return False  # the prompts file's reader says what is wrong, as before
+            check_domain_name(domain_name(str(path)))
+        except (DataFileError, DomainError) as e:
+            self._error(one_line(e))
+            return True
+        self._error("")
+        self.spec.data = str(path)
+        self.current = domain_name(str(path))
+        self.reload()
+        lst = self.query_one("#dom-list", SelectionList)  # back to the list, on the data
+        lst.highlighted = self.all_names().index(self.current)
+        lst.focus()
+        self.post_message(StateChanged("domains"))
+        self.notify(f"added data {path}: it trains as domain {self.current!r}", timeout=3)
+        return True
+
     def action_remove(self) -> None:
         lst = self.query_one("#dom-list", SelectionList)
         if lst.highlighted is None:
             return
         name = str(lst.get_option_at_index(lst.highlighted).value)
+        if name == self.data_name:
+            self.spec.data = None
+            self.current = None
+            self.reload()
+            self.post_message(StateChanged("domains"))
+            return
         c = self.custom.get(name)
         if c is None:
             self._error("built-in domains stay; space unpicks them")
