@@ -1,9 +1,11 @@
 """The headless command line: `kd distill`, `kd eval`, `kd demo`, `kd status` (and
-`python -m kd_core`, the seed's: `kd distill`).
+`python -m kd_core`, the seed's: `kd distill`), `kd serve-teacher` (a teacher for trainers
+on other machines).
 
 The commands live in kd_core/commands/ (parser.py: flags and settings, defaults < kd.toml <
 flags; distill.py, launch.py, report.py). Bad input exits with status 2 and one line naming
-the field; nothing is written. A stopped run exits 3 and resumes with --resume.
+the field; nothing is written. A stopped run exits 3 and resumes with --resume; a run whose
+remote teacher went away exits 4 (checkpointed; --resume once the teacher is back).
 """
 
 from __future__ import annotations
@@ -15,18 +17,27 @@ from kd_core.commands.exits import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_STOPPED,
+    EXIT_TEACHER_GONE,
     INPUT_ERRORS,
     UsageError,
 )
 from kd_core.commands.parser import build_parser
 from kd_core.commands.report import cmd_demo, cmd_eval, cmd_status
-from kd_core.errors import one_line
+from kd_core.commands.serve import cmd_serve_teacher
+from kd_core.errors import TeacherGone, one_line
+from kd_core.remote.transport import TeacherUnavailable
 from kd_core.runtime import blas as _blas  # noqa: F401, I001  (fast BLAS before MLX)
 
-COMMANDS = ("distill", "eval", "demo", "status")
-HANDLERS = {"distill": cmd_distill, "eval": cmd_eval, "demo": cmd_demo, "status": cmd_status}
+COMMANDS = ("distill", "eval", "demo", "status", "serve-teacher")
+HANDLERS = {
+    "distill": cmd_distill,
+    "eval": cmd_eval,
+    "demo": cmd_demo,
+    "status": cmd_status,
+    "serve-teacher": cmd_serve_teacher,
+}
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_STOPPED", "entry", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_STOPPED", "EXIT_TEACHER_GONE", "entry", "main"]
 
 
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
@@ -53,6 +64,9 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         if isinstance(e, INPUT_ERRORS):
             print(f"kd: error: {one}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if isinstance(e, TeacherGone | TeacherUnavailable):
+            print(f"kd: teacher lost: {one}", file=sys.stderr)
+            return EXIT_TEACHER_GONE
         print(f"kd: failed: {one}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -30,6 +30,7 @@ from kd_core.files.toml_file import (
     same_value,
     value_source,
 )
+from kd_core.teacher_address import TOKEN_IN_FILE, address_error
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,7 @@ class ConfigError(ValueError):
 
 # The modes, as types: each is checked in one place (`_check_value`, from these choices).
 TeacherMode = Literal["offline", "online"]
+TeacherApi = Literal["kd", "vllm", "sglang", "mlx_lm"]
 VocabStrategy = Literal["auto", "truncate", "project", "align"]
 AlignTargets = Literal["pieces", "shared"]
 LrSchedule = Literal["constant", "cosine"]
@@ -114,6 +116,15 @@ class KDConfig:
         "offline: teacher pass first, cached top-k targets, teacher released "
         "before training. online: teacher forward every step (full distribution).",
         choices=get_args(TeacherMode),
+        group="teacher",
+    )
+    teacher_api: TeacherApi = _spec(
+        "kd",
+        'What serves a teacher named by its address (teacher = "http://host:port"): kd '
+        "(kd serve-teacher: every mode), mlx_lm (mlx_lm.server: the offline pass only, top_k "
+        "<= 11 at temperature 1), vllm or sglang (given-text scoring at temperature 1). "
+        "Ignored for a local teacher. The token: --teacher-token or KD_TEACHER_TOKEN.",
+        choices=get_args(TeacherApi),
         group="teacher",
     )
     vocab_strategy: VocabStrategy = _spec(
@@ -317,9 +328,11 @@ class KDConfig:
 
 
 CONFIG_FIELDS: dict[str, Any] = {f.name: f for f in fields(KDConfig)}
-RUN_KEYS = ("teacher", "student", "domains", "domain_files", "data")
+RUN_KEYS = ("teacher", "student", "domains", "domain_files", "teacher_tokenizer", "data")
 RUN_KEYS += ("teacher_chat_template_kwargs", "student_chat_template_kwargs")
-"""Keys of kd.toml that are not KDConfig fields: what to distil."""
+"""Keys of kd.toml that are not KDConfig fields: what to distil. `teacher_tokenizer`: the
+served model's tokenizer (a folder or hub id) for a remote teacher whose server does not send
+its own (teacher_api mlx_lm, vllm, sglang)."""
 
 
 def field_help(name: str) -> str:
@@ -414,6 +427,12 @@ class RunSpec:
     # kd.toml's tables of arguments to each model's chat template (enable_thinking = false)
     teacher_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     student_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher_tokenizer: str | None = None  # a remote teacher's, when its server sends none
+
+
+def check_teacher_address(value: str | None) -> None:
+    if message := address_error(value):
+        raise ConfigError(message)
 
 
 def spec_from_mapping(
@@ -428,10 +447,14 @@ def spec_from_mapping(
             changes[key] = value
         elif key in RUN_KEYS[-3:]:
             setattr(spec, key, _run_value(key, value))
-        elif key in ("teacher", "student"):
+        elif key in ("teacher", "student", "teacher_tokenizer"):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{key}: expected a model folder or hub id (text), got {value!r}")
+            if key == "teacher":
+                check_teacher_address(value)
             setattr(spec, key, value)
+        elif key == "teacher_token":
+            raise ConfigError(TOKEN_IN_FILE)
         elif key in ("domains", "domain_files"):
             if not isinstance(value, list) or not all(
                 isinstance(v, str) and v.strip() for v in value
@@ -524,6 +547,8 @@ def spec_to_mapping(spec: RunSpec) -> dict[str, Any]:
         data["domain_files"] = list(spec.domain_files)
     if spec.data:
         data["data"] = spec.data
+    if spec.teacher_tokenizer:
+        data["teacher_tokenizer"] = spec.teacher_tokenizer
     data.update(spec.config.to_dict())
     for key in RUN_KEYS[-2:]:  # the template tables: after every top-level key
         if getattr(spec, key):

@@ -57,6 +57,7 @@ class DataPassArgs:
     warn: Callable[[str], None] | None = None
     should_stop: Callable[[], bool] | None = None
     world: Any = None
+    remote_vocab: int = 0  # a remote teacher's vocabulary (its model stays on the server)
 
 
 def data_teacher_pass(name: str, domain: DataDomain, a: DataPassArgs) -> DataTargets:
@@ -80,7 +81,8 @@ def data_teacher_pass(name: str, domain: DataDomain, a: DataPassArgs) -> DataTar
         return out
     if cfg.teacher_mode == "online":
         model, _ = a.load_teacher()
-        out.given_out = sequences_only(out.given, vocab_size(model))
+        vocab = vocab_size(model) if model is not None else a.remote_vocab
+        out.given_out = sequences_only(out.given, vocab)
     else:
         out.given_out = a.gpass.run(
             name, [g.row for g in out.given], out.given, a.load_teacher, a.progress, a.warn,

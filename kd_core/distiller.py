@@ -58,6 +58,7 @@ from kd_core.models.load import (
     vocab_size,
 )
 from kd_core.models.memory import estimate_memory
+from kd_core.remote.connect import ConnectedTeacher, remote_model_info
 from kd_core.run.control import RunControl
 from kd_core.run.outputs import (
     SUMMARY_FILE,
@@ -67,10 +68,12 @@ from kd_core.run.outputs import (
     domain_dir,
     write_summary,
 )
+from kd_core.run_teacher import RunTeacher, connect_run_teacher
 from kd_core.runtime.distributed import world as get_world
 from kd_core.teacher.cache import TeacherOutputs, sweep_stale_cache
 from kd_core.teacher.given import GivenPass
 from kd_core.teacher.teacher_pass import TeacherPass
+from kd_core.teacher_address import is_remote
 from kd_core.train.checkpoints import CheckpointStore, run_fingerprint
 from kd_core.train.on_policy import StudentSampler
 from kd_core.train.trainer import StudentTrainer, apply_lora
@@ -93,21 +96,6 @@ ALIGNED_ON_POLICY_WARNING = (
 
 
 @dataclass
-class _Teacher:
-    """The teacher as the run holds it: loaded at most once, only on a cache miss."""
-
-    path: Path
-    model: Any = None
-    tokenizer: Any = None
-
-    def load(self, sink: EventSink) -> tuple[Any, Any]:
-        if self.model is None:
-            sink(Log(f"loading teacher {self.path}"))
-            self.model, self.tokenizer = load_model(self.path, "teacher")
-        return self.model, self.tokenizer
-
-
-@dataclass
 class _Run:
     """What the stages of one run share. Built by keyword; the two identities are required:
     the teacher cache and every checkpoint are keyed by them (kd_core/models/identity.py)."""
@@ -115,7 +103,7 @@ class _Run:
     domains: dict[str, Domain]
     resume: bool
     output: Path
-    teacher: _Teacher
+    teacher: RunTeacher
     student_path: Path
     started: float
     teacher_id: ModelIdentity
@@ -139,6 +127,8 @@ class TrueKnowledgeDistiller:
         control: RunControl | None = None,
         allow_download: bool = False,
         cache_dir: str | Path | None = None,
+        teacher_token: str | None = None,
+        teacher_tokenizer: str | Path | None = None,
     ) -> None:
         self.config = config or KDConfig()
         self.teacher_model_id = teacher_model_id or "demo-teacher"
@@ -149,6 +139,12 @@ class TrueKnowledgeDistiller:
         self.control = control or RunControl()
         self.allow_download = allow_download
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        # A teacher named by its address (kd_core/remote/connect.py): the token is the
+        # argument, else $KD_TEACHER_TOKEN; teacher_tokenizer names the served model's
+        # tokenizer for servers that do not send theirs (mlx_lm, vLLM, SGLang).
+        self.remote = is_remote(self.teacher_model_id)
+        self.teacher_token = teacher_token
+        self.teacher_tokenizer = teacher_tokenizer
 
     # ---- the seed's API -------------------------------------------------------------------
     def distill_domain(
@@ -196,19 +192,22 @@ class TrueKnowledgeDistiller:
             if not (prompts.split.train if isinstance(prompts, DataDomain) else prompts):
                 raise ValueError(f"domain: {name!r} has no prompts")
         # Before anything is written: an on-policy run must be able to hold its teacher.
-        resident = self._on_policy_teacher() if cfg.on_policy_ratio > 0 else None
+        remote = self._connect() if self.remote else None
+        resident = self._on_policy_teacher() if cfg.on_policy_ratio > 0 and remote is None else None
         output = Path(cfg.output).expanduser()
         if self.world.is_main:
             check_output_dir(output)
         # The cache must take the teacher's work: find out now, not after the generation.
         check_output_dir(self.cache_dir / "teacher", "cache")
         self.sink(PhaseStarted("load", None, 2, "finding models"))
-        t_path, s_path = self._resolve_pair()
-        t_info, s_info = model_info(t_path), model_info(s_path)
-        t_id = identify_model(t_path, "teacher", self.cache_dir)
+        t_path, s_path = self._resolve_pair(teacher=remote is None)
+        s_info = model_info(s_path)
+        t_info = remote_model_info(remote) if remote else model_info(t_path)
+        t_id = remote.identity if remote else identify_model(t_path, "teacher", self.cache_dir)
         s_id = identify_model(s_path, "student", self.cache_dir)
         same = t_id.weights == s_id.weights
-        for warning in self._pair_warnings(t_path, s_path, same, s_info.hidden_size):
+        t_local = None if remote else t_path
+        for warning in self._pair_warnings(t_local, s_path, same, s_info.hidden_size):
             self.sink(Log(warning, "warning"))
         if resume:  # a model replaced in place is refused before any work, nothing written
             for name in domains:
@@ -219,7 +218,7 @@ class TrueKnowledgeDistiller:
             self.sink(Log(warning, "warning"))
         self.sink(
             RunStarted(
-                teacher=str(t_path),
+                teacher=t_id.path,
                 student=str(s_path),
                 domains=list(domains),
                 config=cfg,
@@ -233,14 +232,20 @@ class TrueKnowledgeDistiller:
             domains=domains,
             resume=resume,
             output=output,
-            teacher=resident if resident is not None else _Teacher(t_path),
+            teacher=resident or RunTeacher(t_path, remote=remote),
             student_path=s_path,
             started=time.perf_counter(),
             teacher_id=t_id,
             student_id=s_id,
         )
 
-    def _on_policy_teacher(self) -> _Teacher:
+    def _connect(self) -> ConnectedTeacher:
+        return connect_run_teacher(
+            self.teacher_model_id, self.config, self.teacher_token, self.teacher_tokenizer,
+            self.cache_dir, self.sink,
+        )  # fmt: skip
+
+    def _on_policy_teacher(self) -> RunTeacher:
         """The teacher, loaded, for a run whose on-policy steps need it resident (even when
         its soft targets are cached); a teacher that cannot be loaded, or a pair that will
         not fit in memory together, is a one-line ConfigError naming on_policy_ratio."""
@@ -248,7 +253,7 @@ class TrueKnowledgeDistiller:
         _, s_path = self._resolve_pair(teacher=False)
         try:
             t_path, _ = self._resolve_pair(student=False)
-            teacher = _Teacher(t_path)
+            teacher = RunTeacher(t_path)
             teacher.load(self.sink)
         except Exception as e:
             raise ConfigError(
@@ -262,10 +267,10 @@ class TrueKnowledgeDistiller:
         return teacher
 
     def _pair_warnings(
-        self, t_path: Path, s_path: Path, same_weights: bool, hidden: int
+        self, t_path: Path | None, s_path: Path, same_weights: bool, hidden: int
     ) -> list[str]:
         out = []
-        if same_weights or t_path.resolve() == s_path.resolve():
+        if same_weights or (t_path is not None and t_path.resolve() == s_path.resolve()):
             out.append("teacher and student are the same model: distillation has little to teach")
         if hidden and self.config.lora_rank > hidden:
             out.append(
@@ -286,7 +291,12 @@ class TrueKnowledgeDistiller:
                     "which teacher made them; this run rebuilds what it needs"
                 )
             )
-        tpass = TeacherPass(self.cache_dir, run.teacher_id, cfg)
+        tpass, gpass = run.teacher.passes(
+            TeacherPass(self.cache_dir, run.teacher_id, cfg),
+            GivenPass(self.cache_dir, run.teacher_id, cfg),
+            cfg,
+            self.sink,
+        )
         for name, prompts in run.domains.items():
             size = len(prompts.split.train) if isinstance(prompts, DataDomain) else len(prompts)
             self.sink(PhaseStarted("teacher", name, size))
@@ -301,7 +311,7 @@ class TrueKnowledgeDistiller:
 
             try:
                 if isinstance(prompts, DataDomain):
-                    out = self._data_pass(run, tpass, name, prompts, progress)
+                    out = self._data_pass(run, (tpass, gpass), name, prompts, progress)
                 else:
                     out = tpass.run(
                         name,
@@ -327,7 +337,7 @@ class TrueKnowledgeDistiller:
                 return
 
     def _data_pass(
-        self, run: _Run, tpass: TeacherPass, name: str, domain: DataDomain, progress: Any
+        self, run: _Run, passes: tuple[Any, Any], name: str, domain: DataDomain, progress: Any
     ) -> TeacherOutputs:
         """A data domain's teacher side (kd_core/data_run.py); the format is named in the log."""
         split = domain.split
@@ -340,14 +350,14 @@ class TrueKnowledgeDistiller:
         )
         args = DataPassArgs(
             self.config,
-            tpass,
-            GivenPass(self.cache_dir, run.teacher_id, self.config),
+            *passes,
             lambda: self._teacher_tokenizer(run),
             lambda: run.teacher.load(self.sink),
             progress,
             lambda m: self.sink(Log(m, "warning")),
             lambda: self.control.stop_requested,
             self.world,
+            run.teacher.served_vocab(),
         )
         targets = data_teacher_pass(name, domain, args)
         if targets.given_out is None and targets.generated is None:
@@ -361,15 +371,13 @@ class TrueKnowledgeDistiller:
     def _teacher_tokenizer(self, run: _Run) -> Any:
         """The teacher's tokenizer without its weights (rendering and cache keys need no
         model); the loaded teacher's when it is in memory."""
-        if run.teacher.tokenizer is None:
-            from mlx_lm.utils import load_tokenizer
-
-            run.teacher.tokenizer = load_tokenizer(run.teacher.path)
-        return run.teacher.tokenizer
+        return run.teacher.load_tokenizer()
 
     def _release_teacher(self, run: _Run) -> tuple[Any, Any]:
         """(teacher model or None, teacher tokenizer). Offline, the teacher is released here:
         it never sits in memory beside the student being trained."""
+        if run.teacher.remote is not None:
+            return run.teacher.load(self.sink)  # (None, its tokenizer): nothing to release
         if self.config.teacher_mode == "online" or self.config.on_policy_ratio > 0:
             return run.teacher.load(self.sink)  # on-policy steps score with it: resident
         tokenizer = run.teacher.tokenizer
@@ -377,9 +385,7 @@ class TrueKnowledgeDistiller:
             run.teacher.model = None
             release()
         if tokenizer is None:
-            from mlx_lm.utils import load_tokenizer
-
-            tokenizer = load_tokenizer(run.teacher.path)
+            tokenizer = run.teacher.load_tokenizer()
         return None, tokenizer
 
     def _train_domain(self, run: _Run, name: str, t_model: Any, t_tok: Any) -> DomainResult:
@@ -406,7 +412,7 @@ class TrueKnowledgeDistiller:
             cfg,
             examples.examples,
             domain_dir(run.output, name),
-            adapter_config(cfg, n_layers, str(run.student_path), str(run.teacher.path), name),
+            adapter_config(cfg, n_layers, str(run.student_path), run.teacher.name, name),
             domain=name,
             sink=self.sink,
             control=self.control,
@@ -421,6 +427,7 @@ class TrueKnowledgeDistiller:
                 prompts=prompts,
             ),
             sampler=sampler,
+            remote=run.teacher.step_targets(self.config, run.alignment),
         )
         result = trainer.train(resume=run.resume)
         result.teacher_cache = str(run.outputs[name].path)

@@ -11,3 +11,8 @@ def one_line(e: BaseException) -> str:
 
 class NoExamplesError(ValueError):
     """No example of a domain fits (one-line message with the counts)."""
+
+
+class TeacherGone(RuntimeError):
+    """A remote teacher went away (or changed model) mid-run. The run stopped after its last
+    finished step with a checkpoint; `kd distill --resume` continues there once it is back."""

@@ -143,6 +143,9 @@ class Step(Event):
     eta_s: float | None
     on_policy: bool = False  # the student sampled this step's responses (on_policy_ratio)
     sample_tokens_per_second: float = 0.0  # its sampling speed (0 on other steps)
+    # A remote teacher's scoring of this step (positions per second, round trip included;
+    # 0 when no remote teacher scored it: kd_core/remote/step_targets.py).
+    teacher_tokens_per_second: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,8 @@ def _progress(e: Progress) -> Description:
 
 def _step(e: Step) -> Description:
     policy = f" · on-policy, sampled {e.sample_tokens_per_second:.0f} tok/s" if e.on_policy else ""
+    if e.teacher_tokens_per_second:
+        policy += f" · remote teacher {e.teacher_tokens_per_second:.0f} tok/s"
     return Description(
         f"[{e.domain}] step {e.step}/{e.total_steps} · kd {e.kd:.4f} · ce {e.ce:.4f} · "
         f"loss {e.combined:.4f} · lr {e.lr:.1e} · {e.tokens_per_second:.0f} tok/s · "

@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from kd_core.errors import one_line
+from kd_core.files.user_dirs import default_cache_dir
 from kd_core.models.load import DEMO_NAMES, ModelError, ModelInfo, model_info, resolve_model
+from kd_core.remote.connect import connect_teacher, remote_model_info, teacher_token
+from kd_core.remote.transport import RetryPolicy
 from kd_core.run.outputs import SUMMARY_FILE
+from kd_core.teacher_address import address_error, is_remote
 
 # The shipped pair (kd_core/demo/pair) is unpacked on first use in about a second; only when
 # it is missing or damaged (or another recipe is asked for) is the pair trained, and training
@@ -22,13 +26,26 @@ DEMO_TRAIN_TIME = "about 35 minutes on a 2-core CPU"
 DEMO_PENDING = f"no usable shipped copy: first use trains it ({DEMO_TRAIN_TIME})"
 
 
+@dataclass(frozen=True)
+class RemoteFacts:
+    """What a teacher server reported (kd_core/remote/connect.py)."""
+
+    url: str
+    api: str
+    model: str
+    vocab_size: int
+    fingerprint: str
+    latency_ms: float
+
+
 @dataclass
 class ModelCheck:
     name: str  # what the user picked (stored in the run spec)
-    path: Path | None = None  # the local folder, once it exists
+    path: Path | None = None  # the local folder, once it exists (remote: its tokenizer's)
     info: ModelInfo | None = None
     error: str | None = None  # one line, when the model cannot be used
     note: str = ""  # e.g. the demo pair is not built yet
+    remote: RemoteFacts | None = None  # a teacher behind a server's address
 
     @property
     def ok(self) -> bool:
@@ -42,12 +59,41 @@ def demo_built_path(name: str) -> Path | None:
     return built_demo_path(name)
 
 
-def check_model(name: str, role: str) -> ModelCheck:
+# A dashboard check must come back quickly: one retry, short timeouts (a run retries more).
+CHECK_POLICY = RetryPolicy(retries=1, backoff_s=0.2, connect_timeout_s=3.0, read_timeout_s=10.0)
+
+
+def check_remote_teacher(url: str, api: str = "kd", tokenizer: str | None = None) -> ModelCheck:
+    """Reach a teacher server (its info; kd's sends its tokenizer, kept in the cache): network
+    calls with timeouts, so this runs in a thread worker, never on the UI's thread."""
+    if message := address_error(url):
+        return ModelCheck(url, error=message)
+    try:
+        tok_path = resolve_model(tokenizer, "teacher_tokenizer") if tokenizer else None
+        c = connect_teacher(url, api, teacher_token(), default_cache_dir(), tok_path, CHECK_POLICY)
+    except Exception as e:  # unreachable, refused, a bad tokenizer: one line
+        return ModelCheck(url, error=one_line(e))
+    facts = RemoteFacts(
+        c.client.http.url,
+        c.api,
+        c.info.model,
+        c.info.vocab_size,
+        c.identity.short,
+        c.latency_s * 1000,
+    )
+    return ModelCheck(url, c.tokenizer_path, remote_model_info(c), remote=facts)
+
+
+def check_model(name: str, role: str, api: str = "kd", tokenizer: str | None = None) -> ModelCheck:
     name = name.strip()
     if not name:
         return ModelCheck(
             name, error=f"{role}: type a model folder, a Hugging Face id or demo-{role}"
         )
+    if is_remote(name):
+        if role != "teacher":
+            return ModelCheck(name, error=f"{role}: a server's address names a teacher only")
+        return check_remote_teacher(name, api, tokenizer)
     if name in DEMO_NAMES:
         try:
             path = demo_built_path(name)
@@ -82,6 +128,16 @@ def info_lines(check: ModelCheck) -> list[tuple[str, str]]:
         return []
     if check.info is None:
         return [("model", check.name), ("status", check.note)]
+    if (r := check.remote) is not None:
+        vocab = f"{r.vocab_size:,}" if r.vocab_size else "not reported (its tokenizer's)"
+        return [
+            ("remote teacher", r.model),
+            ("server", f"{r.url} ({r.api})"),
+            ("vocabulary", vocab),
+            ("latency", f"{r.latency_ms:.0f} ms"),
+            ("fingerprint", r.fingerprint),
+            ("memory", "none here: it runs on the server"),
+        ]
     i = check.info
     return [
         ("family", i.family),

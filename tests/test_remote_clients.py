@@ -21,7 +21,7 @@ from kd_core.remote import (
     TeacherUnsupported,
     make_teacher,
 )
-from kd_core.remote.clients import parse_mlx_lm_pair
+from kd_core.remote.foreign import parse_mlx_lm_pair
 
 FIXTURES = Path(__file__).with_name("remote_fixtures")
 FAST = RetryPolicy(retries=2, backoff_s=0.01, connect_timeout_s=2.0, read_timeout_s=10.0)

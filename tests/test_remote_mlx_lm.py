@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -100,3 +101,37 @@ def test_modes_it_cannot_serve_are_refused(mlx_server) -> None:
         client.score([seq], [2], 1.0, 11)
     with pytest.raises(TeacherUnsupported, match="^temperature: 2 cannot be served"):
         client.generate(PROMPTS, temperature=2.0)
+
+
+def test_offline_pass_through_mlx_lm_server_equals_the_local_top11(tiny_pair, mlx_server, tmp_path):
+    """kd's offline pass with teacher_api = "mlx_lm": the cache's targets on the server's own
+    answers are the local teacher's top-11 at T = 1 (within TOL, then float16 as cached)."""
+    from kd_core.config import KDConfig
+    from kd_core.distiller import TrueKnowledgeDistiller
+    from kd_core.events import CacheUsed
+    from kd_core.examples.batch import forward_inputs
+    from kd_core.losses.core import log_softmax
+    from kd_core.models.load import load_model
+    from kd_core.teacher.teacher_pass import load_outputs
+
+    config = KDConfig(
+        teacher_api="mlx_lm", temperature=1.0, top_k=11, num_iters=1, max_tokens=6,
+        batch_size=2, max_seq_length=64, output=str(tmp_path / "out"),
+    )  # fmt: skip
+    events: list = []
+    TrueKnowledgeDistiller(
+        mlx_server, str(tiny_pair.student), config, on_event=events.append,
+        cache_dir=tmp_path / "c", teacher_tokenizer=str(tiny_pair.teacher),
+    ).distill_domain("task", PROMPTS)  # fmt: skip
+    path = next(e.path for e in events if isinstance(e, CacheUsed))
+    out = load_outputs(Path(path), {}, True)
+    model, _ = load_model(tiny_pair.teacher)
+    for seq, plen, ids, lps in zip(
+        out.sequences, out.prompt_lens, out.topk_ids, out.topk_logprobs, strict=True
+    ):
+        rows = np.array(log_softmax(model(mx.array(forward_inputs([seq]))), 1.0))[0]
+        rows = rows[plen - 1 : len(seq) - 1]
+        want = -np.sort(-rows, axis=1)[:, :11]
+        fp16 = np.abs(want) * 2.0**-11  # the cache's float16 rounding
+        assert np.all(np.abs(lps - want) <= TOL + fp16)
+        assert np.all(np.abs(np.take_along_axis(rows, ids, 1) - lps) <= TOL + fp16)

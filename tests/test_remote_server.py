@@ -61,9 +61,12 @@ def random_sequences(seed: int, n: int = 5) -> tuple[list[np.ndarray], list[int]
 
 
 def local_targets(model, seqs, plens, temperature=2.0, top_k=8):
-    from kd_core.teacher.teacher_pass import soft_targets
+    """As the in-process teacher pass calls soft_targets (its rows split over CPU streams)."""
+    from kd_core.runtime.cpu_streams import stream_count
+    from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
 
-    return soft_targets(model, seqs, plens, KDConfig(temperature=temperature, top_k=top_k))
+    cfg = KDConfig(temperature=temperature, top_k=top_k)
+    return soft_targets(model, seqs, plens, cfg, streams=stream_count(cfg.cpu_streams, FWD_CHUNK))
 
 
 def test_score_equals_in_process_soft_targets(env) -> None:
@@ -225,6 +228,7 @@ def test_token_is_checked_before_any_work_on_every_route(env) -> None:
         ("GET", "/v1/info", None),
         ("POST", "/v1/score", score),
         ("POST", "/v1/generate", {"prompts": PROMPTS, "max_tokens": 4}),
+        ("GET", "/v1/tokenizer", None),
         ("GET", "/nowhere", None),
         ("POST", "/v1/info", {}),
     ]

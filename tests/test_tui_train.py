@@ -110,6 +110,22 @@ async def test_on_policy_steps_show_their_sampling(tmp_path: Path) -> None:
         await wait_until(pilot, lambda: not app.running)
 
 
+async def test_a_remote_teachers_throughput_is_shown(tmp_path: Path) -> None:
+    """Steps scored by a remote teacher (kd_core/remote/step_targets.py) carry its speed."""
+    from dataclasses import replace
+
+    events = [
+        replace(e, teacher_tokens_per_second=4321.0) if isinstance(e, Step) else e
+        for e in scripted_run(iters=6, finish=False)
+    ]
+    app = scripted_app(events, tmp_path / "kd.toml", timestamps=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await run_script_to_end(pilot, app)
+        assert "remote teacher 4,321/s" in label(app, "#now-tps")
+        await pilot.press("s")
+        await wait_until(pilot, lambda: not app.running)
+
+
 async def test_failure_shows_one_line_reason(tmp_path: Path) -> None:
     app = scripted_app(failing_run("student: out of memory at step 3"), tmp_path / "kd.toml")
     async with app.run_test(size=(120, 40)) as pilot:

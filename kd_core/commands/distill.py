@@ -16,6 +16,7 @@ from kd_core.commands.exits import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_STOPPED,
+    EXIT_TEACHER_GONE,
     INPUT_ERRORS,
     UsageError,
 )
@@ -25,8 +26,9 @@ from kd_core.commands.printers import JsonLinesPrinter, TextPrinter, tee
 from kd_core.commands.run_domains import spec_domains
 from kd_core.config import RunSpec, save_toml
 from kd_core.distiller import Domain, TrueKnowledgeDistiller
-from kd_core.errors import one_line
+from kd_core.errors import TeacherGone, one_line
 from kd_core.events import Event, RunFailed
+from kd_core.remote.transport import TeacherUnavailable
 from kd_core.run.control import RunControl
 from kd_core.run.outputs import check_output_dir
 from kd_core.run.record import RunLockedError, RunWriter, is_live, locked_message
@@ -74,6 +76,8 @@ def _recorded(
         raise
     except Exception as e:
         status = EXIT_BAD_INPUT if isinstance(e, INPUT_ERRORS) else EXIT_FAILED
+        if isinstance(e, TeacherGone | TeacherUnavailable):
+            status = EXIT_TEACHER_GONE
         raise
     finally:
         if record is not None:
@@ -120,6 +124,8 @@ def _distill(
         on_event=sink,
         control=control,
         allow_download=args.allow_download,
+        teacher_token=args.teacher_token,
+        teacher_tokenizer=spec.teacher_tokenizer,
     )
     distiller.run(domains, resume=args.resume)
     return EXIT_STOPPED if control.stop_requested else 0

@@ -15,11 +15,13 @@ from kd_core.config import (
     CONFIG_FIELDS,
     RunSpec,
     allowed_text,
+    check_teacher_address,
     coerce_value,
     field_help,
     load_toml,
 )
 from kd_core.domains import BUILTIN_DOMAINS
+from kd_core.remote.protocol import DEFAULT_HOST, DEFAULT_PORT
 
 SHORT_FLAGS = {"num_iters": ["--iters"]}
 
@@ -50,8 +52,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--teacher",
-        help="teacher: local model folder, Hugging Face id in the local "
-        "cache, or demo-teacher (default)",
+        help="teacher: local model folder, Hugging Face id in the local cache, demo-teacher "
+        "(default), or a server's address http://host:port (kd serve-teacher; --teacher-api)",
+    )
+    p.add_argument(
+        "--teacher-token",
+        metavar="TOKEN",
+        help="bearer token of a remote teacher (default: $KD_TEACHER_TOKEN); never written "
+        "to kd.toml or the run folder",
+    )
+    p.add_argument(
+        "--teacher-tokenizer",
+        metavar="PATH",
+        help="the served model's tokenizer (folder or hub id) for a remote teacher whose "
+        "server does not send it (teacher_api mlx_lm)",
     )
     p.add_argument(
         "--student",
@@ -83,7 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     _add_status_parser(sub)
+    _add_serve_teacher_parser(sub)
     return parser
+
+
+def _add_serve_teacher_parser(sub: Any) -> None:
+    t = sub.add_parser(
+        "serve-teacher",
+        help="serve a teacher's soft targets over HTTP to trainers on other machines",
+        description="Load a teacher once and serve /v1/score, /v1/generate, /v1/info and "
+        "/v1/tokenizer (kd distill --teacher http://host:port). Loopback by default; any other "
+        "address needs a token (--token, else $KD_TEACHER_TOKEN, else one is generated and "
+        "printed), checked before any work.",
+    )
+    t.add_argument("--model", required=True, help="local model folder, HF id or demo name")
+    t.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    t.add_argument("--port", default=str(DEFAULT_PORT), help="port (0: any free port)")
+    t.add_argument("--token", default=None, help="bearer token (at least 16 characters)")
 
 
 def _add_distill_parser(sub: Any) -> None:
@@ -223,7 +253,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 def _apply_run_flags(spec: RunSpec, args: argparse.Namespace) -> None:
     """What to distil, from the flags over kd.toml's: models, data, domains."""
-    for name in ("teacher", "student", "data"):
+    if getattr(args, "teacher", None):
+        check_teacher_address(args.teacher)  # a server's address: one line if it names no host
+    for name in ("teacher", "student", "data", "teacher_tokenizer"):
         if getattr(args, name, None):
             setattr(spec, name, getattr(args, name))
     if getattr(args, "domain_file", None):

@@ -90,13 +90,25 @@ def identify_model(path: Path, role: str, memo_dir: Path | None = None) -> Model
         weights.update(f.name.encode() + b"\x00")
         weights.update(memo.digest(f, role).encode() + b"\x00")
     memo.save()
-    tokenizer = hashlib.sha256()
+    tokenizer = tokenizer_digest(tokenizer_files(path, role))
+    return ModelIdentity(str(path), weights.hexdigest()[:32], tokenizer)
+
+
+def tokenizer_files(path: Path, role: str) -> dict[str, bytes]:
+    """The bytes of the TOKENIZER_FILES a model folder has, by name."""
+    return {name: _read(path / name, role) for name in TOKENIZER_FILES if (path / name).is_file()}
+
+
+def tokenizer_digest(files: dict[str, bytes]) -> str:
+    """The tokenizer field of a ModelIdentity: one hash over the files' names and bytes, in
+    TOKENIZER_FILES order (a remote teacher's client recomputes it over the files the server
+    sent, so a tokenizer altered on the way is refused)."""
+    h = hashlib.sha256()
     for name in TOKENIZER_FILES:
-        f = path / name
-        if f.is_file():
-            tokenizer.update(name.encode() + b"\x00")
-            tokenizer.update(_read(f, role) + b"\x00")
-    return ModelIdentity(str(path), weights.hexdigest()[:32], tokenizer.hexdigest()[:32])
+        if name in files:
+            h.update(name.encode() + b"\x00")
+            h.update(files[name] + b"\x00")
+    return h.hexdigest()[:32]
 
 
 def _read(f: Path, role: str) -> bytes:

@@ -1,11 +1,17 @@
 """A teacher on another machine (issue 26): kd's own teacher server and clients for it and
 for vLLM, SGLang and mlx_lm.server.
 
-    python -m kd_core.remote --model PATH [--host 127.0.0.1] [--port 8765] [--token T]
+    kd serve-teacher --model PATH [--host 127.0.0.1] [--port 8765] [--token T]
+    (also: python -m kd_core.remote --model PATH ...)
 
-- protocol.py: the wire format (versioned JSON; arrays as base64 of little-endian bytes)
-- server.py:   TeacherServer / serve_teacher (aiohttp; one MLX thread; batched scoring)
-- clients.py:  RemoteTeacher and make_teacher(url, teacher_api): kd, vllm, sglang, mlx_lm
+- protocol.py:    the wire format (versioned JSON; arrays as base64 of little-endian bytes)
+- server.py:      TeacherServer / serve_teacher (aiohttp; one MLX thread; batched scoring)
+- transport.py:   HTTP with timeouts and bounded retries; the one-line errors
+- clients.py:     RemoteTeacher and kd's own client (KdTeacher)
+- foreign.py:     clients for vLLM, SGLang and mlx_lm.server
+- connect.py:     make_teacher(url, teacher_api), a run's connected teacher and its identity
+- remote_pass.py: the teacher pass through a remote teacher, into the same cache
+- step_targets.py: online and on-policy steps' targets fetched from the server per step
 
 Nothing here is imported by the rest of kd_core unless a remote teacher is configured; the
 server imports aiohttp only when it starts.
@@ -15,26 +21,28 @@ from __future__ import annotations
 
 from kd_core.remote.clients import (
     TEACHER_APIS,
-    FingerprintMismatch,
     Generated,
     KdTeacher,
-    MlxLmTeacher,
     RemoteTeacher,
+    check_fingerprint,
+)
+from kd_core.remote.connect import ConnectedTeacher, connect_teacher, make_teacher
+from kd_core.remote.foreign import MlxLmTeacher, SglangTeacher, VllmTeacher
+from kd_core.remote.protocol import PROTOCOL_VERSION, Targets, TextItem
+from kd_core.remote.transport import (
+    FingerprintMismatch,
     RemoteTeacherError,
     RetryPolicy,
-    SglangTeacher,
     TeacherRefused,
     TeacherUnavailable,
     TeacherUnsupported,
-    VllmTeacher,
-    check_fingerprint,
-    make_teacher,
 )
-from kd_core.remote.protocol import PROTOCOL_VERSION, Targets, TextItem
+from kd_core.teacher_address import is_remote
 
 __all__ = [
     "PROTOCOL_VERSION",
     "TEACHER_APIS",
+    "ConnectedTeacher",
     "FingerprintMismatch",
     "Generated",
     "KdTeacher",
@@ -50,5 +58,7 @@ __all__ = [
     "TextItem",
     "VllmTeacher",
     "check_fingerprint",
+    "connect_teacher",
+    "is_remote",
     "make_teacher",
 ]

@@ -24,30 +24,20 @@ HTTP 400 (bad request), 401/403 (token), 404 (route), 500 (the teacher failed on
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 PROTOCOL_VERSION = 1
+DEFAULT_HOST = "127.0.0.1"  # kd serve-teacher binds loopback unless told otherwise
+DEFAULT_PORT = 8765
 MAX_TOP_K = 1024  # KDConfig.top_k's upper bound
 # dtypes an array may travel as: ids (uint16 when the vocabulary fits, else uint32 or int32),
 # log-probabilities (float16 like the cache, or float32), token ids of sequences (int32).
 ARRAY_DTYPES = ("<u2", "<u4", "<i4", "<f2", "<f4")
 LOGPROB_DTYPES = {"float16": "<f2", "float32": "<f4"}
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 class ProtocolError(ValueError):
@@ -479,14 +469,29 @@ def error_body(message: str, field_name: str = "") -> dict[str, Any]:
     }
 
 
-def tokenizer_hash(path: Path) -> str:
-    """Identity of a model folder's tokenizer: its tokenizer files' names and bytes."""
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        f = path / name
-        if f.is_file():
-            h.update(name.encode() + b"\x00" + f.read_bytes() + b"\x00")
-    return h.hexdigest()[:16]
+def encode_tokenizer(files: dict[str, bytes]) -> dict[str, Any]:
+    """GET /v1/tokenizer: the teacher's tokenizer files (name -> base64 of the bytes), so a
+    trainer tokenizes, formats prompts and aligns vocabularies exactly as the server does."""
+    return {
+        "version": PROTOCOL_VERSION,
+        "files": {n: base64.b64encode(b).decode("ascii") for n, b in sorted(files.items())},
+    }
+
+
+def decode_tokenizer(body: Any) -> dict[str, bytes]:
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ProtocolError("tokenizer: expected an object of files", "tokenizer")
+    out = {}
+    for name, data in files.items():
+        # Names are written into a folder of the client's: plain file names only.
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name[0] == ".":
+            raise ProtocolError(f"tokenizer: {name!r} is not a plain file name", "tokenizer")
+        try:
+            out[name] = base64.b64decode(data, validate=True)
+        except (ValueError, TypeError):
+            raise ProtocolError(f"tokenizer: {name} is not valid base64", "tokenizer") from None
+    return out
 
 
 def bytes_per_position(k: int, vocab: int, logprob_dtype: str = "float16") -> float:

@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from kd_core.config import ConfigError, KDConfig
 from kd_core.errors import one_line
+from kd_core.generate import fitted_prompts, format_prompt, generate_responses
+from kd_core.models.identity import identify_model, tokenizer_files
 from kd_core.remote.access import (
     ServeError,
     bind_sockets,
@@ -41,6 +44,8 @@ from kd_core.remote.access import (
     token_matches,
 )
 from kd_core.remote.protocol import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     MAX_TOP_K,
     GenerateRequest,
     InfoReply,
@@ -48,13 +53,14 @@ from kd_core.remote.protocol import (
     ScoreRequest,
     Targets,
     TargetsReply,
+    encode_tokenizer,
     error_body,
     tail_logmass,
-    tokenizer_hash,
 )
+from kd_core.runtime.cpu_streams import stream_count
+from kd_core.teacher.cache import response_texts
+from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 BATCH_WINDOW_S = 0.005  # how long the worker waits for more score requests to join a batch
 MAX_BATCH = 16  # score requests merged into one soft_targets call
 MAX_REQUEST_TOKENS = 1 << 20  # tokens one request may carry (a bound on the worker's memory)
@@ -139,14 +145,18 @@ class TeacherWorker:
         from kd_core import __version__
         from kd_core.models.load import load_model, vocab_size
 
-        weights, tokenizer = model_identity(self.model_path)
+        ident = identify_model(self.model_path, "teacher")
+        # What /v1/tokenizer sends: the files the identity hashes, and config.json (mlx-lm
+        # reads a model's tokenizer defaults from it). Read once: the reply is what was hashed.
+        self.tokenizer_files = tokenizer_files(self.model_path, "teacher")
+        self.tokenizer_files["config.json"] = (self.model_path / "config.json").read_bytes()
         self.model, self.tokenizer = load_model(self.model_path, "teacher")
         self.vocab = vocab_size(self.model)
         self.stats.loads += 1
         self.info = InfoReply(
             model=self.model_name,
-            fingerprint=weights,
-            tokenizer=tokenizer,
+            fingerprint=ident.weights,
+            tokenizer=ident.tokenizer,
             vocab_size=self.vocab,
             kd_version=__version__,
             max_top_k=min(MAX_TOP_K, self.vocab),
@@ -174,8 +184,6 @@ class TeacherWorker:
         return batch
 
     def _score(self, batch: list[Job]) -> None:
-        from kd_core.teacher.teacher_pass import soft_targets
-
         seqs: list[np.ndarray] = []
         plens: list[int] = []
         parts: list[tuple[Job, int, int, bool]] = []
@@ -191,7 +199,7 @@ class TeacherWorker:
         if not parts:
             return
         cfg = batch[0].cfg
-        ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg)
+        ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg, streams=_streams(cfg))
         self.stats.forwards += 1
         self.stats.batches += 1
         self.stats.score_requests += len(parts)
@@ -230,8 +238,6 @@ class TeacherWorker:
         return seqs, plens, req.texts is not None
 
     def _tokenize(self, t: Any) -> tuple[np.ndarray, int]:
-        from kd_core.generate import format_prompt
-
         tok = self.tokenizer
         prompt = format_prompt(tok, t.prompt) if t.chat else list(tok.encode(t.prompt))
         if not prompt:
@@ -245,17 +251,13 @@ class TeacherWorker:
     def _generate(self, req: GenerateRequest, cfg: Any) -> bytes:
         """As the teacher pass does it: prompts formatted and cut to fit, answers sampled
         from the MLX random state seeded with cfg.seed, then soft targets and texts."""
-        from kd_core.generate import fitted_prompts, generate_responses
-        from kd_core.teacher.cache import response_texts
-        from kd_core.teacher.teacher_pass import soft_targets
-
         fitted = fitted_prompts(self.tokenizer, req.prompts, cfg)
         seqs, plens = generate_responses(self.model, self.tokenizer, [], cfg, fitted=fitted)
         self.stats.generations += 1
         reply = TargetsReply(self.info.fingerprint, None, seqs, plens)  # type: ignore[union-attr]
         reply.prompt_cut = [cut for _, cut in fitted]
         if req.with_targets:
-            ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg)
+            ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg, streams=_streams(cfg))
             self.stats.forwards += 1
             reply.targets = _targets(ids, lps, chosen)
             reply.texts, reply.char_ends = response_texts(self.tokenizer, seqs, plens)
@@ -263,17 +265,16 @@ class TeacherWorker:
 
 
 def model_identity(path: Path) -> tuple[str, str]:
-    """(weights, tokenizer) fingerprints of a model folder, as kd keys its teacher cache:
-    kd_core.models.identity's (sha256 of every weight byte, memoised) where this kd has it, else
-    kd_core.models.load.model_fingerprint and a hash of the tokenizer files."""
-    try:
-        from kd_core.models.identity import identify_model
-    except ImportError:
-        from kd_core.models.load import model_fingerprint  # type: ignore[attr-defined]
-
-        return model_fingerprint(path), tokenizer_hash(path)
+    """(weights, tokenizer) fingerprints of a model folder, as kd keys its teacher cache
+    (kd_core.models.identity: sha256 of every weight byte, memoised)."""
     ident = identify_model(path, "teacher")
     return ident.weights, ident.tokenizer
+
+
+def _streams(cfg: Any) -> int:
+    """The CPU streams the in-process teacher pass would use, so that a forward here splits
+    its rows (and pads them) as the in-process one does: the same targets to the bit."""
+    return stream_count(cfg.cpu_streams, FWD_CHUNK)
 
 
 def _targets(ids: list[np.ndarray], lps: list[np.ndarray], chosen: list[np.ndarray]) -> Targets:
@@ -334,12 +335,31 @@ async def _read(request: Any, parse: Callable[[Any], Any]) -> Any:
     return parse(body)
 
 
-def build_app(worker: TeacherWorker, token: str | None) -> Any:
-    from aiohttp import web
+def _score_config(req: ScoreRequest) -> KDConfig:
+    return KDConfig(temperature=float(req.temperature), top_k=req.top_k)
 
-    from kd_core.config import ConfigError, KDConfig
 
-    async def submit(kind: str, request: Any, cfg: KDConfig) -> web.Response:
+def _generate_config(req: GenerateRequest) -> KDConfig:
+    return KDConfig(
+        temperature=float(req.temperature),
+        top_k=req.top_k,
+        teacher_temperature=float(req.teacher_temperature),
+        max_tokens=req.max_tokens,
+        seed=req.seed,
+        max_seq_length=req.max_seq_length,
+    )
+
+
+@dataclass
+class Routes:
+    """The routes' handlers: requests are parsed and checked on the event loop, the model work
+    is queued to the worker (the MLX thread) and awaited."""
+
+    worker: TeacherWorker
+
+    async def submit(self, kind: str, request: Any, cfg: KDConfig) -> Any:
+        from aiohttp import web
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes | BaseException] = loop.create_future()
 
@@ -347,7 +367,8 @@ def build_app(worker: TeacherWorker, token: str | None) -> Any:
             if not fut.done():
                 fut.set_result(result)
 
-        worker.jobs.put(Job(kind, request, cfg, lambda r: loop.call_soon_threadsafe(settle, r)))
+        job = Job(kind, request, cfg, lambda r: loop.call_soon_threadsafe(settle, r))
+        self.worker.jobs.put(job)
         result = await fut
         if isinstance(result, ProtocolError):
             return _error(400, str(result), result.field)
@@ -355,38 +376,45 @@ def build_app(worker: TeacherWorker, token: str | None) -> Any:
             return _error(500, one_line(result))
         return web.Response(body=result, content_type="application/json")
 
-    async def score(request: web.Request) -> web.Response:
+    async def parsed(
+        self, kind: str, request: Any, parse: Callable[[Any], Any], config: Callable[[Any], Any]
+    ) -> Any:
         try:
-            req = await _read(request, ScoreRequest.from_json)
-            cfg = KDConfig(temperature=float(req.temperature), top_k=req.top_k)
+            req = await _read(request, parse)
+            cfg = config(req)
         except (ProtocolError, ConfigError) as e:
             return _error(400, one_line(e), _field(e))
-        return await submit("score", req, cfg)
+        return await self.submit(kind, req, cfg)
 
-    async def generate(request: web.Request) -> web.Response:
-        try:
-            req = await _read(request, GenerateRequest.from_json)
-            cfg = KDConfig(
-                temperature=float(req.temperature),
-                top_k=req.top_k,
-                teacher_temperature=float(req.teacher_temperature),
-                max_tokens=req.max_tokens,
-                seed=req.seed,
-                max_seq_length=req.max_seq_length,
-            )
-        except (ProtocolError, ConfigError) as e:
-            return _error(400, one_line(e), _field(e))
-        return await submit("generate", req, cfg)
+    async def score(self, request: Any) -> Any:
+        return await self.parsed("score", request, ScoreRequest.from_json, _score_config)
 
-    async def info(request: web.Request) -> web.Response:
-        body = worker.info.to_json()  # type: ignore[union-attr]
-        body["stats"] = asdict(worker.stats)
+    async def generate(self, request: Any) -> Any:
+        return await self.parsed("generate", request, GenerateRequest.from_json, _generate_config)
+
+    async def tokenizer(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await asyncio.to_thread(encode_tokenizer, self.worker.tokenizer_files)
         return web.json_response(body)
 
+    async def info(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = self.worker.info.to_json()  # type: ignore[union-attr]
+        body["stats"] = asdict(self.worker.stats)
+        return web.json_response(body)
+
+
+def build_app(worker: TeacherWorker, token: str | None) -> Any:
+    from aiohttp import web
+
+    routes = Routes(worker)
     app = web.Application(middlewares=[token_middleware(token)], client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/v1/info", info)
-    app.router.add_post("/v1/score", score)
-    app.router.add_post("/v1/generate", generate)
+    app.router.add_get("/v1/info", routes.info)
+    app.router.add_get("/v1/tokenizer", routes.tokenizer)
+    app.router.add_post("/v1/score", routes.score)
+    app.router.add_post("/v1/generate", routes.generate)
     return app
 
 

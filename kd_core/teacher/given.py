@@ -159,18 +159,12 @@ class GivenPass:
         hit = self.lookup(domain, key, given, warn)
         if hit is not None:
             return hit
-        model, _ = load_teacher()
         seqs = [g.sequence for g in given]
         plens = [g.prompt_len for g in given]
         t0 = time.perf_counter()
-        ids, lps, chosen = soft_targets(
-            model, seqs, plens, self.cfg, progress,
-            streams=stream_count(self.cfg.cpu_streams, FWD_CHUNK), should_stop=should_stop,
-        )  # fmt: skip
+        ids, lps, chosen, vocab = self.score(load_teacher, seqs, plens, progress, should_stop)
         lps = [lp.astype(np.float16).astype(np.float32) for lp in lps]
-        out = TeacherOutputs(
-            seqs, plens, ids, lps, vocab_size(model), prompt_cut=[False] * len(seqs)
-        )
+        out = TeacherOutputs(seqs, plens, ids, lps, vocab, prompt_cut=[False] * len(seqs))
         out.chosen_logprobs = chosen
         out.texts, out.char_ends = _texts(given)
         path = self.path(domain, key)
@@ -178,6 +172,24 @@ class GivenPass:
         save_outputs(path, out, meta)
         out.path = path
         return out
+
+    def score(
+        self,
+        load_teacher: Callable[[], tuple[Any, Any]],
+        seqs: list[np.ndarray],
+        plens: list[int],
+        progress: ProgressFn | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int]:
+        """(top-k ids, log P_T, chosen log P_T, teacher vocabulary) on the sequences: the
+        in-process teacher's forward (a remote teacher's pass overrides this:
+        kd_core/remote/remote_pass.py)."""
+        model, _ = load_teacher()
+        ids, lps, chosen = soft_targets(
+            model, seqs, plens, self.cfg, progress,
+            streams=stream_count(self.cfg.cpu_streams, FWD_CHUNK), should_stop=should_stop,
+        )  # fmt: skip
+        return ids, lps, chosen, vocab_size(model)
 
 
 def sequences_only(given: Sequence[GivenRow], teacher_vocab: int) -> TeacherOutputs:

@@ -24,16 +24,19 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from kd_core.config import KDConfig
+from kd_core.errors import TeacherGone, one_line
 from kd_core.events import CheckpointSaved, DomainResult, EventSink, Log, Paused, Step, null_sink
 from kd_core.examples.batch import BatchPlan, Example, make_batch, valid_tokens
 from kd_core.files.atomic import atomic_save_safetensors, atomic_write_json, atomic_write_jsonl
 from kd_core.models.load import vocab_size
+from kd_core.remote.step_targets import RemoteStepTargets
+from kd_core.remote.transport import RemoteTeacherError
 from kd_core.run.control import RunControl
 from kd_core.run.outputs import lora_parameters
 from kd_core.runtime.cpu_streams import StreamSet, stream_count
 from kd_core.runtime.distributed import World
 from kd_core.runtime.distributed import world as get_world
-from kd_core.steps.fused import StepOutput, TrainStep, make_step
+from kd_core.steps.fused import StepOutput, TrainStep, make_step, policy_config
 from kd_core.train.checkpoints import CheckpointStore
 from kd_core.train.on_policy import SampleStats, StudentSampler, is_on_policy_step
 from kd_core.vocab.plan import VocabAlignment
@@ -86,6 +89,8 @@ class StepRecord:
     on_policy: bool = False  # the student sampled this step's responses
     sample_s: float = 0.0  # ... in this many seconds (part of step_time)
     sample_tokens: int = 0
+    teacher_s: float = 0.0  # a remote teacher scoring this step (part of step_time)
+    teacher_tokens: int = 0  # ... these positions
 
     def to_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -110,6 +115,7 @@ class StudentTrainer:
         world: World | None = None,
         fingerprint: dict[str, Any],  # checkpoints.run_fingerprint: required, never guessed
         sampler: StudentSampler | None = None,
+        remote: RemoteStepTargets | None = None,
     ) -> None:
         if not examples:
             raise ValueError(f"domain {domain!r}: no training examples")
@@ -130,10 +136,13 @@ class StudentTrainer:
         self.plan = BatchPlan(len(examples), cfg.batch_size, cfg.seed)
         self.optimizer = optim.Adam(learning_rate=build_schedule(cfg))
         self.online = cfg.teacher_mode == "online" and teacher is not None
+        # A remote teacher (kd_core/remote/step_targets.py): online and on-policy steps get
+        # the server's top-k targets before the step and train as offline steps.
+        self.remote = remote
         self.teacher, self.alignment = teacher, alignment
-        # On-policy steps (cfg.on_policy_ratio) need the sampler and the resident teacher.
+        # On-policy steps (cfg.on_policy_ratio) need the sampler and the teacher.
         self.sampler = sampler if cfg.on_policy_ratio > 0 else None
-        if self.sampler is not None and teacher is None:
+        if self.sampler is not None and teacher is None and remote is None:
             raise ValueError("on_policy_ratio: on-policy steps need the teacher in memory")
         self.policy_step: TrainStep | None = None
         self.checkpoints = CheckpointStore(out_dir, domain, fingerprint)
@@ -145,7 +154,17 @@ class StudentTrainer:
         cfg = self.cfg
         rows = max(1, cfg.batch_size // self.world.size)  # sequences per micro-batch per rank
         streams = StreamSet(stream_count(cfg.cpu_streams, rows, self.world.distributed))
-        if self.sampler is not None:
+        if self.sampler is not None and self.remote is not None:
+            self.policy_step = make_step(
+                self.model,
+                self.optimizer,
+                policy_config(cfg),
+                streams,
+                alignment=self.alignment,
+                reduce=self.world.sum_tree,
+                vocab=vocab_size(self.model),
+            )
+        elif self.sampler is not None:
             assert self.teacher is not None
             self.policy_step = make_step(
                 self.model,
@@ -257,7 +276,10 @@ class StudentTrainer:
                 stopped = True
                 break
             step += 1
-            record = self._train_step(step, last_saved)
+            try:
+                record = self._train_step(step, last_saved)
+            except RemoteTeacherError as e:
+                raise self._teacher_gone(step - 1, last_saved, e) from None
             self.metrics.append(record.to_row())
             self.sink(self._step_event(record))
             if step % self.cfg.steps_per_save == 0 or step == self.cfg.num_iters:
@@ -270,6 +292,17 @@ class StudentTrainer:
         self.write_metrics()
         self.save_adapters(self.out_dir)
         return self._result(step, resumed_from, stopped, checkpoints)
+
+    def _teacher_gone(self, done: int, last_saved: int, e: RemoteTeacherError) -> TeacherGone:
+        """The remote teacher failed before step done + 1 changed anything (its targets are
+        fetched first): checkpoint the `done` steps, so --resume continues exactly here."""
+        if done > last_saved:
+            self.save_checkpoint(done)
+        self.write_metrics()
+        return TeacherGone(
+            f"{self.domain}: {one_line(e)}; stopped after step {done} with a checkpoint: "
+            "run again with --resume once the teacher is back"
+        )
 
     def _stop_requested(self, done: int) -> bool:
         if self.control.paused:
@@ -310,6 +343,9 @@ class StudentTrainer:
         micro, n_tok, sampled = self._plan_step(step)
         step_fn = self.step_fn if sampled is None else self.policy_step
         assert step_fn is not None
+        remote_before = (self.remote.positions, self.remote.seconds) if self.remote else (0, 0.0)
+        if self.remote is not None:  # before any update: a failure here changes nothing
+            micro = self.remote.fill(micro)
         inv = mx.array(1.0 / max(n_tok, 1), dtype=mx.float32)
         total = StepOutput(mx.array(0.0), mx.array(0.0), mx.array(0.0), None)
         for m, mine in enumerate(micro):
@@ -343,6 +379,9 @@ class StudentTrainer:
         if sampled is not None:
             record.on_policy, record.sample_s = True, sampled.seconds
             record.sample_tokens = sampled.tokens
+        if self.remote is not None:
+            record.teacher_tokens = self.remote.positions - remote_before[0]
+            record.teacher_s = self.remote.seconds - remote_before[1]
         return record
 
     def _step_event(self, r: StepRecord) -> Step:
@@ -362,6 +401,7 @@ class StudentTrainer:
             eta_s=eta,
             on_policy=r.on_policy,
             sample_tokens_per_second=r.sample_tokens / r.sample_s if r.sample_s > 0 else 0.0,
+            teacher_tokens_per_second=r.teacher_tokens / r.teacher_s if r.teacher_s > 0 else 0.0,
         )
 
     def _result(

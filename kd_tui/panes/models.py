@@ -2,7 +2,9 @@
 
 Keys: type a folder, a Hugging Face id (local cache) or demo-teacher / demo-student /
 demo-student-sp in a box (→ accepts the grey completion) and press enter; or move into the
-list below it and press enter on a model. Tab moves between the two columns.
+list below it and press enter on a model. Tab moves between the two columns. A teacher may be a
+server's address (http://host:port, `kd serve-teacher`): the pane shows the model, vocabulary
+and round-trip latency it reports, and compares its tokenizer (sent by the server) as any.
 
 Checks read files only (config.json, safetensors headers) in a thread worker; comparing
 the two tokenizers runs in a short child process (kd_tui.inference.tokenizer_verdict):
@@ -53,7 +55,8 @@ class ModelColumn(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Input(
-            placeholder=f"{self.role}: folder, Hugging Face id or demo-{self.role}",
+            placeholder=f"{self.role}: folder, Hugging Face id or demo-{self.role}"
+            + (" (or http://host:port: a remote teacher)" if self.role == "teacher" else ""),
             id=f"{self.role}-input",
             suggester=self.suggester,
         )
@@ -171,11 +174,17 @@ class ModelsPane(Container):
     def choose(self, role: str, name: str, save: bool = True) -> None:
         self._seq[role] += 1
         self.column(role).checking(name.strip())
-        self._check(role, name.strip(), save, self._seq[role])
+        spec = app_state(self).spec  # read here: the worker must not touch the app's state
+        remote = (spec.config.teacher_api, spec.teacher_tokenizer)
+        self._check(role, name.strip(), save, self._seq[role], remote)
 
     @work(thread=True, group="model-check", exit_on_error=False)
-    def _check(self, role: str, name: str, save: bool, seq: int) -> None:
-        result = check_model(name, role)  # file reads only; never builds the demo pair
+    def _check(
+        self, role: str, name: str, save: bool, seq: int, remote: tuple[str, str | None]
+    ) -> None:
+        # File reads only (never builds the demo pair); a server's address is reached here,
+        # in the worker, with short timeouts: a slow server never holds up the screen.
+        result = check_model(name, role, *remote)
         self.app.call_from_thread(self._checked, role, result, save, seq)
 
     def _checked(self, role: str, check: ModelCheck, save: bool, seq: int) -> None:
@@ -236,10 +245,11 @@ class ModelsPane(Container):
             self._show_coverage([])
             return
         output = Path(app_state(self).spec.config.output).expanduser()
-        self._read_coverage(output, t.path, s.path)
+        # A remote teacher's folder here is only its tokenizer's: any recorded teacher counts.
+        self._read_coverage(output, None if t.remote else t.path, s.path)
 
     @work(thread=True, exclusive=True, group="coverage", exit_on_error=False)
-    def _read_coverage(self, output: Path, teacher: Path, student: Path) -> None:
+    def _read_coverage(self, output: Path, teacher: Path | None, student: Path) -> None:
         measured = measured_alignment(output, teacher, student)  # a small JSON file
         self.app.call_from_thread(self._show_coverage, measured)
 

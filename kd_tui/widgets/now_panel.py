@@ -69,7 +69,13 @@ class NowPanel(Grid):
             sampling = (
                 f" · sampled {step.sample_tokens_per_second:,.0f}/s" if step.on_policy else ""
             )
-            put("tps", f"{step.tokens_per_second:,.0f}{sampling}")
+            # A remote teacher scores the step's answers first (kd_core/remote/step_targets.py).
+            remote = (
+                f" · remote teacher {step.teacher_tokens_per_second:,.0f}/s"
+                if step.teacher_tokens_per_second
+                else ""
+            )
+            put("tps", f"{step.tokens_per_second:,.0f}{sampling}{remote}")
             put("mem", f"{step.peak_memory_gb:.2f} GB")
             put("step", f"{step.step}/{step.total_steps}" + ("  ⏸" if paused else ""))
         put("hyper", hyper_text(config))
