@@ -158,10 +158,17 @@ def test_online_and_on_policy_steps_through_the_server(tiny_pair, served, tmp_pa
 def test_modes_a_remote_teacher_cannot_serve_are_one_line(tiny_pair, served, sp_student, tmp_path):
     with pytest.raises(ConfigError, match="^teacher_mode: a remote teacher serves an aligned"):
         run(served.url, sp_student, cfg(tmp_path, "a", teacher_mode="online"), tmp_path / "c")
-    bad = cfg(tmp_path, "b", teacher_api="mlx_lm", on_policy_ratio=0.5)
+    bad = cfg(tmp_path, "b", teacher_api="mlx_lm", on_policy_ratio=0.5, temperature=1.0, top_k=11)
     with pytest.raises(ConfigError, match="^teacher_api: 'mlx_lm' serves the offline pass only"):
         run(served.url, tiny_pair.student, bad, tmp_path / "c")
-    with pytest.raises(ConfigError, match="^teacher_api: 'vllm' scores given text only"):
+    with pytest.raises(ConfigError, match="^top_k: 32 is more than mlx_lm.server returns"):
+        run(
+            served.url,
+            tiny_pair.student,
+            cfg(tmp_path, "k", teacher_api="mlx_lm", temperature=1.0),
+            tmp_path / "c",
+        )
+    with pytest.raises(ConfigError, match="^temperature: 2 cannot be served by teacher_api 'vllm'"):
         run(served.url, tiny_pair.student, cfg(tmp_path, "v", teacher_api="vllm"), tmp_path / "c")
 
 
@@ -302,3 +309,37 @@ def test_cli_exit_status_says_the_teacher_was_lost(tiny_pair, tmp_path, capsys):
     assert record["exit_status"] == 4
     assert list((out / "task").glob("checkpoint_*"))
     assert main(["distill", "--teacher", url, "--student", str(tiny_pair.student)]) == 4
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_given_text_through_the_server_equals_the_in_process_run(tiny_pair, served, tmp_path, mode):
+    """A data file's answers (issue 25's given text) scored by the server: offline the same
+    cache file and adapters as in-process; online the server scores each step's rows."""
+    import json
+
+    from kd_core.data_files.domain import DataSettings, load_data_domain
+
+    rows = [{"prompt": f"What is {i} plus {i}?", "completion": f"It is {2 * i}."} for i in range(8)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dom = load_data_domain(str(data), DataSettings(), 0)
+
+    def go(teacher: str, name: str) -> list:
+        events: list = []
+        TrueKnowledgeDistiller(
+            teacher, str(tiny_pair.student), cfg(tmp_path, name, teacher_mode=mode, top_k=8),
+            on_event=events.append, cache_dir=tmp_path / f"c-{name}",
+        ).run({"d": dom})  # fmt: skip
+        return events
+
+    remote, local = go(served.url, "remote"), go(str(tiny_pair.teacher), "local")
+    if mode == "offline":
+        same_files(tmp_path / "c-remote" / "teacher", tmp_path / "c-local" / "teacher")
+        assert (tmp_path / "remote/d/adapters.safetensors").read_bytes() == (
+            tmp_path / "local/d/adapters.safetensors"
+        ).read_bytes()
+    else:
+        r_steps = [e for e in remote if isinstance(e, Step)]
+        assert len(r_steps) == 2 and all(e.teacher_tokens_per_second > 0 for e in r_steps)
+        l_steps = [e for e in local if isinstance(e, Step)]
+        assert r_steps[0].ce == pytest.approx(l_steps[0].ce, rel=1e-6)
