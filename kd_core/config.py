@@ -120,10 +120,9 @@ class KDConfig:
     )
     teacher_api: TeacherApi = _spec(
         "kd",
-        'What serves a teacher named by its address (teacher = "http://host:port"): kd '
-        "(kd serve-teacher: every mode), mlx_lm (mlx_lm.server: the offline pass only, top_k "
-        "<= 11 at temperature 1), vllm or sglang (given-text scoring at temperature 1). "
-        "Ignored for a local teacher. The token: --teacher-token or KD_TEACHER_TOKEN.",
+        'What serves a teacher at an address (teacher = "http://host:port"): kd (kd '
+        "serve-teacher), mlx_lm (mlx_lm.server: offline pass only, top_k <= 11, T = 1), vllm "
+        "or sglang (given-text scoring at T = 1). Token: --teacher-token or KD_TEACHER_TOKEN.",
         choices=get_args(TeacherApi),
         group="teacher",
     )
@@ -330,9 +329,7 @@ class KDConfig:
 CONFIG_FIELDS: dict[str, Any] = {f.name: f for f in fields(KDConfig)}
 RUN_KEYS = ("teacher", "student", "domains", "domain_files", "teacher_tokenizer", "data")
 RUN_KEYS += ("teacher_chat_template_kwargs", "student_chat_template_kwargs")
-"""Keys of kd.toml that are not KDConfig fields: what to distil. `teacher_tokenizer`: the
-served model's tokenizer (a folder or hub id) for a remote teacher whose server does not send
-its own (teacher_api mlx_lm, vllm, sglang)."""
+"""Keys of kd.toml that are not KDConfig fields: what to distil."""
 
 
 def field_help(name: str) -> str:
@@ -430,11 +427,6 @@ class RunSpec:
     teacher_tokenizer: str | None = None  # a remote teacher's, when its server sends none
 
 
-def check_teacher_address(value: str | None) -> None:
-    if message := address_error(value):
-        raise ConfigError(message)
-
-
 def spec_from_mapping(
     data: dict[str, Any], base: RunSpec | None = None, where: str = "kd.toml"
 ) -> RunSpec:
@@ -450,8 +442,8 @@ def spec_from_mapping(
         elif key in ("teacher", "student", "teacher_tokenizer"):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{key}: expected a model folder or hub id (text), got {value!r}")
-            if key == "teacher":
-                check_teacher_address(value)
+            if key == "teacher" and (bad := address_error(value)):
+                raise ConfigError(bad)  # a server's address that names no host
             setattr(spec, key, value)
         elif key == "teacher_token":
             raise ConfigError(TOKEN_IN_FILE)

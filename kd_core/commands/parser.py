@@ -13,15 +13,16 @@ from typing import Any, NoReturn
 from kd_core.commands.exits import UsageError
 from kd_core.config import (
     CONFIG_FIELDS,
+    ConfigError,
     RunSpec,
     allowed_text,
-    check_teacher_address,
     coerce_value,
     field_help,
     load_toml,
 )
 from kd_core.domains import BUILTIN_DOMAINS
 from kd_core.remote.protocol import DEFAULT_HOST, DEFAULT_PORT
+from kd_core.teacher_address import address_error
 
 SHORT_FLAGS = {"num_iters": ["--iters"]}
 
@@ -253,8 +254,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 def _apply_run_flags(spec: RunSpec, args: argparse.Namespace) -> None:
     """What to distil, from the flags over kd.toml's: models, data, domains."""
-    if getattr(args, "teacher", None):
-        check_teacher_address(args.teacher)  # a server's address: one line if it names no host
+    if bad := address_error(getattr(args, "teacher", None)):
+        raise ConfigError(bad)  # a server's address that names no host
     for name in ("teacher", "student", "data", "teacher_tokenizer"):
         if getattr(args, name, None):
             setattr(spec, name, getattr(args, name))
