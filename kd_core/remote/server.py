@@ -60,6 +60,7 @@ from kd_core.remote.protocol import (
 from kd_core.runtime.cpu_streams import stream_count
 from kd_core.teacher.cache import response_texts
 from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
+from kd_core.vocab.plan import eos_ids
 
 BATCH_WINDOW_S = 0.005  # how long the worker waits for more score requests to join a batch
 MAX_BATCH = 16  # score requests merged into one soft_targets call
@@ -244,8 +245,7 @@ class TeacherWorker:
             raise ProtocolError("texts: a prompt must give at least one token", "texts")
         resp = list(tok.encode(t.response, add_special_tokens=False))
         if t.eos:
-            eos = getattr(tok, "eos_token_ids", None) or [tok.eos_token_id]
-            resp.append(sorted(eos)[0])
+            resp.append(eos_ids(tok)[0])  # the EOS the teacher pass appends (one rule)
         return np.array(prompt + resp, np.int32), len(prompt)
 
     def _generate(self, req: GenerateRequest, cfg: Any) -> bytes:
