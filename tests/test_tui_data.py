@@ -106,3 +106,16 @@ async def test_domains_tab_adds_a_data_folder_and_shows_each_models_rendering(
         assert app.focused is app.query_one("#dom-list")
         await pilot.press("delete")
         assert app.state.spec.data is None
+
+
+async def test_viewer_offers_the_datas_held_out_prompts(tmp_path: Path) -> None:
+    from kd_tui.panes.viewer import ViewerPane
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(_data(tmp_path).read_text())
+    (folder / "valid.jsonl").write_text('{"prompt": "Double 9", "completion": "It is 18."}\n')
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    app.state.spec.data, app.state.spec.domains = str(folder), []
+    async with app.run_test(size=(120, 40)):
+        assert app.query_one(ViewerPane)._heldout() == ["Double 9"]

@@ -101,6 +101,19 @@ class DataDomain:
         more before its last answer: the teacher pass writes answers to one user message)."""
         return [_prompt_of(r, self.train_file) for r in self.split.train]
 
+    def held_out_prompts(self) -> list[str]:
+        """The held-out rows as prompts a model can answer (the Viewer offers them): a
+        prompt, or a conversation's last user message before its last answer; text rows
+        have none."""
+        out = []
+        for r in self.split.held_out:
+            if isinstance(r, PromptRow | CompletionRow):
+                out.append(r.prompt)
+            elif isinstance(r, ChatRow):
+                users = [m for m in r.messages[: r.assistant_turns[-1]] if m.role == "user"]
+                out += [users[-1].content] if users and users[-1].content else []
+        return out
+
     def given_rows(self) -> tuple[Row, ...]:
         return self.split.train if self.answers in ("given", "both") else ()
 

@@ -29,6 +29,8 @@ from textual.suggester import SuggestFromList
 from textual.widget import Widget
 from textual.widgets import Input, Static
 
+from kd_core.data_files import DataFileError
+from kd_core.data_files.domain import DataSettings, load_data_domain
 from kd_core.domains import BUILTIN_DOMAINS, DOMAIN_PROMPTS, planned_domains
 from kd_tui.inference import InferenceClient
 from kd_tui.messages import RunCompleted, StateChanged
@@ -279,6 +281,8 @@ class ViewerPane(Container):
         self.gen_id: int | None = None
         self.inspect_id: int | None = None
         self._auto_adapter = ""  # the adapter folder we filled in (replaced while unedited)
+        self._data_key: tuple[Any, ...] | None = None  # the data file read for _data_held
+        self._data_held: list[str] = []
         self._last_run: Path | None = None  # output of the last RunCompleted seen
 
     def compose(self) -> ComposeResult:
@@ -341,7 +345,26 @@ class ViewerPane(Container):
         for d in self._domains():
             if d in BUILTIN_DOMAINS:
                 out += DOMAIN_PROMPTS[d]["heldout"]
-        return out
+        return out + self._data_heldout()
+
+    def _data_heldout(self) -> list[str]:
+        """The data's held-out rows (valid.jsonl, else the seeded 5% a run holds out), read
+        once per file version and settings; an unreadable file offers none (a run says why)."""
+        spec = self.state.spec
+        if not spec.data:
+            return []
+        cfg = spec.config
+        try:
+            stat = Path(spec.data).expanduser().stat()
+            key = (spec.data, stat.st_mtime_ns, stat.st_size, cfg.seed, cfg.prompt_key,
+                   cfg.completion_key)  # fmt: skip
+            if self._data_key != key:
+                keys = DataSettings(prompt_key=cfg.prompt_key, completion_key=cfg.completion_key)
+                self._data_held = load_data_domain(spec.data, keys, cfg.seed).held_out_prompts()
+                self._data_key = key
+        except (OSError, DataFileError):
+            return []
+        return list(self._data_held)
 
     def default_adapter(self) -> Path | None:
         domains = self._domains()
