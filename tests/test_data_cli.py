@@ -121,3 +121,23 @@ def test_eval_data_scores_the_held_out_given_answers(tiny_pair, tmp_path):
     assert other.returncode == 0, other.stderr
     figures = json.loads(report.read_text())["base"]
     assert figures["kl"] > 0.05 and 0 < figures["bits_per_char"] < 20
+
+
+def test_hf_dataset_in_the_local_cache_trains_as_a_data_domain(tiny_pair, tmp_path, monkeypatch):
+    """data = "hf:NAME[:split]": the same detection and the same run, offline (a stand-in for
+    the `datasets` library holds the split, as its local cache would)."""
+    from test_data_files_splits import FakeDatasets
+
+    from kd_core.commands.run_domains import spec_domains
+    from kd_core.config import KDConfig, RunSpec
+    from kd_core.distiller import TrueKnowledgeDistiller
+
+    monkeypatch.setitem(sys.modules, "datasets", FakeDatasets({("org/set", "train"): ROWS["chat"]}))
+    out = tmp_path / "out"
+    cfg = KDConfig(num_iters=2, batch_size=2, max_seq_length=64, top_k=8, output=str(out))
+    spec = RunSpec(str(tiny_pair.teacher), str(tiny_pair.student), config=cfg, data="hf:org/set")
+    domains = spec_domains(spec)
+    assert list(domains) == ["set-train"]
+    TrueKnowledgeDistiller(spec.teacher, spec.student, cfg).run(domains)
+    block = json.loads((out / "kd_summary.json").read_text())["domains"]["set-train"]["data"]
+    assert block["path"] == "hf:org/set" and block["format"] == "chat" and block["rows"] == 8

@@ -47,9 +47,24 @@ async def test_data_row_checks_the_path_as_you_type(tmp_path: Path) -> None:
         assert f'data = "{data}"' in (tmp_path / "kd.toml").read_text()
 
 
+FORMAT_ROWS = {
+    "chat": {
+        "messages": [
+            {"role": "user", "content": "Double 2"},
+            {"role": "assistant", "content": "4."},
+        ]
+    },
+    "completions": {"prompt": "Double 2", "completion": "It is 4."},
+    "text": {"text": "Two doubled is four."},
+    "prompts": {"prompt": "Double 2"},
+}
+
+
 @pytest.mark.slow
-async def test_train_a_data_file_from_the_dashboard(tiny_pair, tmp_path: Path) -> None:
-    data = _data(tmp_path)
+@pytest.mark.parametrize("fmt", list(FORMAT_ROWS))
+async def test_train_a_data_file_from_the_dashboard(tiny_pair, tmp_path: Path, fmt: str) -> None:
+    data = tmp_path / "doubles.jsonl"
+    data.write_text((json.dumps(FORMAT_ROWS[fmt]) + "\n") * 6)
     app = KDApp(config_path=tmp_path / "kd.toml")
     spec = app.state.spec
     spec.teacher, spec.student = str(tiny_pair.teacher), str(tiny_pair.student)
@@ -67,7 +82,8 @@ async def test_train_a_data_file_from_the_dashboard(tiny_pair, tmp_path: Path) -
         assert view.status == "finished", view.error
         summary = json.loads((tmp_path / "out" / "kd_summary.json").read_text())
         block = summary["domains"]["doubles"]["data"]
-        assert block["format"] == "completions" and block["given_or_generated"] == "given"
+        answers = "generate" if fmt == "prompts" else "given"
+        assert block["format"] == fmt and block["given_or_generated"] == answers
         assert (tmp_path / "out" / "doubles" / "adapters.safetensors").is_file()
 
 
