@@ -68,7 +68,7 @@ def build_teacher(kind: str, root: Path) -> Path:
 
 def start_server(model: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kd_core.remote", "--model", str(model), "--port", "0"],
+        [sys.executable, "-m", "kd_core", "serve-teacher", "--model", str(model), "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,

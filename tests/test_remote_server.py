@@ -263,7 +263,7 @@ def test_refused_at_start_before_loading(tiny_pair, kwargs, message) -> None:
 
 def cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kd_core.remote", *args],
+        [sys.executable, "-m", "kd_core", "serve-teacher", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
