@@ -100,11 +100,13 @@ def alternate(a: Any, b: Any, rounds: int) -> tuple[list[float], list[float]]:
 
 def score_ratio(model: Any, client: Any, seqs: list, plens: list, rounds: int) -> dict[str, Any]:
     from kd_core.config import KDConfig
-    from kd_core.teacher.teacher_pass import soft_targets
+    from kd_core.runtime.cpu_streams import stream_count
+    from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
 
     cfg = KDConfig(temperature=TEMPERATURE, top_k=TOP_K)
+    streams = stream_count(cfg.cpu_streams, FWD_CHUNK)  # as the teacher pass and the server
     local, remote = alternate(
-        lambda: soft_targets(model, seqs, plens, cfg),
+        lambda: soft_targets(model, seqs, plens, cfg, streams=streams),
         lambda: client.score(seqs, plens, TEMPERATURE, TOP_K),
         rounds,
     )
@@ -121,8 +123,9 @@ def score_ratio(model: Any, client: Any, seqs: list, plens: list, rounds: int) -
 def teacher_pass_ratio(model: Any, tok: Any, client: Any, args: Any) -> dict[str, Any]:
     from kd_core.config import KDConfig
     from kd_core.generate import generate_responses
+    from kd_core.runtime.cpu_streams import stream_count
     from kd_core.teacher.cache import response_texts
-    from kd_core.teacher.teacher_pass import soft_targets
+    from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
 
     prompts = [f"Explain Python topic number {i} in a few words." for i in range(args.prompts)]
     settings = dict(
@@ -137,7 +140,7 @@ def teacher_pass_ratio(model: Any, tok: Any, client: Any, args: Any) -> dict[str
 
     def local() -> None:
         seqs, plens = generate_responses(model, tok, prompts, cfg)
-        soft_targets(model, seqs, plens, cfg)
+        soft_targets(model, seqs, plens, cfg, streams=stream_count(cfg.cpu_streams, FWD_CHUNK))
         response_texts(tok, seqs, plens)
 
     ta, tb = alternate(
