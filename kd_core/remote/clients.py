@@ -232,7 +232,7 @@ class KdTeacher(RemoteTeacher):
         with_targets). Same request, same answers (seeded). The server renders the prompts
         itself: `tokenizer` is not needed."""
         req = GenerateRequest(prompts, logprob_dtype=self.logprob_dtype, **settings)
-        r = self._post("/v1/generate", req.to_json())
+        r = self._post("/v1/generate", req.to_json(), self.policy.generate_timeout_s)
         seqs, plens = r.sequences or [], r.prompt_lens or []
         responses = [s[p:] for s, p in zip(seqs, plens, strict=True)]
         return Generated(
@@ -246,9 +246,11 @@ class KdTeacher(RemoteTeacher):
         except ProtocolError as e:
             raise TeacherRefused(f"kd teacher at {self.http.url}: {e}") from None
 
-    def _post(self, path: str, body: dict[str, Any]) -> TargetsReply:
+    def _post(
+        self, path: str, body: dict[str, Any], read_timeout_s: float | None = None
+    ) -> TargetsReply:
         try:
-            reply = TargetsReply.from_json(self.http.request("POST", path, body))
+            reply = TargetsReply.from_json(self.http.request("POST", path, body, read_timeout_s))
         except ProtocolError as e:
             raise TeacherRefused(f"kd teacher at {self.http.url}: {path}: {e}") from None
         self.check(reply.fingerprint)

@@ -295,8 +295,13 @@ class MlxLmTeacher(RemoteTeacher):
                 "seed": seed + i,
                 "stream": False,
             }
-            chosen = self.http.request("POST", "/v1/chat/completions", {**base, "logprobs": True})
-            top = self.http.request("POST", "/v1/chat/completions", {**base, "top_logprobs": top_k})
+            wait = self.policy.generate_timeout_s  # one answer, decoded by a big teacher
+            chosen = self.http.request(
+                "POST", "/v1/chat/completions", {**base, "logprobs": True}, wait
+            )
+            top = self.http.request(
+                "POST", "/v1/chat/completions", {**base, "top_logprobs": top_k}, wait
+            )
             toks, ids, lps, lp_chosen, n_prompt = parse_mlx_lm_pair(chosen, top, top_k)
             responses.append(toks)
             plens.append(n_prompt)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class RetryPolicy:
     max_backoff_s: float = 4.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0  # a big score request on a busy teacher takes a while
+    # A domain's teacher pass is one request (the server seeds per request): hours for a big
+    # teacher. A host that vanishes meanwhile is found by TCP keepalive (about 2 minutes).
+    generate_timeout_s: float = 24 * 3600.0
 
     def delay(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
@@ -91,6 +95,16 @@ def _error_message(data: bytes) -> str:
     return str(body)[:300]
 
 
+def keepalive(sock: Any) -> None:
+    """TCP keepalive probes after 60 s of silence, every 15 s, 4 of them: a peer that vanished
+    (a host powered off, a cable pulled) ends a long wait in about 2 minutes, not at its
+    read timeout. Options a platform lacks are left at its defaults."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class HttpJson:
     """JSON over HTTP/1.1 to one server: a kept-alive connection, timeouts, bounded retries
     with exponential backoff, one-line errors; counts the body bytes sent and received."""
@@ -112,6 +126,7 @@ class HttpJson:
         self.token, self.policy, self.name = token, policy or RetryPolicy(), name
         self.bytes_sent = self.bytes_received = self.requests = 0
         self._conn: http.client.HTTPConnection | None = None
+        self._read_timeout = self.policy.read_timeout_s
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -119,9 +134,12 @@ class HttpJson:
             self._conn.close()
             self._conn = None
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, read_timeout_s: float | None = None
+    ) -> Any:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         with self._lock:
+            self._read_timeout = read_timeout_s or self.policy.read_timeout_s
             status, data = self._with_retries(method, path, payload)
         if status >= 400:
             raise TeacherRefused(
@@ -179,8 +197,9 @@ class HttpJson:
             )
             conn = cls(self.host, self.port, timeout=self.policy.connect_timeout_s)
             conn.connect()
-            conn.sock.settimeout(self.policy.read_timeout_s)  # type: ignore[union-attr]
+            keepalive(conn.sock)
             self._conn = conn
+        self._conn.sock.settimeout(self._read_timeout)  # type: ignore[union-attr]
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
