@@ -313,6 +313,8 @@ def test_cli_exit_status_says_the_teacher_was_lost(tiny_pair, tmp_path, capsys):
     assert record["exit_status"] == 4
     assert list((out / "task").glob("checkpoint_*"))
     assert main(["distill", "--teacher", url, "--student", str(tiny_pair.student)]) == 4
+    assert main(["eval", "--teacher", url]) == 2  # kd eval needs the teacher in-process
+    assert capsys.readouterr().err.strip().endswith("not the server's address")
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])

@@ -28,6 +28,7 @@ from kd_core.files.atomic import atomic_write_json
 from kd_core.models.load import resolve_model
 from kd_core.run.outputs import check_output_dir
 from kd_core.run.status import find_damaged, find_states, status_lines
+from kd_core.teacher_address import is_remote
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -92,6 +93,11 @@ def _warn_other_base(adapter: Path, student: str, allow_download: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if is_remote(spec.teacher):
+        raise UsageError(
+            "teacher: kd eval reads the teacher's whole distribution in this process; name the "
+            "served model's folder or hub id, not the server's address"
+        )
     cfg = spec.config
     domains = spec.domains or ([] if spec.data else ["thinking"])
     if args.methods is not None and not args.compare:
