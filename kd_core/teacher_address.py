@@ -33,3 +33,24 @@ def address_error(value: str | None) -> str | None:
     if parts is None or not parts.hostname:
         return f"teacher: {value!r} is not a server address; write it as http://host:port"
     return None
+
+
+TOKEN_FLAG = "--teacher-token"
+
+
+def without_token(argv: list[str]) -> list[str]:
+    """A command line as a run records it (run.json's argv, the --resume command): the value
+    of --teacher-token replaced, so the secret is not written into the run folder."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg == TOKEN_FLAG:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(TOKEN_FLAG + "="):
+            out.append(TOKEN_FLAG + "=***")
+        else:
+            out.append(arg)
+    return out

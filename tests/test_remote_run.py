@@ -287,6 +287,7 @@ def test_cli_exit_status_says_the_teacher_was_lost(tiny_pair, tmp_path, capsys):
     args = ["distill", "--teacher", url, "--student", str(tiny_pair.student), "--quiet"]
     args += ["--output", str(out), "--domain", "task", "--teacher-mode", "online"]
     args += ["--max-tokens", "8", "--batch-size", "2", "--max-seq-length", "64"]
+    args += ["--teacher-token", "never-written-token-42"]  # loopback needs none; sent anyway
     proc = serve(tiny_pair.teacher, port, tmp_path / "srv")
 
     def kill_after_first_step() -> None:
@@ -311,6 +312,8 @@ def test_cli_exit_status_says_the_teacher_was_lost(tiny_pair, tmp_path, capsys):
     assert "with a checkpoint: run again with --resume once the teacher is back" in err[-1]
     record = json.loads((out / ".kd-run" / "run.json").read_text())
     assert record["exit_status"] == 4
+    for f in (out / ".kd-run").iterdir():  # the token is in no file of the run folder
+        assert b"never-written-token-42" not in f.read_bytes(), f.name
     assert list((out / "task").glob("checkpoint_*"))
     assert main(["distill", "--teacher", url, "--student", str(tiny_pair.student)]) == 4
     assert main(["eval", "--teacher", url]) == 2  # kd eval needs the teacher in-process

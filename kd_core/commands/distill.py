@@ -32,6 +32,7 @@ from kd_core.remote.transport import TeacherUnavailable
 from kd_core.run.control import RunControl
 from kd_core.run.outputs import check_output_dir
 from kd_core.run.record import RunLockedError, RunWriter, is_live, locked_message
+from kd_core.teacher_address import without_token
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -152,7 +153,9 @@ def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
     wanted = Path(spec.config.output).expanduser().absolute()
     existed = wanted.exists()
     output = check_output_dir(wanted)
-    record = RunWriter.open(output, ["kd", *args.argv], args.resume, extra)
+    # The recorded command line never holds the token (run.json, the --resume command):
+    # the resumed run reads it from --teacher-token again, or from KD_TEACHER_TOKEN.
+    record = RunWriter.open(output, ["kd", *without_token(args.argv)], args.resume, extra)
     record.created_output = not existed  # a refused run then leaves no folder behind
     try:
         saved = replace(
@@ -163,6 +166,7 @@ def open_record(spec: RunSpec, args: argparse.Namespace) -> Any:
             domain_files=[str(Path(f).expanduser().absolute()) for f in spec.domain_files],
             config=spec.config.replace(output=str(output)),
             data=_absolute(spec.data),
+            teacher_tokenizer=_absolute(spec.teacher_tokenizer),
         )
         record.config_path.unlink(missing_ok=True)  # written anew, not edited in place
         save_toml(saved, record.config_path)
