@@ -13,8 +13,9 @@ for vLLM, SGLang and mlx_lm.server.
 - remote_pass.py: the teacher pass through a remote teacher, into the same cache
 - step_targets.py: online and on-policy steps' targets fetched from the server per step
 
-Nothing here is imported by the rest of kd_core unless a remote teacher is configured; the
-server imports aiohttp only when it starts.
+The run reaches it through kd_core/run_teacher.py (`teacher = "http://host:port"`); the
+client side is the standard library's http.client, and the server imports aiohttp only when
+it starts.
 """
 
 from __future__ import annotations
