@@ -23,7 +23,7 @@ from kd_core.data_files.domain import DataSettings, load_data_domain
 from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.events import Step
 from kd_core.examples.given import given_aligned_examples, student_rendering
-from kd_core.losses.aligned import SPAN_KIND
+from kd_core.losses.aligned import ONE_TO_ONE, SPAN_KIND
 from kd_core.models.identity import identify_model
 from kd_core.run.control import RunControl
 from kd_core.teacher.given import GivenPass, given_key, sequences_only, teacher_rows
@@ -181,6 +181,9 @@ def test_aligned_given_text_meets_on_the_answer_characters(tiny_pair, sp_student
         spans = ex.targets
         anchors = np.flatnonzero(spans.span_kind & SPAN_KIND)
         assert len(anchors) > 0
+        # Both templates end a turn with "\n<|eos|>": cut token by token, the EOS its own span.
+        last = int(np.flatnonzero(ex.valid)[-1])
+        assert spans.span_kind[last] & SPAN_KIND == ONE_TO_ONE and spans.span_len[last] == 1
         for j in anchors:
             t0, t1 = spans.teacher_span[j]
             s_chars = _turn_chars(s, ex.prompt_len + j, ex.prompt_len + j + spans.span_len[j])

@@ -8,8 +8,9 @@ One vocabulary (truncate / project): the student reads the teacher's rendering m
 id, as it reads the teacher's own answers today; a token the student lacks is masked and fed
 as EOS. Two tokenizers (align): the student reads the row in *its* template; each assistant
 turn's characters are cut into spans covered by a run of teacher tokens and a run of student
-tokens (kd_core/vocab/spans.align_ends, as for the teacher's own answers), and each turn's
-end-of-turn text (the teacher's "<|im_end|>", the student's " </s>") is one span of its own.
+tokens (kd_core/vocab/spans.align_ends, as for the teacher's own answers); each turn's
+end-of-turn text is cut the same way when both templates write the same one, else (the
+teacher's "<|im_end|>", the student's " </s>") it is one span of its own.
 A turn that one template does not write as the other does (a trimmed answer) is one span.
 A turn that does not fit max_seq_length on either side is dropped whole.
 """
@@ -76,6 +77,7 @@ class _Side:
     body: np.ndarray  # token indices in the sequence
     ends: list[int]
     stop: np.ndarray
+    stop_ends: list[int]  # the stop tokens' character ends relative to the end of turn's text
 
 
 def _turn_tokens(r: Rendered, trained: np.ndarray, sp: AssistantSpan) -> _Side:
@@ -85,13 +87,19 @@ def _turn_tokens(r: Rendered, trained: np.ndarray, sp: AssistantSpan) -> _Side:
     idx = np.flatnonzero((overlap | inside) & trained)
     in_body = s[idx] < sp.end
     body, stop = idx[in_body], idx[~in_body]
-    length = sp.end - sp.start
-    ends = (
-        np.maximum.accumulate(np.clip(e[body] - sp.start, 0, length)).tolist() if len(body) else []
+    return _Side(
+        body, _rel_ends(e[body], sp.start, sp.end), stop, _rel_ends(e[stop], sp.end, sp.stop_end)
     )
-    if ends:
-        ends[-1] = length
-    return _Side(body, [int(x) for x in ends], stop)
+
+
+def _rel_ends(ends: np.ndarray, start: int, end: int) -> list[int]:
+    """Token ends as characters of text[start:end] (kd_core/vocab/spans.token_ends' form:
+    non-decreasing, the last at the end of the text)."""
+    if not len(ends):
+        return []
+    out = [int(x) for x in np.maximum.accumulate(np.clip(ends - start, 0, end - start))]
+    out[-1] = end - start
+    return out
 
 
 @dataclass
@@ -146,12 +154,25 @@ def _turn(
             row.pairs.append(whole)
             spans.append(AlignedSpan(0, len(content), *whole))
     if len(a.stop) and len(b.stop):
-        row.pairs.append(
-            ((int(a.stop[0]) - t0, int(a.stop[-1]) + 1 - t0),
-             (int(b.stop[0]) - s0, int(b.stop[-1]) + 1 - s0))
-        )  # fmt: skip
+        row.pairs += _stop_pairs(t, a, sp[0], t0, s, b, sp[1], s0)
     row.chars += len(content)
     return spans
+
+
+def _stop_pairs(
+    t: Rendered, a: _Side, ta: AssistantSpan, t0: int, s: Rendered, b: _Side, sa: AssistantSpan,
+    s0: int,
+) -> list[SpanPair]:  # fmt: skip
+    """The end of turn: cut like an answer where both templates write the same text (the
+    demo's "\\n<|eos|>": the student learns where to stop token by token), else one span."""
+    tt, st = int(a.stop[0]) - t0, int(b.stop[0]) - s0
+    text = t.text[ta.end : ta.stop_end]
+    if text == s.text[sa.end : sa.stop_end]:
+        t_ids, s_ids = t.ids[a.stop].tolist(), s.ids[b.stop].tolist()
+        al = align_ends(text, t_ids, a.stop_ends, s_ids, b.stop_ends)
+        return [((x.teacher[0] + tt, x.teacher[1] + tt), (x.student[0] + st, x.student[1] + st))
+                for x in al.spans]  # fmt: skip
+    return [((tt, tt + len(a.stop)), (st, st + len(b.stop)))]
 
 
 def student_rendering(
