@@ -47,6 +47,7 @@ from kd_tui.panes.data_domain import describe_data, list_label
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
 
+PREVIEW_FIELDS = ("seed", "teacher_answers", "train_on", "prompt_key", "completion_key")
 LABEL_WIDTH = 200  # a prompt's first line in the list is cut here (the editor shows it all)
 
 
@@ -337,10 +338,11 @@ class DomainsPane(Container):
         kwargs = {"teacher": spec.teacher_chat_template_kwargs}
         kwargs["student"] = spec.student_chat_template_kwargs
         args = (spec.data, spec.teacher or "demo-teacher", spec.student or "demo-student")
-        key = repr((args, spec.config.to_dict(), kwargs))
+        cfg = {k: getattr(spec.config, k) for k in PREVIEW_FIELDS}  # what the preview reads
+        key = repr((args, cfg, kwargs))
         if key != self._preview_key:
             self._preview_key, self.preview = key, None
-            self._read_preview(key, *args, spec.config.to_dict(), kwargs)
+            self._read_preview(key, *args, cfg, kwargs)
 
     @work(thread=True, exclusive=True, group="data-preview", exit_on_error=False)
     def _read_preview(self, key: str, data: str, t: str, s: str, cfg: Any, kw: Any) -> None:
