@@ -141,3 +141,18 @@ def test_hf_dataset_in_the_local_cache_trains_as_a_data_domain(tiny_pair, tmp_pa
     TrueKnowledgeDistiller(spec.teacher, spec.student, cfg).run(domains)
     block = json.loads((out / "kd_summary.json").read_text())["domains"]["set-train"]["data"]
     assert block["path"] == "hf:org/set" and block["format"] == "chat" and block["rows"] == 8
+
+
+def test_template_table_that_sets_what_rendering_sets_is_refused_before_the_run(
+    tiny_pair, tmp_path
+):
+    data = write_rows(tmp_path / "pairs.jsonl", ROWS["completions"])
+    (tmp_path / "kd.toml").write_text(
+        f'data = "{data}"\n\n[teacher_chat_template_kwargs]\nadd_generation_prompt = true\n'
+    )
+    out = tmp_path / "out"
+    proc = kd(tiny_pair, tmp_path, "--output", str(out), *FAST)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert err == ["kd: error: teacher_chat_template_kwargs cannot set add_generation_prompt"]
+    assert not out.exists()

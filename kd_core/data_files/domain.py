@@ -32,7 +32,7 @@ from kd_core.data_files.formats import (
     row_dict,
 )
 from kd_core.data_files.hf import is_hf_spec, parse_hf_spec, read_hf_dataset
-from kd_core.data_files.render import TrainOn
+from kd_core.data_files.render import TrainOn, template_kwargs
 from kd_core.data_files.splits import Split, split_rows
 
 TeacherAnswers = Literal["auto", "given", "generate", "both"]
@@ -66,6 +66,11 @@ class DataSettings:
         for name in ("prompt_key", "completion_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise DataFileError(f"{name}: must be a non-empty key name")
+        for role, kwargs in (("teacher", self.teacher_kwargs), ("student", self.student_kwargs)):
+            try:  # checked with the settings, before a run takes its folder
+                template_kwargs(kwargs)
+            except DataFileError as e:
+                raise DataFileError(f"{role}_{str(e).removeprefix('data: ')}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -300,7 +300,7 @@ def _render(
 _RESERVED = frozenset({"conversation", "messages", "tools", "tokenize", "add_generation_prompt"})
 
 
-def _template_kwargs(given: Mapping[str, Any] | None) -> dict[str, Any]:
+def template_kwargs(given: Mapping[str, Any] | None) -> dict[str, Any]:
     """chat_template_kwargs, less the arguments rendering sets itself (refused, not
     silently overridden)."""
     kwargs = dict(given or {})
@@ -328,7 +328,7 @@ def render_row(
         span = AssistantSpan(0, 0, len(row.text), len(row.text) + len(eos))
         return _encode(tokenizer, row.text + eos, (span,), templated=False)
     where = f"{source} line {row.line}: " if source else f"row at line {row.line}: "
-    kwargs = _template_kwargs(chat_template_kwargs)
+    kwargs = template_kwargs(chat_template_kwargs)
     gen = isinstance(row, PromptRow)
     return _render(tokenizer, _turns(row, train_on), gen, kwargs, stop_tokens, where)
 
@@ -351,4 +351,4 @@ def render_prompt(
     else:
         turns = _turns(row, "all_assistant")
         turns = _Turns(turns.messages[:1], None, ())
-    return _render(tokenizer, turns, True, _template_kwargs(chat_template_kwargs), (), where)
+    return _render(tokenizer, turns, True, template_kwargs(chat_template_kwargs), (), where)
