@@ -15,9 +15,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 LIST_ROWS = 500  # rows listed in the pane (the run reads them all)
+# The settings a preview depends on (besides the data, the pair and the template tables).
+PREVIEW_FIELDS = ("seed", "teacher_answers", "train_on", "prompt_key", "completion_key")
 
 
 def _row_text(row: Any) -> str:
@@ -106,6 +110,41 @@ def data_preview(
             continue
     last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
     return {"error": f"cannot read the data: {last[:200]}"}
+
+
+_CACHE: dict[str, dict[str, Any]] = {}
+_LOCK = threading.Lock()
+
+
+def _versions(spec: str) -> list[tuple[str, int, int]]:
+    """(file, mtime, size) of what `spec` reads: an edited file is read again."""
+    p = Path(spec).expanduser()
+    files = [p / n for n in ("train.jsonl", "valid.jsonl")] if p.is_dir() else [p]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        except OSError:
+            continue
+    return out
+
+
+def cached_preview(
+    spec: str, teacher: str, student: str, config: dict[str, Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """`data_preview`, read once per file version and settings for both panes that show it
+    (the Domains and Models tabs); failures are not kept (the next call tries again)."""
+    key = json.dumps([spec, teacher, student, config, kwargs, _versions(spec)], default=str)
+    with _LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    result = data_preview(spec, teacher, student, config, kwargs)
+    if "error" not in result:
+        with _LOCK:
+            _CACHE[key] = result
+    return result
 
 
 def main(argv: list[str]) -> int:

@@ -135,3 +135,18 @@ async def test_viewer_offers_the_datas_held_out_prompts(tmp_path: Path) -> None:
     app.state.spec.data, app.state.spec.domains = str(folder), []
     async with app.run_test(size=(120, 40)):
         assert app.query_one(ViewerPane)._heldout() == ["Double 9"]
+
+
+async def test_models_tab_shows_the_data_as_each_model_renders_it(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    data = _data(tmp_path)
+    app = KDApp(config_path=tmp_path / "kd.toml")
+    app.state.spec.data = str(data)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("1")
+        box = app.query_one("#models-data", Static)
+        await wait_until(pilot, lambda: "teacher reads" in str(box.render()), timeout=60)
+        shown = str(box.render())
+        assert "completions · 10 rows" in shown and "student reads" in shown
+        assert "It is 0." in shown

@@ -41,13 +41,12 @@ from kd_core.domains import (
     write_prompt_file,
 )
 from kd_core.errors import one_line
-from kd_tui.data_preview import data_preview
+from kd_tui.data_preview import PREVIEW_FIELDS, cached_preview
 from kd_tui.messages import StateChanged
 from kd_tui.panes.data_domain import describe_data, list_label
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
 
-PREVIEW_FIELDS = ("seed", "teacher_answers", "train_on", "prompt_key", "completion_key")
 LABEL_WIDTH = 200  # a prompt's first line in the list is cut here (the editor shows it all)
 
 
@@ -346,7 +345,7 @@ class DomainsPane(Container):
 
     @work(thread=True, exclusive=True, group="data-preview", exit_on_error=False)
     def _read_preview(self, key: str, data: str, t: str, s: str, cfg: Any, kw: Any) -> None:
-        result = data_preview(data, t, s, cfg, kw)
+        result = cached_preview(data, t, s, cfg, kw)
         self.app.call_from_thread(self._preview_read, key, result)
 
     def _preview_read(self, key: str, result: dict[str, Any]) -> None:

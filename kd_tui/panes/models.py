@@ -17,6 +17,7 @@ responses the alignment covered (kd_summary.json's vocab_alignment, per domain).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -25,7 +26,9 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from kd_core.data_files.domain import domain_name
 from kd_core.models.load import DEMO_NAMES, list_cached_models
+from kd_tui.data_preview import PREVIEW_FIELDS, cached_preview
 from kd_tui.inference import tokenizer_verdict
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.model_check import (
@@ -38,6 +41,7 @@ from kd_tui.model_check import (
     measured_alignment,
     verdict_words,
 )
+from kd_tui.panes.data_domain import describe_data
 from kd_tui.panes.paths import PathSuggester
 from kd_tui.state import app_state
 
@@ -115,11 +119,13 @@ class ModelsPane(Container):
     ModelsPane #models-verdict { height: auto; }
     ModelsPane #models-coverage { height: auto; display: none; }
     ModelsPane #models-coverage.-shown { display: block; }
+    ModelsPane #models-data { height: auto; margin-top: 1; }
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._verdict_key: tuple[str, str, str] | None = None
+        self._data_key: str | None = None  # the data preview shown (kd_tui/data_preview.py)
         self._seq = dict.fromkeys(ROLES, 0)  # latest check per role; older results are dropped
 
     def compose(self) -> ComposeResult:
@@ -129,11 +135,13 @@ class ModelsPane(Container):
         with Vertical(id="models-tokenizers"):
             yield Static("", id="models-verdict")
             yield Static("", id="models-coverage")
+            yield Static("", id="models-data")
 
     def on_mount(self) -> None:
         self.query_one("#models-tokenizers").border_title = "Tokenizers"
         self._load_cached()
         self._from_state()
+        self._update_data()
 
     def column(self, role: str) -> ModelColumn:
         return self.query_one(f"#{role}-col", ModelColumn)
@@ -274,3 +282,31 @@ class ModelsPane(Container):
         if not message.bubble and message.what in ("", "config", "models"):
             self._from_state()
             self._update_verdict()  # vocab_strategy or the output folder may have changed
+        if not message.bubble:
+            self._update_data()
+
+    def _update_data(self) -> None:
+        """The run's data file (kd.toml's `data`), as each model's template renders its first
+        row: the format, the rows and the trained characters, checked before a run."""
+        spec = app_state(self).spec
+        box = self.query_one("#models-data", Static)
+        box.display = bool(spec.data)
+        if not spec.data:
+            return
+        pair = (spec.teacher or "demo-teacher", spec.student or "demo-student")
+        cfg = {k: getattr(spec.config, k) for k in PREVIEW_FIELDS}
+        kwargs = {"teacher": spec.teacher_chat_template_kwargs}
+        kwargs["student"] = spec.student_chat_template_kwargs
+        self._data_key = key = repr((spec.data, pair, cfg, kwargs))
+        box.update(describe_data(domain_name(spec.data), spec.data, None))
+        self._read_data(key, spec.data, *pair, cfg, kwargs)
+
+    @work(thread=True, exclusive=True, group="models-data", exit_on_error=False)
+    def _read_data(self, key: str, data: str, t: str, s: str, cfg: Any, kw: Any) -> None:
+        result = cached_preview(data, t, s, cfg, kw)
+        self.app.call_from_thread(self._show_data, key, data, result)
+
+    def _show_data(self, key: str, data: str, result: dict[str, Any]) -> None:
+        if key == self._data_key:
+            box = self.query_one("#models-data", Static)
+            box.update(describe_data(domain_name(data), data, result))
