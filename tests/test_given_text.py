@@ -227,3 +227,42 @@ def test_aligned_given_online_first_step_equals_offline(tiny_pair, sp_student, t
         first[mode] = next(e for e in steps if isinstance(e, Step))
     assert first["online"].ce == pytest.approx(first["offline"].ce, rel=1e-5)
     assert first["online"].kd == pytest.approx(first["offline"].kd, rel=2e-2)
+
+
+def test_real_templates_across_tokenizers_meet_on_the_answers(tmp_path):
+    """The golden conversation (system prompt, tools, two answers) read by a GPT-2 teacher in
+    ChatML and a Llama-2 SentencePiece student in Llama-2's template (real tokenizers from
+    ../shared/fixtures): the student trains exactly its answers' characters and their " </s>",
+    and every KD span pairs the same characters of the same answer on both sides."""
+    from test_data_files_render import CHATML, LLAMA2, chat_row, fixture_tokenizer
+
+    t_tok = fixture_tokenizer("gpt-2", tmp_path, CHATML)
+    s_tok = fixture_tokenizer("llama-spm", tmp_path, LLAMA2)
+    given, _ = teacher_rows(
+        t_tok, [chat_row()], train_on="all_assistant", chat_template_kwargs=None,
+        max_seq_length=512, source="x",
+    )  # fmt: skip
+    student = student_rendering(s_tok, [g.row for g in given], "all_assistant", None, "x")
+    al = plan_vocab_alignment(t_tok, s_tok, 50257, 32000, "align", "pieces")
+    built = given_aligned_examples(given, student, sequences_only(given, 50257), al, True, 512, 4)
+    (g,), (s,), (ex,) = given, student, built.examples
+    assert g.rendered.text != s.text  # each model reads its own template
+    off = s.offsets[ex.prompt_len :][ex.valid]
+    covered = np.zeros(len(s.text), bool)
+    for a, b in off:
+        covered[a:b] = True
+    want = np.zeros(len(s.text), bool)
+    for sp in s.spans:  # "▁hi", "▁Time" hold the template's space: the student writes it
+        want[sp.start - 1 : sp.stop_end] = True
+    assert np.array_equal(covered, want)
+    spans = ex.targets
+    anchors = np.flatnonzero(spans.span_kind & SPAN_KIND)
+    assert len(anchors) >= 8
+    for j in anchors:
+        t0, t1 = spans.teacher_span[j]
+        s_chars = _turn_chars(s, ex.prompt_len + j, ex.prompt_len + j + spans.span_len[j])
+        t_chars = _turn_chars(g.rendered, g.prompt_len + t0, g.prompt_len + t1)
+        assert s_chars[0] == t_chars[0]
+        # Inside an answer the two sides cover the same characters (an end of turn is
+        # " </s>" for one and nothing trained for the other: CE only, no span).
+        assert s_chars[1:] == t_chars[1:], (s_chars, t_chars)
