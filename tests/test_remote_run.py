@@ -352,3 +352,36 @@ def test_given_text_through_the_server_equals_the_in_process_run(tiny_pair, serv
         assert len(r_steps) == 2 and all(e.teacher_tokens_per_second > 0 for e in r_steps)
         l_steps = [e for e in local if isinstance(e, Step)]
         assert r_steps[0].ce == pytest.approx(l_steps[0].ce, rel=1e-6)
+
+
+def test_a_long_remote_teacher_pass_reports_progress_and_stops(
+    tiny_pair, served, tmp_path, monkeypatch
+):
+    """While /v1/generate runs, the server's progress (read from /v1/info) reaches the run's
+    events; a stop then ends the pass at once, nothing cached, no step trained."""
+    import kd_core.remote.remote_pass as remote_pass
+    from kd_core.events import Progress
+    from kd_core.run.control import RunControl
+
+    monkeypatch.setattr(remote_pass, "POLL_S", 0.05)  # a tiny teacher answers fast
+    control = RunControl()
+    events: list = []
+
+    def sink(e) -> None:
+        events.append(e)
+        if isinstance(e, Progress) and e.message == "generating" and e.done < e.total:
+            control.request_stop()
+
+    prompts = [f"Explain topic number {i} of the standard library at length." for i in range(120)]
+    config = cfg(tmp_path, "p", max_tokens=200, max_seq_length=256)
+    TrueKnowledgeDistiller(
+        served.url, str(tiny_pair.student), config, on_event=sink, control=control,
+        cache_dir=tmp_path / "c",
+    ).run({"long": prompts})  # fmt: skip
+    seen = [e for e in events if isinstance(e, Progress) and e.message == "generating"]
+    assert seen and seen[0].total == 120
+    assert not any(isinstance(e, Step | CacheUsed) for e in events)
+    assert any(
+        isinstance(e, Log) and "stopped during the teacher pass" in e.message for e in events
+    )
+    assert not list((tmp_path / "c" / "teacher").glob("long-*.safetensors"))

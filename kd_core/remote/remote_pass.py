@@ -9,12 +9,14 @@ seeding and batch generator as in-process) and scores them; when only the answer
 offsets come with the generate reply, or are computed here with the teacher's tokenizer.
 
 One request per domain: the server seeds its random state per request, so splitting the
-prompts would sample other answers than an in-process pass. A stop is honoured between
-domains, not inside the request.
+prompts would sample other answers than an in-process pass. While it runs, the server's
+progress is read from /v1/info and reported, and a stop ends the pass at once
+(GenerationStopped); the server finishes the request, and the next run asks again.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from kd_core.config import KDConfig
-from kd_core.generate import ProgressFn
-from kd_core.remote.connect import ConnectedTeacher
+from kd_core.generate import GenerationStopped, ProgressFn
+from kd_core.remote.clients import Generated
+from kd_core.remote.connect import ConnectedTeacher, make_teacher
+from kd_core.remote.transport import RemoteTeacherError, RetryPolicy
 from kd_core.teacher.cache import (
     CacheError,
     TeacherOutputs,
@@ -34,6 +38,9 @@ from kd_core.teacher.cache import (
 )
 from kd_core.teacher.given import GivenPass
 from kd_core.teacher.teacher_pass import TeacherPass
+
+POLL_S = 0.5  # how often a waiting teacher pass reads the server's progress
+POLL_POLICY = RetryPolicy(retries=0, connect_timeout_s=5.0, read_timeout_s=10.0)
 
 
 @dataclass
@@ -65,7 +72,7 @@ class RemoteTeacherPass:
             progress(0, len(prompts), "remote teacher")
         t0 = time.perf_counter()
         if answers is None:
-            answers = self._generate(prompts, with_targets)
+            answers = self._generate(prompts, with_targets, progress, should_stop)
             save_outputs(gpath, _answers_only(answers), {"key": gkey})
         elif with_targets:
             self._score(answers)
@@ -91,19 +98,32 @@ class RemoteTeacherPass:
                 warn(f"{e}; rebuilding")
             return None
 
-    def _generate(self, prompts: list[str], with_targets: bool) -> TeacherOutputs:
+    def _generate(
+        self,
+        prompts: list[str],
+        with_targets: bool,
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TeacherOutputs:
         cfg = self.cfg
-        got = self.teacher.client.generate(
-            prompts,
-            max_tokens=cfg.max_tokens,
-            teacher_temperature=cfg.teacher_temperature,
-            seed=cfg.seed,
-            max_seq_length=cfg.max_seq_length,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            with_targets=with_targets,
-            tokenizer=self.tokenizer,
-        )
+
+        def ask() -> Generated:
+            return self.teacher.client.generate(
+                prompts,
+                max_tokens=cfg.max_tokens,
+                teacher_temperature=cfg.teacher_temperature,
+                seed=cfg.seed,
+                max_seq_length=cfg.max_seq_length,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                with_targets=with_targets,
+                tokenizer=self.tokenizer,
+            )
+
+        if self.teacher.api == "kd" and (progress or should_stop):
+            got = watched(self.teacher, ask, len(prompts), progress, should_stop)
+        else:
+            got = ask()
         if got.sequences is None:
             raise CacheError("remote teacher: the reply does not carry the prompts' token ids")
         out = TeacherOutputs(
@@ -163,6 +183,47 @@ class RemoteGivenPass(GivenPass):
         if progress:
             progress(len(seqs), len(seqs), "remote teacher")
         return ids, lps, chosen, teacher_vocab(self.remote, self.tokenizer)
+
+
+def watched(
+    teacher: ConnectedTeacher,
+    ask: Callable[[], Generated],
+    total: int,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> Generated:
+    """`ask()` (one long /v1/generate) on a thread of its own while this one reads the
+    server's progress from /v1/info every POLL_S seconds and reports it, and honours a stop:
+    GenerationStopped, the request left to finish on the server (its answers are not kept)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["got"] = ask()
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="kd-remote-generate", daemon=True)
+    worker.start()
+    c = teacher.client
+    poller = make_teacher(c.http.url, teacher.api, c.token, policy=POLL_POLICY)
+    while worker.is_alive():
+        worker.join(POLL_S)
+        if not worker.is_alive():
+            break
+        if should_stop is not None and should_stop():
+            raise GenerationStopped(0, total)
+        if progress is not None:
+            try:
+                st = poller.info().extra.get("stats") or {}
+            except RemoteTeacherError:
+                continue  # the generate request reports the server's failure itself
+            if st.get("working_on") and st.get("total"):
+                progress(int(st["done"]), int(st["total"]), str(st["working_on"]))
+    poller.close()
+    if "error" in box:
+        raise box["error"]
+    return box["got"]
 
 
 def _answers_only(out: TeacherOutputs) -> TeacherOutputs:

@@ -83,6 +83,11 @@ class WorkerStats:
     batches: int = 0
     scored_positions: int = 0
     busy_s: float = 0.0
+    # The generation under way (what, done, total), as the teacher pass reports its progress:
+    # a trainer waiting on /v1/generate reads it from /v1/info. Empty when none is.
+    working_on: str = ""
+    done: int = 0
+    total: int = 0
 
 
 @dataclass
@@ -252,16 +257,24 @@ class TeacherWorker:
         """As the teacher pass does it: prompts formatted and cut to fit, answers sampled
         from the MLX random state seeded with cfg.seed, then soft targets and texts."""
         fitted = fitted_prompts(self.tokenizer, req.prompts, cfg)
-        seqs, plens = generate_responses(self.model, self.tokenizer, [], cfg, fitted=fitted)
+        seqs, plens = generate_responses(
+            self.model, self.tokenizer, [], cfg, self._progress, fitted=fitted
+        )
         self.stats.generations += 1
         reply = TargetsReply(self.info.fingerprint, None, seqs, plens)  # type: ignore[union-attr]
         reply.prompt_cut = [cut for _, cut in fitted]
         if req.with_targets:
-            ids, lps, chosen = soft_targets(self.model, seqs, plens, cfg, streams=_streams(cfg))
+            ids, lps, chosen = soft_targets(
+                self.model, seqs, plens, cfg, self._progress, streams=_streams(cfg)
+            )
             self.stats.forwards += 1
             reply.targets = _targets(ids, lps, chosen)
             reply.texts, reply.char_ends = response_texts(self.tokenizer, seqs, plens)
+        self.stats.working_on = ""
         return _dump(reply.to_json(self.vocab, req.logprob_dtype))
+
+    def _progress(self, done: int, total: int, what: str) -> None:
+        self.stats.working_on, self.stats.done, self.stats.total = what, done, total
 
 
 def model_identity(path: Path) -> tuple[str, str]:
