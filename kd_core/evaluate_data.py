@@ -32,6 +32,7 @@ from kd_core.evaluate import (
     compare_distributions,
     log_softmax_np,
     measure,
+    method_config,
     response_logits,
     teacher_reference,
 )
@@ -152,22 +153,11 @@ def compare_on_data(
     data's training rows, same steps and seed; score both and the base on the held-out rows."""
     if cfg.alpha == 0.0:
         raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
-    if not domain.split.held_out:
-        raise ConfigError(f"data: {domain.spec} holds out no rows (it needs at least 2 rows)")
     runs = {
         "kd": cfg.replace(output=str(output / "kd")),
         "ce_only": cfg.replace(alpha=0.0, on_policy_ratio=0.0, output=str(output / "ce_only")),
     }
-    for run_cfg in runs.values():
-        TrueKnowledgeDistiller(teacher, student, run_cfg, on_event=sink, allow_download=allow).run(
-            {domain.name: domain}
-        )
-    sink(PhaseStarted("eval", domain.name, len(runs) + 1, "held-out rows"))
-    adapters: dict[str, str | Path | None] = {"base": None}
-    adapters |= {k: Path(c.output) / domain.name for k, c in runs.items()}
-    result: dict[str, Any] = evaluate_data(teacher, student, domain, cfg, adapters, allow)
-    for name in adapters:
-        sink(EvalResult(domain.name, cfg.num_iters, result[name], student=name))
+    result = _train_and_score(teacher, student, domain, cfg, runs, allow, sink)
     base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
     result["summary"] = {
         "data": domain.spec,
@@ -180,5 +170,47 @@ def compare_on_data(
         "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
         "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
         "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
+    }
+    return result
+
+
+def _train_and_score(
+    teacher: str | None, student: str | None, domain: DataDomain, cfg: KDConfig,
+    runs: dict[str, KDConfig], allow: bool, sink: EventSink,
+) -> dict[str, Any]:  # fmt: skip
+    """Train each run on the data (same steps and seed), then score it and the base student
+    on the held-out rows: {"base": ..., name: ...}."""
+    if not domain.split.held_out:
+        raise ConfigError(f"data: {domain.spec} holds out no rows (it needs at least 2 rows)")
+    for run_cfg in runs.values():
+        TrueKnowledgeDistiller(teacher, student, run_cfg, on_event=sink, allow_download=allow).run(
+            {domain.name: domain}
+        )
+    sink(PhaseStarted("eval", domain.name, len(runs) + 1, "held-out rows"))
+    adapters: dict[str, str | Path | None] = {"base": None}
+    adapters |= {k: Path(c.output) / domain.name for k, c in runs.items()}
+    result: dict[str, Any] = evaluate_data(teacher, student, domain, cfg, adapters, allow)
+    for name in adapters:
+        sink(EvalResult(domain.name, cfg.num_iters, result[name], student=name))
+    return result
+
+
+def methods_on_data(
+    teacher: str | None, student: str | None, domain: DataDomain, cfg: KDConfig, output: Path,
+    methods: list[str], allow: bool = False, sink: EventSink = null_sink,
+) -> dict[str, Any]:  # fmt: skip
+    """`kd eval --compare --methods ... --data`: each named method (evaluate.method_config)
+    trained on the data with the same steps and seed, scored on the held-out rows."""
+    if len(set(methods)) != len(methods) or "base" in methods:
+        raise ConfigError(f"methods: name each method once (not 'base'), got {methods!r}")
+    runs = {m: method_config(m, cfg).replace(output=str(output / m)) for m in methods}
+    result = _train_and_score(teacher, student, domain, cfg, runs, allow, sink)
+    keys = ("alpha", "divergence", "teacher_mode", "on_policy_ratio", "on_policy_divergence")
+    result["summary"] = {
+        "data": domain.spec,
+        "held_out": len(domain.split.held_out),
+        "iters": cfg.num_iters,
+        "seed": cfg.seed,
+        "methods": {m: {k: getattr(c, k) for k in keys} for m, c in runs.items()},
     }
     return result

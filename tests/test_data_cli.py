@@ -156,3 +156,22 @@ def test_template_table_that_sets_what_rendering_sets_is_refused_before_the_run(
     err = proc.stderr.strip().splitlines()
     assert err == ["kd: error: teacher_chat_template_kwargs cannot set add_generation_prompt"]
     assert not out.exists()
+
+
+def test_compare_methods_on_data(tiny_pair, tmp_path):
+    """`kd eval --compare --methods ... --data`: each method trained on the data's rows and
+    scored on its held-out rows, with the base student."""
+    folder = tmp_path / "pairs"
+    write_rows(folder / "train.jsonl", ROWS["completions"])
+    write_rows(folder / "valid.jsonl", ROWS["completions"][:2])
+    report = tmp_path / "methods.json"
+    cmd = [sys.executable, "-m", "kd_core", "eval", "--compare", "--methods", "ce_only,jsd"]
+    cmd += ["--data", str(folder), "--teacher", str(tiny_pair.teacher)]
+    cmd += ["--student", str(tiny_pair.student), "--output", str(tmp_path / "out")]
+    cmd += [*FAST, "--json", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(report.read_text())
+    assert set(res) == {"base", "ce_only", "jsd", "summary"}
+    assert res["summary"]["methods"]["jsd"]["divergence"] == "jsd"
+    assert res["ce_only"]["rows"] == 2 and res["jsd"]["kl"] != res["ce_only"]["kl"]

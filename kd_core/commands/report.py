@@ -23,7 +23,7 @@ from kd_core.evaluate import (
     parse_methods,
     teacher_reference,
 )
-from kd_core.evaluate_data import compare_on_data, evaluate_data
+from kd_core.evaluate_data import compare_on_data, evaluate_data, methods_on_data
 from kd_core.files.atomic import atomic_write_json
 from kd_core.models.load import resolve_model
 from kd_core.run.outputs import check_output_dir
@@ -142,7 +142,15 @@ def _eval_data(spec: RunSpec, dom: DataDomain, args: argparse.Namespace) -> dict
     where = "valid.jsonl" if split.held_out_from == "valid" else "the seeded 5%"
     head = f"data {dom.spec} · {dom.format} · held-out rows {len(split.held_out)} ({where})"
     if args.methods is not None:
-        raise UsageError("--methods: not with --data yet; --compare trains kd and ce_only")
+        out = check_output_dir(Path(cfg.output) / "compare")
+        sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
+        methods = parse_methods(args.methods)
+        res = methods_on_data(
+            spec.teacher, spec.student, dom, cfg, out, methods, args.allow_download, sink
+        )
+        print(f"{head} · {cfg.num_iters} steps · seed {cfg.seed}")
+        print(format_table({k: res[k] for k in ("base", *methods)}))
+        return res
     if args.compare:
         out = check_output_dir(Path(cfg.output) / "compare")
         sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
