@@ -43,7 +43,8 @@ def measure(student: str, domain: str, steps: int, iters: int) -> dict[str, Any]
     import mlx.core as mx
     import mlx.optimizers as optim
 
-    from kd_core.config import KDConfig, load_toml
+    from kd_core.config import KDConfig
+    from kd_core.config_file import load_toml
     from kd_core.domains import DOMAIN_PROMPTS
     from kd_core.examples.aligned import build_aligned_examples
     from kd_core.examples.batch import BatchPlan, make_batch

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(student: str, domain: str) -> dict[str, Any]:
-    from kd_core.config import KDConfig, load_toml
+    from kd_core.config import KDConfig
+    from kd_core.config_file import load_toml
     from kd_core.evaluate import heldout_prompts, teacher_reference
     from kd_core.examples.aligned import build_aligned_examples
     from kd_core.losses.aligned import MULTI, ONE_TO_ONE

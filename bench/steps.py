@@ -73,6 +73,7 @@ def mlx_facts() -> dict[str, Any]:
 # resume); a bench trains in a fresh folder and never resumes, so it names itself.
 BENCH_FINGERPRINT = {"run": "bench/steps.py: a fresh folder each time, never resumed"}
 
+
 class Builder:
     """Writes the model folders the benchmarks load (mlx-lm and Hugging Face read them)."""
 

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kd_core.config import KDConfig, RunSpec, save_toml  # noqa: E402
+from kd_core.config import KDConfig, RunSpec  # noqa: E402
+from kd_core.config_file import save_toml  # noqa: E402
 from kd_core.events import DomainFinished, event_from_json  # noqa: E402
 
 BUILD_PAIR = """

@@ -413,7 +413,7 @@ class KDApp(App[None]):
     def _attached_run_spec(self) -> RunSpec | None:
         """After following a run started elsewhere, r continues *that* run, from the settings
         saved in its folder, not the one in the Config tab."""
-        from kd_core.config import load_toml
+        from kd_core.config_file import load_toml
         from kd_core.run.record import CONFIG_FILE, run_dir
 
         engine = self.engine

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kd_core.config import RunSpec, save_toml
+from kd_core.config import RunSpec
+from kd_core.config_file import save_toml
 from kd_core.events import Event, Log, Paused, RunFailed, Step, describe, event_from_dict
 from kd_core.run.event_file import EventFileReader, skipped_message
 from kd_core.run.record import (

@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-from kd_core.config import (
-    CONFIG_FIELDS,
-    BadSetting,
-    ConfigError,
-    RunSpec,
-    load_toml_partial,
-    save_toml,
-)
+from kd_core.config import CONFIG_FIELDS, ConfigError, RunSpec
+from kd_core.config_file import BadSetting, load_toml_partial, save_toml
 
 if TYPE_CHECKING:
     from textual.widget import Widget

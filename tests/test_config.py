@@ -7,7 +7,8 @@ import json
 import pytest
 
 from kd_core.cli import main
-from kd_core.config import ConfigError, KDConfig, RunSpec, coerce_value, load_toml, save_toml
+from kd_core.config import ConfigError, KDConfig, RunSpec, coerce_value
+from kd_core.config_file import load_toml, save_toml
 
 
 def test_defaults_match_the_seed():

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kd_core.cli import main
-from kd_core.config import CONFIG_FIELDS, RUN_KEYS, ConfigError, load_toml
+from kd_core.config import CONFIG_FIELDS, RUN_KEYS, ConfigError
+from kd_core.config_file import load_toml
 
 # ---- generated bad configurations ---------------------------------------------------------
 

@@ -10,7 +10,8 @@ import pytest
 from textual.widgets import TabbedContent, TabPane
 from tui_support import run_script_to_end, scripted_app, scripted_run, wait_until
 
-from kd_core.config import KDConfig, RunSpec, save_toml
+from kd_core.config import KDConfig, RunSpec
+from kd_core.config_file import save_toml
 from kd_tui.app import PANES, KDApp, main, short_name
 from kd_tui.messages import RunCompleted, StateChanged
 from kd_tui.panes.config import ConfigPane

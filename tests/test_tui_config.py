@@ -8,7 +8,8 @@ import pytest
 from textual.widgets import Input, Select, Static
 from tui_support import open_config, scripted_app, scripted_run, wait_until
 
-from kd_core.config import CONFIG_FIELDS, KDConfig, RunSpec, load_toml, save_toml
+from kd_core.config import CONFIG_FIELDS, KDConfig, RunSpec
+from kd_core.config_file import load_toml, save_toml
 from kd_tui.app import KDApp
 from kd_tui.messages import StateChanged
 from kd_tui.panes.config import (

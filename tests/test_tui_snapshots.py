@@ -10,7 +10,8 @@ import pytest
 from textual.widgets import Input
 from tui_support import open_config, run_script_to_end, scripted_app, scripted_run
 
-from kd_core.config import RunSpec, save_toml
+from kd_core.config import RunSpec
+from kd_core.config_file import save_toml
 from kd_tui.app import KDApp
 
 SIZE = (100, 30)

@@ -23,7 +23,7 @@ from rich.console import Console
 from textual.widgets import Input, TabbedContent
 from tui_support import wait_until
 
-from kd_core.config import load_toml
+from kd_core.config_file import load_toml
 from kd_core.demo.quality import valid_share
 from kd_core.domains import DOMAIN_PROMPTS
 from kd_tui.app import KDApp

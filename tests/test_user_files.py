@@ -27,7 +27,8 @@ from textual.command import CommandList
 from textual.widgets import Input, Select, Static, TabbedContent, TextArea
 from tui_support import open_config, wait_until
 
-from kd_core.config import ConfigError, RunSpec, load_toml, load_toml_partial, save_toml
+from kd_core.config import ConfigError, RunSpec
+from kd_core.config_file import load_toml, load_toml_partial, save_toml
 from kd_core.domains import (
     DomainError,
     open_prompt_file,
@@ -507,7 +508,7 @@ def test_files_over_their_bound_are_refused_naming_it(tmp_path: Path, monkeypatc
     assert str(e.value) == (
         f"domain_files: {prompts} is 220 bytes, over the 100 bytes limit for a prompt file"
     )
-    monkeypatch.setattr("kd_core.config.CONFIG_MAX_BYTES", 100, raising=False)
+    monkeypatch.setattr("kd_core.config_file.CONFIG_MAX_BYTES", 100, raising=False)
     config = tmp_path / "kd.toml"
     text = "# my settings\n" * 10 + 'teacher = "t"\n'
     config.write_text(text)

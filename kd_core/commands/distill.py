@@ -24,7 +24,8 @@ from kd_core.commands.launch import launch_distributed
 from kd_core.commands.parser import spec_from_args
 from kd_core.commands.printers import JsonLinesPrinter, TextPrinter, tee
 from kd_core.commands.run_domains import spec_domains
-from kd_core.config import RunSpec, save_toml
+from kd_core.config import RunSpec
+from kd_core.config_file import save_toml
 from kd_core.distiller import Domain, TrueKnowledgeDistiller
 from kd_core.errors import TeacherGone, one_line
 from kd_core.events import Event, RunFailed

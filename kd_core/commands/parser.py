@@ -18,8 +18,8 @@ from kd_core.config import (
     allowed_text,
     coerce_value,
     field_help,
-    load_toml,
 )
+from kd_core.config_file import load_toml
 from kd_core.domains import BUILTIN_DOMAINS
 from kd_core.remote.protocol import DEFAULT_HOST, DEFAULT_PORT
 from kd_core.teacher_address import address_error

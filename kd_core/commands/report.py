@@ -12,7 +12,8 @@ from kd_core.commands.exits import UsageError
 from kd_core.commands.parser import spec_from_args
 from kd_core.commands.printers import TextPrinter
 from kd_core.commands.run_domains import data_domain
-from kd_core.config import KDConfig, RunSpec, load_toml
+from kd_core.config import KDConfig, RunSpec
+from kd_core.config_file import load_toml
 from kd_core.data_files.domain import DataDomain
 from kd_core.demo import SP_NAME, ensure_demo_pair, ensure_sp_student
 from kd_core.evaluate import (
