@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,30 @@ def load_outputs(path: Path, expect: dict[str, Any], with_targets: bool) -> Teac
     if with_targets and "chosen_logprobs" in arrays:
         _load_texts(out, arrays, bounds, path)
     return out
+
+
+def read_or_discard(
+    path: Path,
+    expect: dict[str, Any],
+    with_targets: bool,
+    warn: Callable[[str], None] | None = None,
+    check: Callable[[TeacherOutputs], None] | None = None,
+) -> TeacherOutputs | None:
+    """The cache file at `path` when it holds what `expect` names (and passes `check`, which
+    raises CacheError otherwise); a damaged or stale file is deleted, said through `warn`,
+    and None returned: the caller rebuilds it. Never a file trusted on its name alone."""
+    if not path.exists():
+        return None
+    try:
+        out = load_outputs(path, expect, with_targets)
+        if check is not None:
+            check(out)
+        return out
+    except CacheError as e:
+        if warn:
+            warn(f"{e}; rebuilding")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _load_texts(out: TeacherOutputs, arrays: dict[str, Any], bounds: Any, path: Path) -> None:

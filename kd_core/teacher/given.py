@@ -35,7 +35,7 @@ from kd_core.teacher.cache import (
     CACHE_FORMAT,
     CacheError,
     TeacherOutputs,
-    load_outputs,
+    read_or_discard,
     save_outputs,
     targets_key,
 )
@@ -130,17 +130,8 @@ class GivenPass:
         self, domain: str, key: str, given: Sequence[GivenRow], warn: Callable[[str], None] | None
     ) -> TeacherOutputs | None:
         path = self.path(domain, key)
-        if not path.exists():
-            return None
-        try:
-            out = load_outputs(path, {"key": targets_key(key, self.cfg)}, True)
-            _check_same(out, given, path)
-            return out
-        except CacheError as e:
-            if warn:
-                warn(f"{e}; rebuilding")
-            path.unlink(missing_ok=True)
-            return None
+        expect = {"key": targets_key(key, self.cfg)}
+        return read_or_discard(path, expect, True, warn, lambda out: _check_same(out, given, path))
 
     def run(
         self,

@@ -32,11 +32,10 @@ from kd_core.models.load import vocab_size
 from kd_core.runtime.cpu_streams import StreamSet, row_slices, stream_count
 from kd_core.runtime.distributed import interleave
 from kd_core.teacher.cache import (
-    CacheError,
     TeacherOutputs,
     generation_key,
-    load_outputs,
     load_partial,
+    read_or_discard,
     response_texts,
     save_outputs,
     save_partial,
@@ -120,13 +119,8 @@ class TeacherPass:
         for path, key, targets in ((tpath, tkey, True), (gpath, gkey, False)):
             if targets is False and with_targets:
                 continue
-            if path.exists():
-                try:
-                    return load_outputs(path, {"key": key}, targets)
-                except CacheError as e:
-                    if warn:
-                        warn(f"{e}; rebuilding")
-                    path.unlink(missing_ok=True)
+            if (hit := read_or_discard(path, {"key": key}, targets, warn)) is not None:
+                return hit
         return None
 
     def run(
@@ -150,13 +144,7 @@ class TeacherPass:
         gkey, tkey, gpath, tpath = self.paths(domain, prompts)
         model, tokenizer = load_teacher()
         vocab = vocab_size(model)
-        seq_out = None
-        if gpath.exists():
-            try:
-                seq_out = load_outputs(gpath, {"key": gkey}, False)
-            except CacheError as e:
-                if warn:
-                    warn(f"{e}; rebuilding")
+        seq_out = read_or_discard(gpath, {"key": gkey}, False, warn)
         if seq_out is None:
             fitted = fitted_prompts(tokenizer, prompts, self.cfg)  # tokenized once
             seqs, plens = self._generate(
