@@ -175,3 +175,18 @@ def test_compare_methods_on_data(tiny_pair, tmp_path):
     assert set(res) == {"base", "ce_only", "jsd", "summary"}
     assert res["summary"]["methods"]["jsd"]["divergence"] == "jsd"
     assert res["ce_only"]["rows"] == 2 and res["jsd"]["kl"] != res["ce_only"]["kl"]
+
+
+def test_eval_data_scores_a_single_file_whole(tiny_pair, tmp_path):
+    """`kd eval --data FILE` (no training) scores every row of the file it is handed; the
+    seeded 5% is what a run holds out of its training file, not what evaluation scores."""
+    path = tmp_path / "test.jsonl"
+    write_rows(path, ROWS["completions"])
+    report = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "kd_core", "eval", "--data", str(path), "--json", str(report)]
+    cmd += ["--teacher", str(tiny_pair.teacher), "--student", str(tiny_pair.student)]
+    proc = subprocess.run([*cmd, "--max-seq-length", "64"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    n = len(ROWS["completions"])
+    assert f"held-out rows {n} (every row of the file)" in proc.stdout
+    assert json.loads(report.read_text())["base"]["rows"] == n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from kd_core.commands.run_domains import data_domain
 from kd_core.config import KDConfig, RunSpec
 from kd_core.config_file import load_toml
 from kd_core.data_files.domain import DataDomain
+from kd_core.data_files.splits import whole_file
 from kd_core.demo import SP_NAME, ensure_demo_pair, ensure_sp_student
 from kd_core.evaluate import (
     compare_kd_vs_ce,
@@ -137,10 +139,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_data(spec: RunSpec, dom: DataDomain, args: argparse.Namespace) -> dict[str, Any]:
-    """`kd eval --data`: the base student (+ --adapter), or --compare's KD and CE-only."""
+    """`kd eval --data`: the base student (+ --adapter), or --compare's KD and CE-only.
+    A single file scored without training is scored whole; a folder by its valid.jsonl."""
     cfg = spec.config
+    scoring_only = args.methods is None and not args.compare
+    if scoring_only and dom.source.valid is None and Path(dom.spec).is_file():
+        dom = replace(dom, split=whole_file(dom.source))
     split = dom.split
-    where = "valid.jsonl" if split.held_out_from == "valid" else "the seeded 5%"
+    where = {"valid": "valid.jsonl", "seeded": "the seeded 5%", "file": "every row of the file"}
+    where = where[split.held_out_from]
     head = f"data {dom.spec} · {dom.format} · held-out rows {len(split.held_out)} ({where})"
     if args.methods is not None:
         out = check_output_dir(Path(cfg.output) / "compare")

@@ -26,7 +26,8 @@ HELD_OUT_FRACTION = 0.05
 class Split:
     train: tuple[Row, ...]
     held_out: tuple[Row, ...]
-    held_out_from: Literal["valid", "seeded"]  # valid.jsonl, or drawn from the train rows
+    # valid.jsonl, drawn from the train rows, or (`kd eval --data FILE`) the whole file
+    held_out_from: Literal["valid", "seeded", "file"]
     held_out_path: Path | str  # the file the held-out rows (and their line numbers) are in
     held_out_lines: tuple[int, ...]  # their line numbers in that file (for kd_summary.json)
 
@@ -72,3 +73,10 @@ def split_rows(source: DataSource, seed: int, fraction: float = HELD_OUT_FRACTIO
     train = tuple(r for i, r in enumerate(rows) if i not in picked)
     held = tuple(r for i, r in enumerate(rows) if i in picked)
     return Split(train, held, "seeded", source.train.path, tuple(r.line for r in held))
+
+
+def whole_file(source: DataSource) -> Split:
+    """Every row of a single file as the set to score (`kd eval --data FILE`): the file a
+    user hands to evaluation is what they want measured, not its seeded 5%."""
+    rows = source.train.rows
+    return Split(rows, rows, "file", source.train.path, tuple(r.line for r in rows))
