@@ -355,6 +355,31 @@ def _train_and_measure(
     return result
 
 
+def kd_and_ce_runs(cfg: KDConfig, output: Path) -> dict[str, KDConfig]:
+    """--compare's two students: KD (cfg's alpha and T) and CE-only (alpha 0, no on-policy
+    steps), same steps and seed, each in its own folder under `output`."""
+    if cfg.alpha == 0.0:
+        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
+    return {
+        "kd": cfg.replace(output=str(output / "kd")),
+        "ce_only": cfg.replace(alpha=0.0, on_policy_ratio=0.0, output=str(output / "ce_only")),
+    }
+
+
+def kd_vs_ce_summary(result: dict[str, Any], cfg: KDConfig) -> dict[str, Any]:
+    """How much closer KD came than CE-only, from the three students' held-out KL."""
+    base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
+    return {
+        "iters": cfg.num_iters,
+        "seed": cfg.seed,
+        "alpha": cfg.alpha,
+        "temperature": cfg.temperature,
+        "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
+        "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
+        "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
+    }
+
+
 def compare_kd_vs_ce(
     teacher: str | None,
     student: str | None,
@@ -366,24 +391,9 @@ def compare_kd_vs_ce(
 ) -> dict[str, Any]:
     """Train a KD student (cfg's alpha and T) and a CE-only student (alpha 0) with the same
     steps and seed; measure both and the base student on the held-out prompts."""
-    if cfg.alpha == 0.0:
-        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
-    runs = {
-        "kd": cfg.replace(output=str(output / "kd")),
-        "ce_only": cfg.replace(alpha=0.0, on_policy_ratio=0.0, output=str(output / "ce_only")),
-    }
+    runs = kd_and_ce_runs(cfg, output)
     result = _train_and_measure(teacher, student, domain, cfg, runs, allow_download, sink)
-    base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
-    result["summary"] = {
-        "domain": domain,
-        "iters": cfg.num_iters,
-        "seed": cfg.seed,
-        "alpha": cfg.alpha,
-        "temperature": cfg.temperature,
-        "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
-        "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
-        "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
-    }
+    result["summary"] = {"domain": domain, **kd_vs_ce_summary(result, cfg)}
     return result
 
 

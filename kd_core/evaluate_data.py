@@ -30,6 +30,8 @@ from kd_core.distiller import TrueKnowledgeDistiller
 from kd_core.evaluate import (
     compare_aligned,
     compare_distributions,
+    kd_and_ce_runs,
+    kd_vs_ce_summary,
     log_softmax_np,
     measure,
     method_config,
@@ -151,26 +153,10 @@ def compare_on_data(
 ) -> dict[str, Any]:  # fmt: skip
     """Train a KD student (cfg) and a CE-only student (alpha 0, no on-policy steps) on the
     data's training rows, same steps and seed; score both and the base on the held-out rows."""
-    if cfg.alpha == 0.0:
-        raise ConfigError("alpha: --compare needs alpha above 0 for its KD student (it is 0)")
-    runs = {
-        "kd": cfg.replace(output=str(output / "kd")),
-        "ce_only": cfg.replace(alpha=0.0, on_policy_ratio=0.0, output=str(output / "ce_only")),
-    }
+    runs = kd_and_ce_runs(cfg, output)
     result = _train_and_score(teacher, student, domain, cfg, runs, allow, sink)
-    base, kd, ce = result["base"]["kl"], result["kd"]["kl"], result["ce_only"]["kl"]
-    result["summary"] = {
-        "data": domain.spec,
-        "format": domain.format,
-        "held_out": len(domain.split.held_out),
-        "iters": cfg.num_iters,
-        "seed": cfg.seed,
-        "alpha": cfg.alpha,
-        "temperature": cfg.temperature,
-        "kd_vs_ce_kl_reduction": (ce - kd) / ce if ce > 0 else 0.0,
-        "kd_gap_closed": (base - kd) / base if base > 0 else 0.0,
-        "ce_gap_closed": (base - ce) / base if base > 0 else 0.0,
-    }
+    held = {"data": domain.spec, "format": domain.format, "held_out": len(domain.split.held_out)}
+    result["summary"] = {**held, **kd_vs_ce_summary(result, cfg)}
     return result
 
 

@@ -163,13 +163,8 @@ def _eval_data(spec: RunSpec, dom: DataDomain, args: argparse.Namespace) -> dict
         out = check_output_dir(Path(cfg.output) / "compare")
         sink = TextPrinter(sys.stderr, cfg.steps_per_report, quiet=True)
         res = compare_on_data(spec.teacher, spec.student, dom, cfg, out, args.allow_download, sink)
-        s = res["summary"]
         print(f"{head} · {cfg.num_iters} steps · seed {cfg.seed} · alpha {cfg.alpha:g}")
-        print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
-        print(
-            f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
-            f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
-        )
+        _print_kd_vs_ce(res)
         return res
     adapters: dict[str, str | Path | None] = {"base": None}
     if args.adapter:
@@ -205,11 +200,16 @@ def _compare(
         print(format_table({k: res[k] for k in ("base", *methods)}))
         return res
     res = compare_kd_vs_ce(spec.teacher, spec.student, domain, cfg, out, args.allow_download, sink)
-    s = res["summary"]
     print(f"{head} · KD student alpha {cfg.alpha:g}, T {cfg.temperature:g} · {held}")
+    _print_kd_vs_ce(res)
+    return res
+
+
+def _print_kd_vs_ce(res: dict[str, Any]) -> None:
+    """The three students' table and how much closer KD came than CE-only."""
+    s = res["summary"]
     print(format_table({k: res[k] for k in ("base", "kd", "ce_only")}))
     print(
         f"KD vs CE-only: {s['kd_vs_ce_kl_reduction']:.1%} lower KL · gap closed: "
         f"KD {s['kd_gap_closed']:.1%}, CE-only {s['ce_gap_closed']:.1%}"
     )
-    return res
