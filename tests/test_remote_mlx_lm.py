@@ -112,7 +112,7 @@ def test_offline_pass_through_mlx_lm_server_equals_the_local_top11(tiny_pair, ml
     from kd_core.examples.batch import forward_inputs
     from kd_core.losses.core import log_softmax
     from kd_core.models.load import load_model
-    from kd_core.teacher.teacher_pass import load_outputs
+    from kd_core.teacher.cache import load_outputs
 
     config = KDConfig(
         teacher_api="mlx_lm", temperature=1.0, top_k=11, num_iters=1, max_tokens=6,
