@@ -41,7 +41,8 @@ from kd_core.teacher.cache import (
 )
 from kd_core.teacher.teacher_pass import FWD_CHUNK, soft_targets
 
-GIVEN_FORMAT = 1  # the layout of a given-text entry (bump when what the key covers changes)
+# The layout of a given-text entry: bump when what the key covers changes (2: array shapes).
+GIVEN_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def _digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
         if isinstance(p, np.ndarray):
-            h.update(str(p.dtype).encode() + b":" + p.tobytes())
+            # dtype and shape first: the bytes alone could split into arrays two ways.
+            h.update(f"{p.dtype}{p.shape}:".encode() + p.tobytes())
         else:
             h.update(json.dumps(p, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\x00")
