@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +51,17 @@ def _naming(path: Path, e: OSError) -> OSError:
     return type(e)(e.errno, e.strerror, str(path))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _through_temp(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """`write(tmp)` fills a temporary file beside `path`; it is fsynced and renamed over
+    `path`, or removed if anything fails (an OSError then names `path`, not the temp file)."""
     path = Path(path)
     try:
-        tmp = _temp_beside(path)
+        tmp = _temp_beside(path, suffix)
     except OSError as e:
         raise _naming(path, e) from None
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -69,6 +70,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise _naming(path, e) from None
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _through_temp(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -87,21 +92,10 @@ def atomic_save_safetensors(
     path: Path, arrays: dict[str, Any], metadata: dict[str, str] | None = None
 ) -> None:
     """mx.save_safetensors through a temp file (its name must end in .safetensors)."""
-    import mlx.core as mx
+    import mlx.core as mx  # not at the top: config and events use this module without MLX
 
-    path = Path(path)
-    try:
-        tmp = _temp_beside(path, suffix=".safetensors")
-    except OSError as e:
-        raise _naming(path, e) from None
-    try:
-        mx.save_safetensors(tmp, arrays, metadata=metadata or {})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _naming(path, e) from None
-        raise
+    _through_temp(
+        path,
+        lambda tmp: mx.save_safetensors(tmp, arrays, metadata=metadata or {}),
+        suffix=".safetensors",
+    )
